@@ -1,0 +1,132 @@
+//! The crate's one error type.
+//!
+//! Every fallible public operation returns [`Error`]. Messages name the file, the byte offset
+//! or the address range involved, so that a user reading a log line can tell what went wrong
+//! and where without a debugger.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong when opening, committing or snapshotting a heap.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum Error {
+    /// An operating-system call failed (`op` names the call, `path` the file, if any).
+    Io {
+        /// The operation that failed, e.g. `"fdatasync"`.
+        op: &'static str,
+        /// The file or directory involved (empty when none).
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file of the heap is damaged: a checksum, magic number, length or field is wrong.
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset in that file where the damage was found.
+        offset: u64,
+        /// What was wrong.
+        what: String,
+    },
+    /// The heap was created by another program, root type, schema or format version.
+    Incompatible {
+        /// What differs, with the expected and found values.
+        what: String,
+    },
+    /// The heap's fixed address range is occupied by another mapping in this process.
+    AddressInUse {
+        /// First byte of the range.
+        start: usize,
+        /// One past the last byte of the range.
+        end: usize,
+    },
+    /// Another handle (in this or another process) holds the heap's exclusive lock.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// An earlier write or sync failed; the heap refuses further commits. Reopen it to
+    /// recover the last durable state.
+    Poisoned {
+        /// The failure that poisoned the heap.
+        cause: String,
+    },
+    /// An option or argument is out of range.
+    InvalidArgument {
+        /// What was wrong.
+        what: String,
+    },
+    /// The heap's maximum size is exhausted.
+    OutOfSpace {
+        /// What needed the space.
+        what: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Builds an [`Error::Io`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+
+    /// Builds an [`Error::Corrupt`].
+    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, what: impl Into<String>) -> Self {
+        Error::Corrupt { file: file.into(), offset, what: what.into() }
+    }
+
+    /// Builds an [`Error::Incompatible`].
+    pub(crate) fn incompatible(what: impl Into<String>) -> Self {
+        Error::Incompatible { what: what.into() }
+    }
+
+    /// Builds an [`Error::InvalidArgument`].
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        Error::InvalidArgument { what: what.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } if path.as_os_str().is_empty() => {
+                write!(f, "{op} failed: {source}")
+            }
+            Error::Io { op, path, source } => {
+                write!(f, "{op} failed on {}: {source}", path.display())
+            }
+            Error::Corrupt { file, offset, what } => {
+                write!(f, "{} is corrupt at byte offset {offset}: {what}", file.display())
+            }
+            Error::Incompatible { what } => write!(f, "incompatible heap: {what}"),
+            Error::AddressInUse { start, end } => write!(
+                f,
+                "the heap's address range {start:#x}..{end:#x} is already mapped in this process"
+            ),
+            Error::Locked { path } => write!(
+                f,
+                "the heap is locked by another handle or process (lock file {})",
+                path.display()
+            ),
+            Error::Poisoned { cause } => write!(
+                f,
+                "the heap refuses further commits after an earlier failure ({cause}); reopen it to recover the last durable state"
+            ),
+            Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            Error::OutOfSpace { what } => write!(f, "the heap's maximum size is exhausted: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

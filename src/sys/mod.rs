@@ -1,0 +1,364 @@
+//! The thin syscall layer: every system call the crate makes goes through this module.
+//!
+//! Each wrapper does one call, converts `-1`/`MAP_FAILED` into [`std::io::Error`] from
+//! `errno`, and retries `EINTR` where the call is restartable. Nothing here allocates, so the
+//! wrappers may be used from the allocator's slow path and from a forked snapshot child.
+//!
+//! # Safety
+//!
+//! Wrappers that create or replace mappings at a caller-chosen address are `unsafe fn`: the
+//! caller must own the address range (it lies inside a reservation made by
+//! [`reserve`]) and must guarantee that no live Rust reference points into memory that the
+//! call replaces. Wrappers that only read or write file descriptors are safe: a bad file
+//! descriptor yields `EBADF`, not undefined behaviour.
+
+pub mod uffd;
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// The size of an OS page. snapheap requires 4096-byte pages (checked at open).
+pub const OS_PAGE: usize = 4096;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Returns the system page size (`sysconf(_SC_PAGESIZE)`).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Reserves `len` bytes of address space at exactly `addr`, inaccessible and without swap
+/// reservation (`PROT_NONE`, `MAP_NORESERVE`, `MAP_FIXED_NOREPLACE`).
+///
+/// Fails with `EEXIST` when any part of the range is already mapped. Kernels older than 4.17
+/// ignore `MAP_FIXED_NOREPLACE` and may place the mapping elsewhere: that case is detected,
+/// undone and reported as `EEXIST` too. See mmap(2).
+pub fn reserve(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so this cannot
+    // invalidate any memory the program uses.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if p as usize != addr {
+        // SAFETY: the kernel just created this mapping for us at `p`; nothing refers to it.
+        unsafe { libc::munmap(p, len) };
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(())
+}
+
+/// Replaces `[addr, addr + len)` with zero-filled, readable and writable anonymous memory.
+///
+/// # Safety
+///
+/// - the range lies inside a reservation owned by the caller;
+/// - no reference points into the range (its contents are discarded).
+pub unsafe fn map_anon_fixed(addr: usize, len: usize) -> io::Result<()> {
+    debug_assert!(addr % OS_PAGE == 0 && len % OS_PAGE == 0);
+    // SAFETY: the caller owns the range (function contract), so MAP_FIXED replaces only our
+    // own reservation.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    debug_assert_eq!(p as usize, addr);
+    Ok(())
+}
+
+/// Maps `len` bytes of `fd` starting at file offset `offset` copy-on-write (`MAP_PRIVATE`)
+/// at exactly `addr`.
+///
+/// # Safety
+///
+/// - the range lies inside a reservation owned by the caller;
+/// - no reference points into the range;
+/// - the file is at least `offset + len` bytes long for as long as the mapping exists
+///   (otherwise touching the tail raises SIGBUS).
+pub unsafe fn map_file_private_fixed(addr: usize, len: usize, fd: RawFd, offset: u64) -> io::Result<()> {
+    debug_assert!(addr % OS_PAGE == 0 && len % OS_PAGE == 0 && offset % OS_PAGE as u64 == 0);
+    // SAFETY: as for map_anon_fixed; the file length is the caller's promise.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    debug_assert_eq!(p as usize, addr);
+    Ok(())
+}
+
+/// Turns `[addr, addr + len)` back into an inaccessible reservation, dropping its contents.
+///
+/// # Safety
+///
+/// Same as [`map_anon_fixed`].
+pub unsafe fn rereserve(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range and holds no references into it.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmaps `[addr, addr + len)`.
+///
+/// # Safety
+///
+/// Same as [`map_anon_fixed`].
+pub unsafe fn unmap(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range and holds no references into it.
+    cvt(unsafe { libc::munmap(addr as *mut libc::c_void, len) }).map(drop)
+}
+
+/// `madvise(MADV_NOHUGEPAGE)`: keep the range in 4 KiB pages so that dirty tracking and
+/// fork stay page-granular. Advisory only; safe because it never changes contents.
+pub fn no_huge_pages(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: MADV_NOHUGEPAGE changes no contents and no protections.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) }).map(drop)
+}
+
+/// Takes an exclusive `flock` on `fd` without blocking. Returns `Ok(false)` when another open
+/// file description holds it. The lock belongs to the open file description, so a forked
+/// child inherits it. See flock(2).
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on any integer is memory-safe; a bad fd yields EBADF.
+        let r = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `buf` at `offset` (`pwrite` until done). Never allocates.
+pub fn pwrite_all(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid readable slice of buf.len() bytes.
+        let r = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) };
+        match cvt_size(r) {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, stopping early only at end of file. Returns the
+/// number of bytes read.
+pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: rest is a valid writable slice of rest.len() bytes.
+        let r = unsafe {
+            libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
+        };
+        match cvt_size(r) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads `len` bytes at file `offset` straight into memory at `addr`.
+///
+/// # Safety
+///
+/// `[addr, addr + len)` is writable memory that no Rust reference aliases.
+pub unsafe fn pread_into(fd: RawFd, addr: usize, len: usize, offset: u64) -> io::Result<usize> {
+    // SAFETY: the caller guarantees the range is writable and unaliased.
+    let buf = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+    pread_full(fd, buf, offset)
+}
+
+/// `fdatasync(fd)`. See fdatasync(2): after an error the page cache state is unknown, so the
+/// caller must treat the file as no longer trustworthy (snapheap poisons the heap).
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fdatasync on any integer is memory-safe.
+    cvt(unsafe { libc::fdatasync(fd) }).map(drop)
+}
+
+/// `fsync(fd)`, used for directories (new or removed entries).
+pub fn fsync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fsync on any integer is memory-safe.
+    cvt(unsafe { libc::fsync(fd) }).map(drop)
+}
+
+/// Allocates disk blocks for `[offset, offset + len)` and extends the file size to cover it
+/// (`fallocate` mode 0), so later writes cannot fail for lack of space. Falls back to
+/// `ftruncate` where the file system lacks `fallocate` (`EOPNOTSUPP`).
+pub fn allocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    loop {
+        // SAFETY: fallocate on any integer is memory-safe.
+        let r = unsafe { libc::fallocate(fd, 0, offset as libc::off_t, len as libc::off_t) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => {
+                let end = offset + len;
+                if file_len(fd)? < end {
+                    // SAFETY: ftruncate on any integer is memory-safe.
+                    cvt(unsafe { libc::ftruncate(fd, end as libc::off_t) })?;
+                }
+                return Ok(());
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Sets the file length with `ftruncate`.
+pub fn set_len(fd: RawFd, len: u64) -> io::Result<()> {
+    // SAFETY: ftruncate on any integer is memory-safe.
+    cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) }).map(drop)
+}
+
+/// Returns the file length (`fstat`).
+pub fn file_len(fd: RawFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid writable storage for one `struct stat`.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it initialised st.
+    Ok(unsafe { st.assume_init() }.st_size as u64)
+}
+
+/// `fork()`. Returns 0 in the child and the child's pid in the parent.
+///
+/// # Safety
+///
+/// In a multithreaded parent the child may only perform async-signal-safe operations until it
+/// calls [`exit_immediately`]: no allocation, no locks, no panics, no stdio.
+pub unsafe fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the caller restricts what the child does (function contract).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// `_exit(code)`: leaves the process without running destructors, atexit handlers or stdio
+/// flushes. Async-signal-safe.
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Asks the kernel to send SIGKILL to this process when its parent dies (`PR_SET_PDEATHSIG`).
+/// Returns the current parent pid afterwards so the caller can detect a parent that died
+/// before the call. Async-signal-safe.
+pub fn die_with_parent() -> libc::pid_t {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::getppid()
+    }
+}
+
+/// `waitpid(pid, 0)`: blocks until the child exits. Returns its raw wait status.
+pub fn wait_child(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is valid writable storage for one int.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `membarrier` commands used for the allocator's asymmetric fence (see membarrier(2)).
+pub mod membarrier {
+    const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+    /// Registers the process for private expedited membarriers. Returns false when the
+    /// kernel lacks them; callers then fall back to full fences on the fast path.
+    pub fn register() -> bool {
+        // SAFETY: membarrier takes no pointers.
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+    }
+
+    /// Issues a full memory barrier on every running thread of this process. Returns false on
+    /// failure (not registered).
+    pub fn private_expedited() -> bool {
+        // SAFETY: membarrier takes no pointers.
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
+    }
+}
