@@ -23,13 +23,31 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("snapheap supports 64-bit Linux only");
 
+mod alloc;
+pub mod collections;
+mod engine;
 mod error;
+mod format;
+mod heap;
 pub mod io;
+mod journal;
+mod options;
+mod region;
+mod snapshot;
+mod stats;
 mod sys;
+mod track;
 
+pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
+pub use heap::{Heap, ReadGuard, WriteGuard};
+pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+pub use stats::Stats;
 
 /// A vector for the crate's own bookkeeping. It allocates from [`std::alloc::System`], never
 /// from the global allocator, because snapheap may *be* the global allocator and its commit
 /// path runs while that allocator is paused.
 pub(crate) type SysVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
+
+/// A box for the crate's own bookkeeping, allocated from [`std::alloc::System`] (see [`SysVec`]).
+pub(crate) type SysBox<T> = allocator_api2::boxed::Box<T, std::alloc::System>;

@@ -362,3 +362,38 @@ pub mod membarrier {
         unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
     }
 }
+
+/// 64 random bits from `getrandom(2)` (falls back to time and address entropy if it fails).
+pub fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: v is valid writable storage of 8 bytes.
+    let r = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    if r != 8 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        v = t ^ ((&v as *const u64 as u64).rotate_left(32)) ^ u64::from(std::process::id());
+    }
+    v
+}
+
+/// `waitpid(pid, WNOHANG)`: `Ok(Some(status))` once the child has exited, `Ok(None)` while it
+/// runs.
+pub fn try_wait_child(pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is valid writable storage for one int.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Ok(Some(status));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}

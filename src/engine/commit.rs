@@ -1,0 +1,108 @@
+//! The commit path.
+//!
+//! 1. Take the commit lock (one commit at a time; the typed API also holds the root lock, so
+//!    no thread mutates the root meanwhile).
+//! 2. Pause the allocator: no thread is inside `alloc`/`dealloc`, so the allocator's state in
+//!    the region is consistent.
+//! 3. Collect the pages written since the last commit from the tracker (which re-protects them
+//!    atomically) and copy them into the journal's encode buffer. If a snapshot is due, fork
+//!    the snapshot writer now, while the image is exactly this commit.
+//! 4. Resume the allocator and write the encoded group to the journal with one write.
+//! 5. Release the commit lock, then (with `Durability::Immediate`) wait until the group is
+//!    durable, sharing the sync with concurrent committers (`durable.rs`).
+//!
+//! What a crash at each step leaves is analysed in `docs/design.md` ("Commit protocol").
+
+use super::{lock, CommitState, Engine};
+use crate::error::{Error, Result};
+use crate::options::Durability;
+use crate::SysVec;
+use std::alloc::System;
+use std::sync::atomic::Ordering;
+
+impl Engine {
+    /// Commits every change made since the last commit; returns its sequence number. A commit
+    /// with nothing to capture writes nothing and returns the previous sequence number (after
+    /// making it durable when the durability mode asks for it).
+    pub(crate) fn commit(&self) -> Result<u64> {
+        self.commit_inner(false)
+    }
+
+    pub(super) fn commit_inner(&self, force_snapshot: bool) -> Result<u64> {
+        let mut cs = lock(&self.commit);
+        self.check_poison()?;
+        let seq = self.commit_locked(&mut cs, force_snapshot)?;
+        drop(cs);
+        if self.opts.durability == Durability::Immediate {
+            self.wait_durable(seq)?;
+        }
+        Ok(seq)
+    }
+
+    /// Steps 2-4 of the commit path, with the commit lock held by the caller.
+    pub(super) fn commit_locked(&self, cs: &mut CommitState, force_snapshot: bool) -> Result<u64> {
+        self.reap(cs, false);
+        let base = self.base();
+        let mut forked = false;
+        let mut pages = 0u64;
+        let seq;
+        {
+            let _pause = self.arena.pause();
+            let extent = self.arena.extent();
+            cs.ranges.clear();
+            let r = lock(&self.grow.tracker).collect(base, base + extent, &mut cs.ranges);
+            if let Err(e) = r {
+                return Err(self.poison(Error::io("PAGEMAP_SCAN (collect written pages)", "", e)));
+            }
+            let wrote = !cs.ranges.is_empty();
+            seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
+            if wrote {
+                let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
+                for &(a, b) in cs.ranges.iter() {
+                    debug_assert!(a >= base && b <= base + extent && a < b);
+                    // SAFETY: [a, b) lies inside [base, base + extent), which is mapped
+                    // read-write for the engine's lifetime. The allocator is paused and the
+                    // commit lock excludes mutation of the root, so the only concurrent writes
+                    // possible are by other threads into blocks unreachable from the root;
+                    // such pages are reported again by the next collect.
+                    let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, b - a) };
+                    slices.push(((a - base) as u64, bytes));
+                    cs.since_snap.insert_range(a, b);
+                    pages += ((b - a) / crate::sys::OS_PAGE) as u64;
+                }
+                cs.journal.encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
+            }
+            if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
+                forked = self.fork_snapshot(cs, seq, extent);
+            }
+        }
+        if seq != cs.last_seq {
+            match cs.journal.write_encoded() {
+                Ok(end) => {
+                    self.durable.written(seq, end);
+                    cs.last_seq = seq;
+                    self.counters.journal_bytes.store(
+                        end - crate::format::journal::FIRST_RECORD_OFFSET,
+                        Ordering::Relaxed,
+                    );
+                }
+                Err(e) => return Err(self.poison(e)),
+            }
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
+        }
+        if forked {
+            self.rotate_journal(cs, seq)?;
+        }
+        Ok(seq)
+    }
+
+    /// Whether the journal volume or the interval asks for a snapshot.
+    fn snapshot_due(&self, cs: &CommitState) -> bool {
+        let bytes = cs.journal.end() - crate::format::journal::FIRST_RECORD_OFFSET;
+        if bytes >= self.opts.snapshot_after_journal_bytes {
+            return true;
+        }
+        matches!(self.opts.snapshot_interval, Some(every) if cs.last_snapshot_at.elapsed() >= every)
+    }
+}

@@ -1,0 +1,273 @@
+//! The engine: one open heap. It owns the region, the allocator, the dirty-page tracker, the
+//! journal and the snapshot files, and runs the commit, snapshot and recovery protocols.
+//!
+//! - `open.rs`: creating a heap directory and recovering an existing one.
+//! - `commit.rs`: capturing dirty pages at a commit point and appending them to the journal.
+//! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
+//!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
+//! - `snap.rs`: forking a snapshot writer, reaping it, rotating journals.
+//!
+//! # Lock order
+//!
+//! `commit` (the commit lock) → allocator pause → `grow.tracker`; and, in the allocator's
+//! growth path (which runs inside an allocation, so never during a pause), `grow.region` →
+//! `grow.tracker`. `durable.state` is taken alone. The commit path takes the tracker only after
+//! the pause is in force, so a growth that holds the tracker always finishes before a pause
+//! completes.
+//!
+//! # Invariants
+//!
+//! - Every page written since the last commit is either reported by the tracker at the next
+//!   commit or was written by a thread outside the commit lock into memory unreachable from
+//!   the roots.
+//! - `since_snap ⊇` every page captured by a commit after the last snapshot fork;
+//!   `prev_interval` = the pages that differ between the two snapshot files (when known).
+//! - Journals with an id below the newest durable snapshot's `journal_id` are garbage and are
+//!   deleted; the others form a gap-free chain of sequence numbers starting at that snapshot.
+
+mod commit;
+mod durable;
+mod open;
+mod snap;
+
+use crate::alloc::Arena;
+use crate::error::{Error, Result};
+use crate::format::meta::Meta;
+use crate::format::snapshot::SnapHeader;
+use crate::io::{VFile, Vfs};
+use crate::journal::JournalWriter;
+use crate::options::OpenOptions;
+use crate::region::Region;
+use crate::stats::Stats;
+use crate::track::{DirtySet, Tracker};
+use crate::{SysBox, SysVec};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub(crate) use open::Fingerprint;
+
+/// What the allocator's growth hook needs: the region and the tracker. Boxed separately so its
+/// address is stable before the arena exists.
+pub(crate) struct GrowCtx {
+    region: Mutex<Region>,
+    tracker: Mutex<Tracker>,
+}
+
+/// Locks a mutex, ignoring poisoning (our critical sections leave consistent state or poison
+/// the heap explicitly).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The allocator's growth hook: maps `[base, base + new_extent)` and arms tracking on the new
+/// part. On a tracking failure the new part is unmapped again (untracked memory would lose
+/// writes) and the allocation fails.
+///
+/// # Safety
+///
+/// `ctx` points to the engine's live [`GrowCtx`].
+unsafe fn grow_hook(ctx: *const (), new_extent: usize) -> bool {
+    // SAFETY: the arena was created with this engine's GrowCtx, which outlives the arena's use.
+    let g = unsafe { &*(ctx as *const GrowCtx) };
+    let mut region = lock(&g.region);
+    let old = region.extent();
+    match region.grow(new_extent) {
+        Ok(None) => true,
+        Ok(Some((a, b))) => {
+            if lock(&g.tracker).arm(a, b).is_ok() {
+                true
+            } else {
+                region.shrink_to(old);
+                false
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+/// The state guarded by the commit lock.
+pub(crate) struct CommitState {
+    journal: JournalWriter,
+    /// Scratch: dirty ranges of the current commit.
+    ranges: SysVec<(usize, usize)>,
+    /// Pages captured since the last snapshot fork.
+    since_snap: DirtySet,
+    /// Pages that differ between the two snapshot files; `None` when unknown (then the next
+    /// snapshot rewrites every page of its file).
+    prev_interval: Option<DirtySet>,
+    /// The two snapshot files and their last known headers.
+    snap_files: [Box<dyn VFile>; 2],
+    snaps: [Option<SnapHeader>; 2],
+    /// A forked snapshot writer that has not been reaped yet.
+    pending: Option<snap::Pending>,
+    last_seq: u64,
+    last_snapshot_at: std::time::Instant,
+}
+
+/// Counters reported by [`Stats`].
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    last_commit_pages: AtomicU64,
+    snapshots: AtomicU64,
+    snapshot_failures: AtomicU64,
+    last_snapshot_pages: AtomicU64,
+    last_fork_micros: AtomicU64,
+    last_snapshot_micros: AtomicU64,
+    snapshot_generation: AtomicU64,
+    journal_bytes: AtomicU64,
+    replayed_pages: AtomicU64,
+}
+
+/// One open heap.
+pub(crate) struct Engine {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    meta: Meta,
+    opts: OpenOptions,
+    arena: &'static Arena,
+    grow: SysBox<GrowCtx>,
+    commit: Mutex<CommitState>,
+    durable: durable::Durable,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+    counters: Counters,
+    _lock_file: Box<dyn VFile>,
+    closed: AtomicBool,
+}
+
+impl Engine {
+    /// The allocator of this heap.
+    pub(crate) fn arena(&self) -> &'static Arena {
+        self.arena
+    }
+
+    /// First address of the heap's data.
+    pub(crate) fn base(&self) -> usize {
+        self.meta.base as usize
+    }
+
+    /// The persistent word where the typed API keeps its root pointer.
+    pub(crate) fn root_word(&self) -> &AtomicU64 {
+        &self.arena.user_words()[0]
+    }
+
+    /// Refuses work once poisoned.
+    fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let cause = lock(&self.poison_cause).clone().unwrap_or_default();
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    /// Poisons the heap: every later commit fails. Returns the error to report now.
+    fn poison(&self, err: Error) -> Error {
+        let mut c = lock(&self.poison_cause);
+        if c.is_none() {
+            *c = Some(err.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        err
+    }
+
+    /// Whether an earlier failure poisoned the heap.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Current counters.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (last_seq, durable_seq) = self.durable.seqs();
+        Stats {
+            commit_seq: last_seq,
+            durable_seq,
+            journal_bytes: ld(&c.journal_bytes),
+            commits: ld(&c.commits),
+            last_commit_pages: ld(&c.last_commit_pages),
+            snapshots: ld(&c.snapshots),
+            snapshot_failures: ld(&c.snapshot_failures),
+            last_snapshot_pages: ld(&c.last_snapshot_pages),
+            last_fork_micros: ld(&c.last_fork_micros),
+            last_snapshot_micros: ld(&c.last_snapshot_micros),
+            snapshot_generation: ld(&c.snapshot_generation),
+            allocated_bytes: self.arena.allocated_bytes() as u64,
+            mapped_bytes: lock(&self.grow.region).extent() as u64,
+            track_mode: lock(&self.grow.tracker).mode().name(),
+            replayed_pages: ld(&c.replayed_pages),
+            reclaimed_bytes: 0,
+        }
+    }
+
+    /// Full invariant check: allocator structures, and (when tracking is exact) that no page
+    /// is written-but-unreported. Returns a human-readable report.
+    pub(crate) fn verify(&self) -> Result<String> {
+        let _c = lock(&self.commit);
+        let pause = self.arena.pause();
+        let report = self
+            .arena
+            .check_invariants()
+            .map_err(|e| Error::corrupt(&self.dir, 0, format!("allocator invariant violated: {e}")))?;
+        let extent = self.arena.extent();
+        let region_extent = lock(&self.grow.region).extent();
+        drop(pause);
+        if extent > region_extent {
+            return Err(Error::corrupt(
+                &self.dir,
+                0,
+                format!("allocator extent {extent:#x} exceeds mapped extent {region_extent:#x}"),
+            ));
+        }
+        Ok(format!("{report:?}; extent {extent:#x}; mapped {region_extent:#x}"))
+    }
+
+    /// Releases the heap. With `commit_and_snapshot`, first commits outstanding changes and
+    /// (if enabled and the journal is not empty) takes a snapshot so the next open replays
+    /// nothing; without it (drop), uncommitted changes are discarded as in a crash. In both
+    /// cases everything committed is made durable and a running snapshot writer is reaped.
+    pub(crate) fn close(&self, commit_and_snapshot: bool) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.durable.stop_flusher();
+        let mut result = Ok(());
+        if commit_and_snapshot && !self.is_poisoned() {
+            result = self.commit_inner(false).map(drop);
+        }
+        {
+            let mut cs = lock(&self.commit);
+            self.reap(&mut cs, true);
+            if result.is_ok() && !self.is_poisoned() {
+                result = self.wait_durable(cs.last_seq);
+            }
+            let journal_has_commits = cs.journal.end() > crate::format::journal::FIRST_RECORD_OFFSET;
+            if commit_and_snapshot
+                && result.is_ok()
+                && self.opts.snapshot_on_close
+                && journal_has_commits
+                && !self.is_poisoned()
+            {
+                result = self.snapshot_locked(&mut cs);
+            }
+        }
+        self.arena.close();
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.close(false);
+        self.durable.stop_flusher();
+        let extent = lock(&self.grow.region).extent();
+        let base = self.base();
+        let _ = lock(&self.grow.tracker).disarm(base, base + extent);
+        let region = std::mem::replace(&mut *lock(&self.grow.region), Region::placeholder());
+        // SAFETY: the heap handle that gave out references into the region is being dropped;
+        // the arena is closed, so stale HeapAlloc handles no longer touch the data part.
+        unsafe { region.release() };
+    }
+}

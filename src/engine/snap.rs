@@ -1,0 +1,276 @@
+//! Snapshots: planning, forking the writer, reaping it, rotating journals.
+//!
+//! At a commit boundary, with the allocator paused, the engine plans which pages the *older*
+//! snapshot file lacks, forks, and lets the child write them (`crate::snapshot`). The parent
+//! then makes the current journal durable, starts journal `id + 1` (whose first commit follows
+//! the snapshot's sequence number) and goes on. When the child is reaped successfully, the
+//! journals older than the new snapshot are deleted.
+//!
+//! Which pages the older file lacks: every page captured since the older file was written,
+//! i.e. `prev_interval ∪ since_snap`, plus every page beyond the older file's extent. When that
+//! is unknown (first snapshots, a failed writer, a damaged bitmap) the whole extent is written.
+
+use super::{lock, CommitState, Engine};
+use crate::error::{Error, Result};
+use crate::format::snapshot::{dirty_len_for, SnapHeader};
+use crate::io::VFile;
+use crate::journal::{parse_journal_file_name, JournalWriter};
+use crate::snapshot::{self as writer, Plan, Step};
+use crate::sys;
+use crate::track::DirtySet;
+use crate::SysVec;
+use std::alloc::System;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A snapshot writer that has been started and not reaped.
+pub(crate) struct Pending {
+    /// The child's pid; 0 when the plan was written in-process.
+    pid: libc::pid_t,
+    /// Outcome of an in-process write.
+    in_process_ok: bool,
+    slot: usize,
+    header: SnapHeader,
+    pages: u64,
+    started: Instant,
+    /// `since_snap` at the fork: the pages the new snapshot's interval changed.
+    fork_set: DirtySet,
+}
+
+/// Names of the two snapshot files.
+pub(crate) const SNAPSHOT_FILES: [&str; 2] = ["snapshot-0", "snapshot-1"];
+
+impl CommitState {
+    /// The slot holding the newest valid snapshot.
+    fn newest(&self) -> Option<usize> {
+        (0..2)
+            .filter(|&i| self.snaps[i].is_some_and(|h| h.valid))
+            .max_by_key(|&i| self.snaps[i].map_or(0, |h| h.generation))
+    }
+}
+
+impl Engine {
+    /// Prepares the plan for a snapshot of the current image (commit `seq`, `extent` bytes).
+    /// Runs with the allocator paused; allocates only from `System`.
+    fn plan_snapshot(&self, cs: &CommitState, seq: u64, extent: usize) -> (usize, Plan) {
+        let newest = cs.newest();
+        let target = newest.map_or(0, |n| 1 - n);
+        let newest_h = newest.and_then(|n| cs.snaps[n]);
+        let generation = newest_h.map_or(0, |h| h.generation) + 1;
+        let older = cs.snaps[target].filter(|h| h.valid);
+        let base = self.base();
+        let extent64 = extent as u64;
+        let mut runs: SysVec<(u64, u64)> = SysVec::new_in(System);
+        match (older, newest_h, &cs.prev_interval) {
+            (Some(o), Some(n), Some(prev)) if o.generation + 1 == n.generation => {
+                let mut set = cs.since_snap.clone();
+                set.union_with(prev);
+                for (a, b) in set.iter_ranges() {
+                    let (a, b) = ((a - base) as u64, ((b - base) as u64).min(o.extent));
+                    if a < b {
+                        runs.push((a, b));
+                    }
+                }
+                if o.extent < extent64 {
+                    runs.push((o.extent, extent64));
+                }
+            }
+            _ => {
+                if extent64 > 0 {
+                    runs.push((0, extent64));
+                }
+            }
+        }
+        let bitmap = cs.since_snap.to_bytes(dirty_len_for(extent64) as usize);
+        let header = SnapHeader {
+            valid: true,
+            heap_id: self.meta.heap_id,
+            generation,
+            seq,
+            journal_id: cs.journal.id() + 1,
+            extent: extent64,
+            dirty_len: dirty_len_for(extent64),
+            dirty_crc: crc32fast::hash(&bitmap),
+        };
+        let plan = Plan {
+            base,
+            runs,
+            invalid_header: SnapHeader { valid: false, ..header }.encode(),
+            header,
+            bitmap,
+            stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
+        };
+        (target, plan)
+    }
+
+    /// Starts a snapshot writer for the current image. Returns whether one was started (a
+    /// failed fork is counted and retried at a later commit; the journal keeps every commit
+    /// safe meanwhile). Runs with the allocator paused.
+    pub(super) fn fork_snapshot(&self, cs: &mut CommitState, seq: u64, extent: usize) -> bool {
+        if cs.pending.is_some() {
+            return false;
+        }
+        let (slot, plan) = self.plan_snapshot(cs, seq, extent);
+        let pages = plan.pages();
+        let started = Instant::now();
+        let file: &dyn VFile = &*cs.snap_files[slot];
+        let (pid, in_process_ok) = match file.raw_fd() {
+            Some(fd) => {
+                // SAFETY: getpid has no preconditions.
+                let parent = unsafe { libc::getpid() };
+                // SAFETY: the child runs only `child_main`, which is allocation-, lock- and
+                // panic-free and leaves with _exit.
+                match unsafe { sys::fork() } {
+                    // SAFETY: we are the freshly forked child; the plan's runs lie in the
+                    // region, which the child has a copy-on-write image of.
+                    Ok(0) => unsafe { writer::child_main(fd, &plan, parent) },
+                    Ok(pid) => (pid, false),
+                    Err(_) => {
+                        self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                        return false;
+                    }
+                }
+            }
+            None => {
+                // SAFETY: the plan's runs lie inside the mapped region, which stays mapped
+                // during this call.
+                let r = unsafe { writer::write_plan(&file, &plan) };
+                (0, matches!(r, Ok(true)))
+            }
+        };
+        self.counters
+            .last_fork_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let fresh = DirtySet::new(self.base(), self.meta.max_size as usize / sys::OS_PAGE);
+        let fork_set = std::mem::replace(&mut cs.since_snap, fresh);
+        cs.pending = Some(Pending { pid, in_process_ok, slot, header: plan.header, pages, started, fork_set });
+        cs.last_snapshot_at = started;
+        true
+    }
+
+    /// After a fork at commit `seq`: makes the current journal durable and complete, then
+    /// switches to a new journal that starts at `seq`.
+    pub(super) fn rotate_journal(&self, cs: &mut CommitState, seq: u64) -> Result<()> {
+        self.wait_durable(seq)?;
+        let id = cs.journal.id() + 1;
+        let j = JournalWriter::create(&*self.vfs, &self.dir, self.meta.heap_id, id, seq)
+            .map_err(|e| self.poison(e))?;
+        self.durable.rotated(j.file(), id, seq, j.end());
+        cs.journal = j;
+        self.counters.journal_bytes.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reaps a finished snapshot writer (blocking if `block`). On success the new snapshot
+    /// becomes the newest and older journals are deleted; on failure its pages are folded back
+    /// into `since_snap` and its file counts as invalid. Returns the failure, if any.
+    pub(super) fn reap(&self, cs: &mut CommitState, block: bool) -> Option<String> {
+        let p = cs.pending.as_ref()?;
+        let ok = if p.pid == 0 {
+            Ok(p.in_process_ok)
+        } else {
+            let st = if block {
+                sys::wait_child(p.pid).map(Some)
+            } else {
+                sys::try_wait_child(p.pid)
+            };
+            match st {
+                Ok(None) => return None,
+                Ok(Some(s)) => {
+                    if libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0 {
+                        Ok(true)
+                    } else {
+                        Err(describe_status(s))
+                    }
+                }
+                Err(e) => Err(format!("waitpid failed: {e}")),
+            }
+        };
+        let p = cs.pending.take()?;
+        match ok {
+            Ok(true) => {
+                let c = &self.counters;
+                c.snapshots.fetch_add(1, Ordering::Relaxed);
+                c.last_snapshot_pages.store(p.pages, Ordering::Relaxed);
+                c.last_snapshot_micros.store(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
+                cs.snaps[p.slot] = Some(p.header);
+                cs.prev_interval = Some(p.fork_set);
+                self.delete_journals_before(p.header.journal_id);
+                None
+            }
+            failed => {
+                cs.snaps[p.slot] = None;
+                cs.since_snap.union_with(&p.fork_set);
+                self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                Some(match failed {
+                    Err(s) => s,
+                    _ => "in-process snapshot write failed".to_string(),
+                })
+            }
+        }
+    }
+
+    /// Removes journals that the newest snapshot covers. Failures are harmless (recovery
+    /// ignores and removes them later), so they are not reported.
+    pub(super) fn delete_journals_before(&self, first_needed: u64) {
+        let Ok(names) = self.vfs.list(&self.dir) else { return };
+        let mut removed = false;
+        for name in names {
+            let Some(s) = name.to_str() else { continue };
+            if parse_journal_file_name(s).is_some_and(|id| id < first_needed) {
+                removed |= self.vfs.remove(&self.dir.join(&name)).is_ok();
+            }
+        }
+        if removed {
+            let _ = self.vfs.sync_dir(&self.dir);
+        }
+    }
+
+    /// Takes a snapshot now and waits until it is durable (commit lock held by the caller).
+    pub(crate) fn snapshot_locked(&self, cs: &mut CommitState) -> Result<()> {
+        self.reap(cs, true);
+        self.commit_locked(cs, true)?;
+        if cs.pending.is_none() {
+            return Err(Error::io(
+                "fork (snapshot writer)",
+                &self.dir,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let slot = cs.pending.as_ref().map_or(0, |p| p.slot);
+        match self.reap(cs, true) {
+            None => Ok(()),
+            Some(why) => Err(Error::io(
+                "snapshot writer",
+                self.dir.join(SNAPSHOT_FILES[slot]),
+                std::io::Error::other(why),
+            )),
+        }
+    }
+
+    /// Takes a snapshot now and waits until it is durable.
+    pub(crate) fn snapshot(&self) -> Result<()> {
+        let mut cs = lock(&self.commit);
+        self.check_poison()?;
+        self.snapshot_locked(&mut cs)
+    }
+}
+
+fn describe_status(s: libc::c_int) -> String {
+    if libc::WIFEXITED(s) {
+        match libc::WEXITSTATUS(s) {
+            writer::EXIT_STOPPED => "writer stopped early (test hook)".to_string(),
+            3 => "writer started after its parent died".to_string(),
+            c if c > 10 => match Step::from_u8((c - 10) as u8) {
+                Some(step) => format!("writer failed at step {step:?}"),
+                None => format!("writer exited with status {c}"),
+            },
+            c => format!("writer exited with status {c}"),
+        }
+    } else if libc::WIFSIGNALED(s) {
+        format!("writer killed by signal {}", libc::WTERMSIG(s))
+    } else {
+        format!("writer ended with wait status {s:#x}")
+    }
+}

@@ -1,0 +1,159 @@
+//! [`OpenOptions`] and [`Durability`]: how a heap is opened and how commits reach the disk.
+
+use crate::heap::Heap;
+use crate::io::{OsVfs, Vfs};
+use crate::{HeapAlloc, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// When a commit is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `commit` returns after the commit's journal records are synced (`fdatasync`); commits
+    /// from concurrent threads share one sync (group commit). Survives a power loss.
+    #[default]
+    Immediate,
+    /// `commit` returns after the records are written to the file; a background flusher syncs
+    /// them within [`OpenOptions::flush_interval`]. Survives a crash of the process at once, and
+    /// a power loss for commits older than the interval.
+    Eventual,
+}
+
+/// Options for opening or creating a heap. [`Heap::open`] uses the defaults.
+#[derive(Clone)]
+pub struct OpenOptions {
+    pub(crate) max_size: u64,
+    pub(crate) durability: Durability,
+    pub(crate) schema: String,
+    pub(crate) snapshot_after_journal_bytes: u64,
+    pub(crate) snapshot_interval: Option<Duration>,
+    pub(crate) flush_interval: Duration,
+    pub(crate) snapshot_on_close: bool,
+    pub(crate) force_all_dirty: bool,
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) test_snapshot_stop_after: Option<u8>,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("max_size", &self.max_size)
+            .field("durability", &self.durability)
+            .field("schema", &self.schema)
+            .field("snapshot_after_journal_bytes", &self.snapshot_after_journal_bytes)
+            .field("snapshot_interval", &self.snapshot_interval)
+            .field("flush_interval", &self.flush_interval)
+            .field("snapshot_on_close", &self.snapshot_on_close)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default maximum heap size: 256 GiB of address space (costs nothing until used).
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
+/// The default journal volume after which a snapshot starts: 64 MiB.
+pub const DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES: u64 = 64 << 20;
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_size: DEFAULT_MAX_SIZE,
+            durability: Durability::Immediate,
+            schema: String::new(),
+            snapshot_after_journal_bytes: DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+            snapshot_interval: None,
+            flush_interval: Duration::from_secs(1),
+            snapshot_on_close: true,
+            force_all_dirty: false,
+            vfs: Arc::new(OsVfs),
+            test_snapshot_stop_after: None,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maximum size of the heap in bytes (rounded up to 4 MiB). Fixed when the heap is created;
+    /// a reopen must not ask for a different value. Address space only: untouched parts cost
+    /// neither memory nor disk.
+    pub fn max_size(&mut self, bytes: u64) -> &mut Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// When commits become durable (default [`Durability::Immediate`]).
+    pub fn durability(&mut self, d: Durability) -> &mut Self {
+        self.durability = d;
+        self
+    }
+
+    /// A user schema id recorded at creation; opening with another id is
+    /// [`Error::Incompatible`](crate::Error::Incompatible). Bump it when the root type's
+    /// meaning changes without its Rust type name changing.
+    pub fn schema(&mut self, id: &str) -> &mut Self {
+        self.schema = id.to_string();
+        self
+    }
+
+    /// Start a snapshot once the journal since the last snapshot exceeds this many bytes
+    /// (default 64 MiB). Bounds recovery time and disk use.
+    pub fn snapshot_after_journal_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.snapshot_after_journal_bytes = bytes.max(1);
+        self
+    }
+
+    /// Also start a snapshot when this much time has passed since the last one and something
+    /// was committed (default: off).
+    pub fn snapshot_interval(&mut self, every: Option<Duration>) -> &mut Self {
+        self.snapshot_interval = every;
+        self
+    }
+
+    /// With [`Durability::Eventual`], how often the background flusher syncs (default 1 s).
+    pub fn flush_interval(&mut self, every: Duration) -> &mut Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// Whether [`Heap::close`] takes a snapshot when the journal is not empty, so that the next
+    /// open replays nothing (default true).
+    pub fn snapshot_on_close(&mut self, yes: bool) -> &mut Self {
+        self.snapshot_on_close = yes;
+        self
+    }
+
+    /// Disable kernel dirty-page tracking and treat every page as written at each commit.
+    /// Slow; for testing and for systems where the probe misbehaves.
+    pub fn force_all_dirty(&mut self, yes: bool) -> &mut Self {
+        self.force_all_dirty = yes;
+        self
+    }
+
+    /// Use another file-system implementation (tests: a simulated disk).
+    #[doc(hidden)]
+    pub fn vfs(&mut self, vfs: Arc<dyn Vfs>) -> &mut Self {
+        self.vfs = vfs;
+        self
+    }
+
+    /// Tests only: make snapshot writers stop (as if killed) right after protocol step `n`
+    /// (1..=8, see docs/design.md).
+    #[doc(hidden)]
+    pub fn test_snapshot_stop_after(&mut self, step: Option<u8>) -> &mut Self {
+        self.test_snapshot_stop_after = step;
+        self
+    }
+
+    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
+    pub fn open<T: Send + Sync + 'static>(
+        &self,
+        dir: impl AsRef<Path>,
+        init: impl FnOnce(HeapAlloc) -> T,
+    ) -> Result<Heap<T>> {
+        Heap::open_with(self, dir.as_ref(), init)
+    }
+}

@@ -1,0 +1,224 @@
+//! The region: the heap's fixed range of virtual address space and what is mapped in it.
+//!
+//! ```text
+//!  base - CTRL_SIZE    base                 base+file_extent     base+extent          base+max_size
+//!  |  control area     |  snapshot pages     |  anonymous pages   |  reserved, PROT_NONE |
+//!  |  (process-local)  |  (MAP_PRIVATE file) |  (zero on first    |  (never touched)     |
+//!  |                   |                     |   touch)           |                      |
+//! ```
+//!
+//! The whole range `[base - CTRL_SIZE, base + max_size)` is reserved once with
+//! `MAP_FIXED_NOREPLACE`, so no other mapping can appear inside it; later mappings replace
+//! parts of *our own* reservation with `MAP_FIXED`. The control area holds the process-local
+//! allocator handle (see `alloc`), is never persisted and never tracked.
+//!
+//! After a heap is closed, its reservation and control area are retained (the control area
+//! records the closed state, so a stale `HeapAlloc` fails cleanly instead of touching freed
+//! memory), and a later open of a heap with the same base in this process reuses them.
+//!
+//! # Invariants
+//!
+//! - `0 <= file_extent <= extent <= max_size`, all multiples of the OS page size.
+//! - `[base, base + extent)` is mapped read-write; `[base + extent, base + max_size)` is
+//!   `PROT_NONE`.
+//!
+//! # Safety
+//!
+//! Every remapping targets only addresses inside the reservation this module made, and
+//! happens only when the caller guarantees that no reference into the affected range is live
+//! (at open, before the heap is handed out; at growth, for pages never handed out; at close,
+//! after the heap handle is gone).
+
+use crate::alloc::CTRL_SIZE;
+use crate::error::{Error, Result};
+use crate::sys;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+/// Reservations of closed heaps, kept so that stale `HeapAlloc` handles stay harmless and the
+/// same heap can be reopened in this process. `(start, len)`; `len == 0` marks a free slot.
+static RETAINED: Mutex<[(usize, usize); 64]> = Mutex::new([(0, 0); 64]);
+
+/// The lowest and highest base addresses a new heap may pick (inside x86-64's 47-bit user
+/// space, above typical executables and the brk heap, below mmap's top-down area).
+const BASE_MIN: usize = 0x1000_0000_0000;
+const BASE_MAX: usize = 0x6000_0000_0000;
+
+/// Alignment of a heap's base address.
+pub(crate) const BASE_ALIGN: usize = crate::alloc::SEGMENT;
+
+/// A reserved range with its current mapping state.
+#[derive(Debug)]
+pub(crate) struct Region {
+    base: usize,
+    max_size: usize,
+    /// Bytes from `base` mapped read-write.
+    extent: usize,
+    /// Bytes from `base` mapped from the snapshot file.
+    file_extent: usize,
+}
+
+impl Region {
+    /// Reserves `[base - CTRL_SIZE, base + max_size)` and maps the control area.
+    pub(crate) fn reserve(base: usize, max_size: usize) -> Result<Region> {
+        if base % BASE_ALIGN != 0 || max_size % BASE_ALIGN != 0 || max_size == 0 || base < CTRL_SIZE {
+            return Err(Error::invalid(format!(
+                "base {base:#x} and max_size {max_size:#x} must be non-zero multiples of {BASE_ALIGN:#x}"
+            )));
+        }
+        let start = base - CTRL_SIZE;
+        let len = max_size + CTRL_SIZE;
+        if take_retained(start, len) {
+            // The control area is still mapped and holds a closed allocator handle; the data
+            // part is PROT_NONE since release().
+            return Ok(Region { base, max_size, extent: 0, file_extent: 0 });
+        }
+        match sys::reserve(start, len) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(Error::AddressInUse { start, end: base + max_size });
+            }
+            Err(e) => return Err(Error::io("mmap (reserve heap range)", "", e)),
+        }
+        // SAFETY: the control area lies inside the reservation just made and nothing refers
+        // to it yet.
+        if let Err(e) = unsafe { sys::map_anon_fixed(start, CTRL_SIZE) } {
+            // SAFETY: we own the whole reservation and nothing refers to it.
+            let _ = unsafe { sys::unmap(start, len) };
+            return Err(Error::io("mmap (control area)", "", e));
+        }
+        Ok(Region { base, max_size, extent: 0, file_extent: 0 })
+    }
+
+    /// Picks a free base for a new heap of `max_size` bytes and reserves it.
+    pub(crate) fn reserve_anywhere(max_size: usize) -> Result<Region> {
+        let slots = (BASE_MAX - BASE_MIN - max_size.min(BASE_MAX - BASE_MIN - BASE_ALIGN)) / BASE_ALIGN;
+        let mut seed = crate::sys::random_u64();
+        for _ in 0..64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let base = BASE_MIN + (seed as usize % slots.max(1)) * BASE_ALIGN;
+            match Region::reserve(base, max_size) {
+                Ok(r) => return Ok(r),
+                Err(Error::AddressInUse { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::invalid(format!(
+            "found no free address range of {max_size:#x} bytes for a new heap; try a smaller max_size"
+        )))
+    }
+
+    /// First byte of the heap's data.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Size of the reservation for data.
+    pub(crate) fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Bytes from `base` that are mapped read-write.
+    pub(crate) fn extent(&self) -> usize {
+        self.extent
+    }
+
+    /// Maps `[base, base + len)` copy-on-write from `fd` at file offset `offset`. Used once at
+    /// open, before anything else is mapped.
+    ///
+    /// # Safety
+    ///
+    /// The file stays at least `offset + len` bytes long while mapped, and no reference points
+    /// into the range.
+    pub(crate) unsafe fn map_file(&mut self, fd: RawFd, offset: u64, len: usize) -> Result<()> {
+        debug_assert_eq!(self.extent, 0);
+        if len > self.max_size {
+            return Err(Error::invalid("snapshot larger than the heap's max_size"));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: inside our reservation (len <= max_size); the caller guarantees the file
+        // length and the absence of references.
+        unsafe { sys::map_file_private_fixed(self.base, len, fd, offset) }
+            .map_err(|e| Error::io("mmap (snapshot)", "", e))?;
+        let _ = sys::no_huge_pages(self.base, len);
+        self.extent = len;
+        self.file_extent = len;
+        Ok(())
+    }
+
+    /// Grows the read-write part to `new_extent` bytes with zeroed anonymous memory.
+    /// Returns the newly mapped range, or `None` if it was already mapped.
+    pub(crate) fn grow(&mut self, new_extent: usize) -> std::io::Result<Option<(usize, usize)>> {
+        if new_extent <= self.extent {
+            return Ok(None);
+        }
+        if new_extent > self.max_size || new_extent % sys::OS_PAGE != 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        let (a, b) = (self.base + self.extent, self.base + new_extent);
+        // SAFETY: [a, b) lies inside our reservation beyond the mapped part, so it is
+        // PROT_NONE memory nobody can hold a reference into.
+        unsafe { sys::map_anon_fixed(a, b - a) }?;
+        let _ = sys::no_huge_pages(a, b - a);
+        self.extent = new_extent;
+        Ok(Some((a, b)))
+    }
+
+    /// Drops the mapping of `[base + extent, base + old_extent)` again after a failed growth
+    /// (back to `PROT_NONE`).
+    pub(crate) fn shrink_to(&mut self, extent: usize) {
+        if extent >= self.extent || extent < self.file_extent {
+            return;
+        }
+        // SAFETY: the tail was mapped by the growth that is being undone; its memory was never
+        // handed out, so nothing refers to it.
+        if unsafe { sys::rereserve(self.base + extent, self.extent - extent) }.is_ok() {
+            self.extent = extent;
+        }
+    }
+
+    /// An empty stand-in, used to move a region out of its owner before release.
+    pub(crate) fn placeholder() -> Region {
+        Region { base: 0, max_size: 0, extent: 0, file_extent: 0 }
+    }
+
+    /// Unmaps the data part (back to `PROT_NONE`) and retains the reservation and control area
+    /// for this process.
+    ///
+    /// # Safety
+    ///
+    /// No reference into `[base, base + max_size)` is used afterwards.
+    pub(crate) unsafe fn release(self) {
+        if self.max_size == 0 {
+            return;
+        }
+        // SAFETY: the caller promises the data part is no longer referenced; the range is ours.
+        let ok = unsafe { sys::rereserve(self.base, self.max_size) }.is_ok();
+        if ok {
+            retain(self.base - CTRL_SIZE, self.max_size + CTRL_SIZE);
+        }
+    }
+}
+
+fn take_retained(start: usize, len: usize) -> bool {
+    let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
+    for slot in t.iter_mut() {
+        if *slot == (start, len) {
+            *slot = (0, 0);
+            return true;
+        }
+    }
+    false
+}
+
+fn retain(start: usize, len: usize) {
+    let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(slot) = t.iter_mut().find(|s| s.1 == 0) {
+        *slot = (start, len);
+    }
+    // With more than 64 closed heaps the reservation simply stays mapped PROT_NONE forever.
+}

@@ -1,0 +1,39 @@
+//! [`Stats`]: counters describing a heap, and [`TrackMode`] re-exported for reporting.
+
+/// A snapshot of a heap's counters, from [`Heap::stats`](crate::Heap::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Sequence number of the last commit (0 before the first).
+    pub commit_seq: u64,
+    /// Sequence number of the last commit known durable.
+    pub durable_seq: u64,
+    /// Bytes in the journal files written since the last snapshot.
+    pub journal_bytes: u64,
+    /// Commits made through this handle.
+    pub commits: u64,
+    /// Pages captured by the last commit.
+    pub last_commit_pages: u64,
+    /// Snapshots completed through this handle.
+    pub snapshots: u64,
+    /// Snapshots that failed (fork error or child failure) and will be retried.
+    pub snapshot_failures: u64,
+    /// Pages written by the last completed snapshot.
+    pub last_snapshot_pages: u64,
+    /// How long the last `fork()` stalled the committing thread, in microseconds.
+    pub last_fork_micros: u64,
+    /// Wall time of the last completed snapshot, from fork to durable header, in microseconds.
+    pub last_snapshot_micros: u64,
+    /// Generation of the newest durable snapshot (0 if none).
+    pub snapshot_generation: u64,
+    /// Bytes handed out by the allocator and not yet freed.
+    pub allocated_bytes: u64,
+    /// Bytes of the region mapped read-write (the used part).
+    pub mapped_bytes: u64,
+    /// The dirty-page tracking mechanism in use: `"uffd-wp"` or `"all-dirty"`.
+    pub track_mode: &'static str,
+    /// Pages replayed from the journal when the heap was opened.
+    pub replayed_pages: u64,
+    /// Bytes reclaimed at open (blocks unreachable from the roots).
+    pub reclaimed_bytes: u64,
+}
