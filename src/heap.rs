@@ -74,7 +74,11 @@ impl<T: Send + Sync + 'static> Heap<T> {
         OpenOptions::new().open(dir, init)
     }
 
-    pub(crate) fn open_with(opts: &OpenOptions, dir: &Path, init: impl FnOnce(HeapAlloc) -> T) -> Result<Self> {
+    pub(crate) fn open_with(
+        opts: &OpenOptions,
+        dir: &Path,
+        init: impl FnOnce(HeapAlloc) -> T,
+    ) -> Result<Self> {
         let fp = Fingerprint::of::<T>(&opts.schema);
         let engine = Engine::open(dir, opts, &fp)?;
         let arena = engine.arena();
@@ -92,18 +96,30 @@ impl<T: Send + Sync + 'static> Heap<T> {
             // SAFETY: p is a fresh allocation of T's layout (or dangling for a ZST), valid for
             // writes and not aliased.
             unsafe { p.as_ptr().write(value) };
-            engine.root_word().store(p.as_ptr() as u64, Ordering::Release);
+            engine
+                .root_word()
+                .store(p.as_ptr() as u64, Ordering::Release);
             engine.commit()?;
             p
         } else {
             let addr = word as usize;
             let in_heap = layout.size() == 0 || arena.contains(addr as *const u8);
             if addr % layout.align() != 0 || !in_heap {
-                return Err(Error::corrupt(dir, 0, format!("root pointer {addr:#x} does not point into the heap")));
+                return Err(Error::corrupt(
+                    dir,
+                    0,
+                    format!("root pointer {addr:#x} does not point into the heap"),
+                ));
             }
-            NonNull::new(addr as *mut T).ok_or_else(|| Error::corrupt(dir, 0, "null root pointer"))?
+            NonNull::new(addr as *mut T)
+                .ok_or_else(|| Error::corrupt(dir, 0, "null root pointer"))?
         };
-        Ok(Heap { engine: Some(engine), lock: RwLock::new(()), root, _marker: PhantomData })
+        Ok(Heap {
+            engine: Some(engine),
+            lock: RwLock::new(()),
+            root,
+            _marker: PhantomData,
+        })
     }
 }
 
@@ -121,7 +137,10 @@ impl<T> Heap<T> {
     pub fn read(&self) -> ReadGuard<'_, T> {
         let g = self.lock.read().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the root is a valid T for the heap's lifetime; the read lock excludes writers.
-        ReadGuard { _g: g, root: unsafe { self.root.as_ref() } }
+        ReadGuard {
+            _g: g,
+            root: unsafe { self.root.as_ref() },
+        }
     }
 
     /// Exclusive access to the root. Blocks while other guards exist.

@@ -61,7 +61,8 @@ pub(crate) struct Region {
 impl Region {
     /// Reserves `[base - CTRL_SIZE, base + max_size)` and maps the control area.
     pub(crate) fn reserve(base: usize, max_size: usize) -> Result<Region> {
-        if base % BASE_ALIGN != 0 || max_size % BASE_ALIGN != 0 || max_size == 0 || base < CTRL_SIZE {
+        if base % BASE_ALIGN != 0 || max_size % BASE_ALIGN != 0 || max_size == 0 || base < CTRL_SIZE
+        {
             return Err(Error::invalid(format!(
                 "base {base:#x} and max_size {max_size:#x} must be non-zero multiples of {BASE_ALIGN:#x}"
             )));
@@ -71,12 +72,20 @@ impl Region {
         if take_retained(start, len) {
             // The control area is still mapped and holds a closed allocator handle; the data
             // part is PROT_NONE since release().
-            return Ok(Region { base, max_size, extent: 0, file_extent: 0 });
+            return Ok(Region {
+                base,
+                max_size,
+                extent: 0,
+                file_extent: 0,
+            });
         }
         match sys::reserve(start, len) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                return Err(Error::AddressInUse { start, end: base + max_size });
+                return Err(Error::AddressInUse {
+                    start,
+                    end: base + max_size,
+                });
             }
             Err(e) => return Err(Error::io("mmap (reserve heap range)", "", e)),
         }
@@ -87,12 +96,18 @@ impl Region {
             let _ = unsafe { sys::unmap(start, len) };
             return Err(Error::io("mmap (control area)", "", e));
         }
-        Ok(Region { base, max_size, extent: 0, file_extent: 0 })
+        Ok(Region {
+            base,
+            max_size,
+            extent: 0,
+            file_extent: 0,
+        })
     }
 
     /// Picks a free base for a new heap of `max_size` bytes and reserves it.
     pub(crate) fn reserve_anywhere(max_size: usize) -> Result<Region> {
-        let slots = (BASE_MAX - BASE_MIN - max_size.min(BASE_MAX - BASE_MIN - BASE_ALIGN)) / BASE_ALIGN;
+        let slots =
+            (BASE_MAX - BASE_MIN - max_size.min(BASE_MAX - BASE_MIN - BASE_ALIGN)) / BASE_ALIGN;
         let mut seed = crate::sys::random_u64();
         for _ in 0..64 {
             seed ^= seed << 13;
@@ -183,7 +198,12 @@ impl Region {
 
     /// An empty stand-in, used to move a region out of its owner before release.
     pub(crate) fn placeholder() -> Region {
-        Region { base: 0, max_size: 0, extent: 0, file_extent: 0 }
+        Region {
+            base: 0,
+            max_size: 0,
+            extent: 0,
+            file_extent: 0,
+        }
     }
 
     /// Unmaps the data part (back to `PROT_NONE`) and retains the reservation and control area

@@ -87,7 +87,10 @@ pub(crate) struct Plan {
 impl Plan {
     /// Number of pages the plan writes.
     pub(crate) fn pages(&self) -> u64 {
-        self.runs.iter().map(|(a, b)| (b - a) / sys::OS_PAGE as u64).sum()
+        self.runs
+            .iter()
+            .map(|(a, b)| (b - a) / sys::OS_PAGE as u64)
+            .sum()
     }
 }
 
@@ -156,7 +159,9 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
         let mut r = Ok(());
         for &(a, b) in plan.runs.iter() {
             // SAFETY: the caller guarantees the run lies inside the mapped, readable region.
-            let src = unsafe { std::slice::from_raw_parts((plan.base + a as usize) as *const u8, (b - a) as usize) };
+            let src = unsafe {
+                std::slice::from_raw_parts((plan.base + a as usize) as *const u8, (b - a) as usize)
+            };
             r = sink.write_at(src, DATA_OFFSET + a);
             if r.is_err() {
                 break;
@@ -164,7 +169,10 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
         }
         r
     });
-    step!(Step::WriteBitmap, sink.write_at(&plan.bitmap, DATA_OFFSET + plan.header.extent));
+    step!(
+        Step::WriteBitmap,
+        sink.write_at(&plan.bitmap, DATA_OFFSET + plan.header.extent)
+    );
     step!(Step::SyncData, sink.sync());
     step!(Step::WriteHeader, sink.write_at(&plan.header.encode(), 0));
     step!(Step::SyncHeader, sink.sync());

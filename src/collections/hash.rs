@@ -61,7 +61,9 @@ impl BuildHasher for PersistentState {
     type Hasher = PersistentHasher;
     #[inline]
     fn build_hasher(&self) -> PersistentHasher {
-        PersistentHasher { acc: self.seed ^ K0 }
+        PersistentHasher {
+            acc: self.seed ^ K0,
+        }
     }
 }
 
@@ -130,7 +132,11 @@ mod tests {
         assert_eq!(h(&a, 7u64), h(&b, 7u64));
         assert_ne!(h(&a, 7u64), h(&PersistentState::with_seed(43), 7u64));
         // Pinned value: changing the function would break every persisted map.
-        assert_eq!(h(&PersistentState::with_seed(1), 12345u64), 0x3d1a_6c6f_e0f1_5ba3, "hash function changed");
+        assert_eq!(
+            h(&PersistentState::with_seed(1), 12345u64),
+            0x3d1a_6c6f_e0f1_5ba3,
+            "hash function changed"
+        );
     }
 
     #[test]

@@ -20,12 +20,19 @@ pub struct HashMap<K, V>(RawHashMap<K, V>);
 impl<K, V> HashMap<K, V> {
     /// An empty map (allocates nothing until the first insert).
     pub fn new_in(alloc: HeapAlloc) -> Self {
-        HashMap(hashbrown::HashMap::with_hasher_in(PersistentState::default(), alloc))
+        HashMap(hashbrown::HashMap::with_hasher_in(
+            PersistentState::default(),
+            alloc,
+        ))
     }
 
     /// An empty map with room for `n` entries.
     pub fn with_capacity_in(n: usize, alloc: HeapAlloc) -> Self {
-        HashMap(hashbrown::HashMap::with_capacity_and_hasher_in(n, PersistentState::default(), alloc))
+        HashMap(hashbrown::HashMap::with_capacity_and_hasher_in(
+            n,
+            PersistentState::default(),
+            alloc,
+        ))
     }
 
     /// The underlying `hashbrown` map.
@@ -110,12 +117,19 @@ pub struct HashSet<T>(RawHashSet<T>);
 impl<T> HashSet<T> {
     /// An empty set (allocates nothing until the first insert).
     pub fn new_in(alloc: HeapAlloc) -> Self {
-        HashSet(hashbrown::HashSet::with_hasher_in(PersistentState::default(), alloc))
+        HashSet(hashbrown::HashSet::with_hasher_in(
+            PersistentState::default(),
+            alloc,
+        ))
     }
 
     /// An empty set with room for `n` elements.
     pub fn with_capacity_in(n: usize, alloc: HeapAlloc) -> Self {
-        HashSet(hashbrown::HashSet::with_capacity_and_hasher_in(n, PersistentState::default(), alloc))
+        HashSet(hashbrown::HashSet::with_capacity_and_hasher_in(
+            n,
+            PersistentState::default(),
+            alloc,
+        ))
     }
 
     /// The underlying `hashbrown` set.

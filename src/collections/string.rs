@@ -20,12 +20,16 @@ pub struct String {
 impl String {
     /// An empty string (allocates nothing).
     pub fn new_in(alloc: HeapAlloc) -> Self {
-        String { bytes: Vec::new_in(alloc) }
+        String {
+            bytes: Vec::new_in(alloc),
+        }
     }
 
     /// An empty string with room for `n` bytes.
     pub fn with_capacity_in(n: usize, alloc: HeapAlloc) -> Self {
-        String { bytes: Vec::with_capacity_in(n, alloc) }
+        String {
+            bytes: Vec::with_capacity_in(n, alloc),
+        }
     }
 
     /// A copy of `s` in the heap.
@@ -72,7 +76,10 @@ impl String {
     /// `std::string::String::truncate`.
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {
-            assert!(self.as_str().is_char_boundary(len), "truncate inside a character");
+            assert!(
+                self.as_str().is_char_boundary(len),
+                "truncate inside a character"
+            );
             self.bytes.truncate(len);
         }
     }
@@ -109,7 +116,9 @@ impl Borrow<str> for String {
 
 impl Clone for String {
     fn clone(&self) -> Self {
-        String { bytes: self.bytes.clone() }
+        String {
+            bytes: self.bytes.clone(),
+        }
     }
 }
 

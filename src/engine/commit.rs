@@ -57,7 +57,8 @@ impl Engine {
             let wrote = !cs.ranges.is_empty();
             seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
             if wrote {
-                let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
+                let mut slices: SysVec<(u64, &[u8])> =
+                    SysVec::with_capacity_in(cs.ranges.len(), System);
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
                     // SAFETY: [a, b) lies inside [base, base + extent), which is mapped
@@ -70,7 +71,8 @@ impl Engine {
                     cs.since_snap.insert_range(a, b);
                     pages += ((b - a) / crate::sys::OS_PAGE) as u64;
                 }
-                cs.journal.encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
+                cs.journal
+                    .encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
             }
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
                 forked = self.fork_snapshot(cs, seq, extent);
@@ -89,7 +91,9 @@ impl Engine {
                 Err(e) => return Err(self.poison(e)),
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
+            self.counters
+                .last_commit_pages
+                .store(pages, Ordering::Relaxed);
         }
         if forked {
             self.rotate_journal(cs, seq)?;

@@ -111,7 +111,8 @@ impl Engine {
                 continue;
             }
             s.syncing = true;
-            let (file, target_seq, target_end, jid) = (s.file.clone(), s.written_seq, s.written_end, s.journal_id);
+            let (file, target_seq, target_end, jid) =
+                (s.file.clone(), s.written_seq, s.written_end, s.journal_id);
             drop(s);
             let r = file.sync_data();
             s = lock(&d.state);
@@ -141,28 +142,32 @@ impl Engine {
     /// engine is boxed and `close`/`drop` stop the flusher first).
     pub(super) unsafe fn start_flusher(&self, every: Duration) {
         let addr = self as *const Engine as usize;
-        let h = std::thread::Builder::new().name("snapheap-flush".into()).spawn(move || {
-            // SAFETY: the engine outlives this thread (function contract).
-            let e = unsafe { &*(addr as *const Engine) };
-            let d = &e.durable;
-            let mut s = lock(&d.state);
-            loop {
-                if s.stop {
-                    return;
+        let h = std::thread::Builder::new()
+            .name("snapheap-flush".into())
+            .spawn(move || {
+                // SAFETY: the engine outlives this thread (function contract).
+                let e = unsafe { &*(addr as *const Engine) };
+                let d = &e.durable;
+                let mut s = lock(&d.state);
+                loop {
+                    if s.stop {
+                        return;
+                    }
+                    let (g, _) =
+                        d.cv.wait_timeout(s, every)
+                            .unwrap_or_else(|p| p.into_inner());
+                    s = g;
+                    if s.stop {
+                        return;
+                    }
+                    if s.written_seq > s.durable_seq && !e.is_poisoned() {
+                        let target = s.written_seq;
+                        drop(s);
+                        let _ = e.wait_durable(target);
+                        s = lock(&d.state);
+                    }
                 }
-                let (g, _) = d.cv.wait_timeout(s, every).unwrap_or_else(|p| p.into_inner());
-                s = g;
-                if s.stop {
-                    return;
-                }
-                if s.written_seq > s.durable_seq && !e.is_poisoned() {
-                    let target = s.written_seq;
-                    drop(s);
-                    let _ = e.wait_durable(target);
-                    s = lock(&d.state);
-                }
-            }
-        });
+            });
         if let Ok(h) = h {
             *lock(&self.durable.flusher) = Some(h);
         }

@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::format::meta::{fnv1a, Meta, MetaError, META_LEN};
 use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::io::{VFile, Vfs};
-use crate::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter};
+use crate::journal::{
+    journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
+};
 use crate::options::{Durability, OpenOptions};
 use crate::region::Region;
 use crate::sys;
@@ -50,7 +52,10 @@ impl Fingerprint {
     }
 
     fn check(&self, m: &Meta) -> Result<()> {
-        if fnv1a(self.type_name.as_bytes()) != m.root_type_hash || self.size != m.root_size || self.align != m.root_align {
+        if fnv1a(self.type_name.as_bytes()) != m.root_type_hash
+            || self.size != m.root_size
+            || self.align != m.root_align
+        {
             return Err(Error::incompatible(format!(
                 "root type: the heap holds `{}` (size {}, align {}), this program opened it as `{}` (size {}, align {})",
                 m.root_type_name, m.root_size, m.root_align, self.type_name, self.size, self.align
@@ -89,10 +94,13 @@ impl Engine {
     /// committed root yet (a new heap, or one whose creation never committed).
     pub(crate) fn open(dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<SysBox<Engine>> {
         let vfs = opts.vfs.clone();
-        vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        vfs.create_dir_all(dir)
+            .map_err(io_err("create directory", dir))?;
         let dir = dir.to_path_buf();
         let lock_path = dir.join("lock");
-        let lock_file = vfs.open(&lock_path, true).map_err(io_err("open", &lock_path))?;
+        let lock_file = vfs
+            .open(&lock_path, true)
+            .map_err(io_err("open", &lock_path))?;
         if let Some(fd) = lock_file.raw_fd() {
             if !sys::try_lock_exclusive(fd).map_err(io_err("flock", &lock_path))? {
                 return Err(Error::Locked { path: lock_path });
@@ -124,7 +132,8 @@ impl Engine {
         for (i, name) in SNAPSHOT_FILES.iter().enumerate() {
             let path = dir.join(name);
             let f = vfs.open(&path, true).map_err(io_err("open", &path))?;
-            snaps[i] = read_snapshot_header(&*f, &meta).map_err(|(off, what)| Error::corrupt(&path, off, what))?;
+            snaps[i] = read_snapshot_header(&*f, &meta)
+                .map_err(|(off, what)| Error::corrupt(&path, off, what))?;
             snap_files.push(f);
         }
         let newest = (0..2)
@@ -139,16 +148,28 @@ impl Engine {
             let h = snaps[n].expect("newest is valid");
             let f = &snap_files[n];
             if h.extent > 0 {
-                map_snapshot(&mut region, &**f, h.extent as usize, &dir.join(SNAPSHOT_FILES[n]))?;
+                map_snapshot(
+                    &mut region,
+                    &**f,
+                    h.extent as usize,
+                    &dir.join(SNAPSHOT_FILES[n]),
+                )?;
             }
             prev_interval = read_dirty_bitmap(&**f, &h, base, meta.max_size as usize);
         }
 
         // Journals after the snapshot.
         let names = vfs.list(&dir).map_err(io_err("list directory", &dir))?;
-        let mut ids: Vec<u64> = names.iter().filter_map(|n| n.to_str().and_then(parse_journal_file_name)).collect();
+        let mut ids: Vec<u64> = names
+            .iter()
+            .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
+            .collect();
         ids.sort_unstable();
-        let stale: Vec<u64> = ids.iter().copied().filter(|&id| id < first_journal).collect();
+        let stale: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| id < first_journal)
+            .collect();
         ids.retain(|&id| id >= first_journal);
         let mut scans: Vec<JournalScan> = Vec::new();
         let mut expect_seq = start_seq;
@@ -182,28 +203,47 @@ impl Engine {
         let mut replayed_pages = 0u64;
         let mut any_state = newest.is_some();
         for scan in &scans {
-            let f = vfs.open(&scan.path, false).map_err(io_err("open", &scan.path))?;
+            let f = vfs
+                .open(&scan.path, false)
+                .map_err(io_err("open", &scan.path))?;
             for g in &scan.groups {
                 any_state = true;
                 if g.extent > meta.max_size || g.extent % SEGMENT as u64 != 0 {
-                    return Err(Error::corrupt(&scan.path, 0, format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent)));
+                    return Err(Error::corrupt(
+                        &scan.path,
+                        0,
+                        format!(
+                            "commit {} has extent {:#x} outside the heap",
+                            g.seq, g.extent
+                        ),
+                    ));
                 }
-                region.grow(g.extent as usize).map_err(io_err("mmap (grow heap)", &scan.path))?;
+                region
+                    .grow(g.extent as usize)
+                    .map_err(io_err("mmap (grow heap)", &scan.path))?;
                 for run in &scan.runs[g.runs.clone()] {
                     if run.region_offset % sys::OS_PAGE as u64 != 0
                         || run.len % sys::OS_PAGE as u64 != 0
-                        || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
+                        || run
+                            .region_offset
+                            .checked_add(run.len)
+                            .is_none_or(|e| e > g.extent)
                     {
                         return Err(Error::corrupt(
                             &scan.path,
                             run.file_offset,
-                            format!("page run {:#x}+{:#x} lies outside the heap extent {:#x}", run.region_offset, run.len, g.extent),
+                            format!(
+                                "page run {:#x}+{:#x} lies outside the heap extent {:#x}",
+                                run.region_offset, run.len, g.extent
+                            ),
                         ));
                     }
                     let addr = base + run.region_offset as usize;
                     // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
                     // and nothing has been handed out yet, so no reference aliases it.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize)
+                    };
                     read_run(&*f, &scan.path, run, dst)?;
                     replayed.push((addr, addr + run.len as usize));
                     replayed_pages += run.len / sys::OS_PAGE as u64;
@@ -215,12 +255,22 @@ impl Engine {
         let mut tracker = Tracker::new(opts.force_all_dirty);
         let fresh = !any_state;
         if fresh {
-            region.grow(SEGMENT).map_err(io_err("mmap (first segment)", &dir))?;
+            region
+                .grow(SEGMENT)
+                .map_err(io_err("mmap (first segment)", &dir))?;
         }
         if region.extent() > 0 {
-            tracker.arm(base, base + region.extent()).map_err(io_err("userfaultfd (arm)", &dir))?;
+            tracker
+                .arm(base, base + region.extent())
+                .map_err(io_err("userfaultfd (arm)", &dir))?;
         }
-        let grow = SysBox::new_in(GrowCtx { region: Mutex::new(region), tracker: Mutex::new(tracker) }, System);
+        let grow = SysBox::new_in(
+            GrowCtx {
+                region: Mutex::new(region),
+                tracker: Mutex::new(tracker),
+            },
+            System,
+        );
         let ctx = &*grow as *const GrowCtx as *const ();
         let arena = if fresh {
             // SAFETY: the control area and the first segment are mapped read-write and zeroed
@@ -232,7 +282,11 @@ impl Engine {
                 .map_err(|e| Error::corrupt(&dir, 0, format!("allocator state: {e}")))?
         };
         if arena.extent() > lock(&grow.region).extent() {
-            return Err(Error::corrupt(&dir, 0, "allocator extent exceeds the recovered image"));
+            return Err(Error::corrupt(
+                &dir,
+                0,
+                "allocator extent exceeds the recovered image",
+            ));
         }
 
         // Journal writer.
@@ -250,13 +304,21 @@ impl Engine {
             since_snap.insert_range(a, b);
         }
         let last_seq = journal.next_seq() - 1;
-        let durable = super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
+        let durable =
+            super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
         let mut files = snap_files.into_iter();
-        let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
+        let snap_files = [
+            files.next().expect("two files"),
+            files.next().expect("two files"),
+        ];
         let counters = Counters::default();
-        counters.replayed_pages.store(replayed_pages, Ordering::Relaxed);
+        counters
+            .replayed_pages
+            .store(replayed_pages, Ordering::Relaxed);
         if let Some(n) = newest {
-            counters.snapshot_generation.store(snaps[n].map_or(0, |h| h.generation), Ordering::Relaxed);
+            counters
+                .snapshot_generation
+                .store(snaps[n].map_or(0, |h| h.generation), Ordering::Relaxed);
         }
         let engine = Engine {
             dir,
@@ -295,10 +357,18 @@ impl Engine {
 
 /// Creates `meta` for a new heap (removing leftovers of an earlier creation that never
 /// completed) and reserves its address range.
-fn create_meta(vfs: &dyn Vfs, dir: &PathBuf, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
+fn create_meta(
+    vfs: &dyn Vfs,
+    dir: &PathBuf,
+    opts: &OpenOptions,
+    fp: &Fingerprint,
+) -> Result<(Meta, Region)> {
     let max_size = opts.max_size.div_ceil(SEGMENT as u64) * SEGMENT as u64;
     if max_size == 0 || max_size > crate::format::meta::MAX_MAX_SIZE {
-        return Err(Error::invalid(format!("max_size {} is out of range", opts.max_size)));
+        return Err(Error::invalid(format!(
+            "max_size {} is out of range",
+            opts.max_size
+        )));
     }
     for name in vfs.list(dir).map_err(io_err("list directory", dir))? {
         let s = name.to_string_lossy();
@@ -326,24 +396,31 @@ fn create_meta(vfs: &dyn Vfs, dir: &PathBuf, opts: &OpenOptions, fp: &Fingerprin
     let path = dir.join("meta");
     let f = vfs.open(&tmp, true).map_err(io_err("create", &tmp))?;
     f.set_len(0).map_err(io_err("truncate", &tmp))?;
-    f.write_at(&meta.encode(), 0).map_err(io_err("write", &tmp))?;
+    f.write_at(&meta.encode(), 0)
+        .map_err(io_err("write", &tmp))?;
     f.sync_data().map_err(io_err("fdatasync", &tmp))?;
     drop(f);
     vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
+    vfs.sync_dir(dir)
+        .map_err(io_err("fsync (directory)", dir))?;
     Ok((meta, region))
 }
 
 /// Reads a snapshot header. `Ok(None)` for an empty (never written) file; a header that is
 /// damaged, or valid but describing more data than the file holds, counts as invalid — if it
 /// was needed, the gap in the journal chain reports the loss.
-fn read_snapshot_header(f: &dyn VFile, meta: &Meta) -> std::result::Result<Option<SnapHeader>, (u64, String)> {
+fn read_snapshot_header(
+    f: &dyn VFile,
+    meta: &Meta,
+) -> std::result::Result<Option<SnapHeader>, (u64, String)> {
     let len = f.len().map_err(|e| (0, format!("fstat failed: {e}")))?;
     if len == 0 {
         return Ok(None);
     }
     let mut b = [0u8; HEADER_LEN];
-    let n = f.read_at(&mut b, 0).map_err(|e| (0, format!("read failed: {e}")))?;
+    let n = f
+        .read_at(&mut b, 0)
+        .map_err(|e| (0, format!("read failed: {e}")))?;
     match SnapHeader::decode(&b[..n], meta.heap_id, meta.max_size) {
         Ok(h) if h.valid && len < h.file_len() => Ok(Some(SnapHeader { valid: false, ..h })),
         Ok(h) => Ok(Some(h)),
@@ -362,13 +439,19 @@ fn map_snapshot(region: &mut Region, f: &dyn VFile, extent: usize, path: &Path) 
             unsafe { region.map_file(fd, DATA_OFFSET, extent) }
         }
         None => {
-            region.grow(extent).map_err(io_err("mmap (snapshot image)", path))?;
+            region
+                .grow(extent)
+                .map_err(io_err("mmap (snapshot image)", path))?;
             let base = region.base();
             // SAFETY: [base, base + extent) was just mapped read-write and nothing refers to it.
             let dst = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, extent) };
             let n = f.read_at(dst, DATA_OFFSET).map_err(io_err("read", path))?;
             if n != extent {
-                return Err(Error::corrupt(path, DATA_OFFSET + n as u64, "snapshot file is shorter than its header says"));
+                return Err(Error::corrupt(
+                    path,
+                    DATA_OFFSET + n as u64,
+                    "snapshot file is shorter than its header says",
+                ));
             }
             Ok(())
         }
@@ -377,7 +460,12 @@ fn map_snapshot(region: &mut Region, f: &dyn VFile, extent: usize, path: &Path) 
 
 /// Loads the snapshot's dirty bitmap; `None` when it cannot be trusted (then the next
 /// snapshot rewrites its whole file, which is always correct).
-fn read_dirty_bitmap(f: &dyn VFile, h: &SnapHeader, base: usize, max_size: usize) -> Option<DirtySet> {
+fn read_dirty_bitmap(
+    f: &dyn VFile,
+    h: &SnapHeader,
+    base: usize,
+    max_size: usize,
+) -> Option<DirtySet> {
     let mut buf = vec![0u8; h.dirty_len as usize];
     let n = f.read_at(&mut buf, DATA_OFFSET + h.extent).ok()?;
     if n != buf.len() || crc32fast::hash(&buf) != h.dirty_crc {

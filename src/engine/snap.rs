@@ -95,7 +95,11 @@ impl Engine {
         let plan = Plan {
             base,
             runs,
-            invalid_header: SnapHeader { valid: false, ..header }.encode(),
+            invalid_header: SnapHeader {
+                valid: false,
+                ..header
+            }
+            .encode(),
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
@@ -126,7 +130,9 @@ impl Engine {
                     Ok(0) => unsafe { writer::child_main(fd, &plan, parent) },
                     Ok(pid) => (pid, false),
                     Err(_) => {
-                        self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .snapshot_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         return false;
                     }
                 }
@@ -143,7 +149,15 @@ impl Engine {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let fresh = DirtySet::new(self.base(), self.meta.max_size as usize / sys::OS_PAGE);
         let fork_set = std::mem::replace(&mut cs.since_snap, fresh);
-        cs.pending = Some(Pending { pid, in_process_ok, slot, header: plan.header, pages, started, fork_set });
+        cs.pending = Some(Pending {
+            pid,
+            in_process_ok,
+            slot,
+            header: plan.header,
+            pages,
+            started,
+            fork_set,
+        });
         cs.last_snapshot_at = started;
         true
     }
@@ -192,8 +206,10 @@ impl Engine {
                 let c = &self.counters;
                 c.snapshots.fetch_add(1, Ordering::Relaxed);
                 c.last_snapshot_pages.store(p.pages, Ordering::Relaxed);
-                c.last_snapshot_micros.store(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
+                c.last_snapshot_micros
+                    .store(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                c.snapshot_generation
+                    .store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
                 self.delete_journals_before(p.header.journal_id);
@@ -202,7 +218,9 @@ impl Engine {
             failed => {
                 cs.snaps[p.slot] = None;
                 cs.since_snap.union_with(&p.fork_set);
-                self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .snapshot_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 Some(match failed {
                     Err(s) => s,
                     _ => "in-process snapshot write failed".to_string(),
@@ -214,7 +232,9 @@ impl Engine {
     /// Removes journals that the newest snapshot covers. Failures are harmless (recovery
     /// ignores and removes them later), so they are not reported.
     pub(super) fn delete_journals_before(&self, first_needed: u64) {
-        let Ok(names) = self.vfs.list(&self.dir) else { return };
+        let Ok(names) = self.vfs.list(&self.dir) else {
+            return;
+        };
         let mut removed = false;
         for name in names {
             let Some(s) = name.to_str() else { continue };
