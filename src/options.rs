@@ -94,9 +94,10 @@ impl OpenOptions {
         self
     }
 
-    /// A user schema id recorded at creation; opening with another id is
-    /// [`Error::Incompatible`](crate::Error::Incompatible). Bump it when the root type's
-    /// meaning changes without its Rust type name changing.
+    /// A user schema id recorded at creation. Opening a heap that recorded one with a
+    /// *different* non-empty id is [`Error::Incompatible`](crate::Error::Incompatible); an empty
+    /// id on either side skips the check. Bump it when the root type's meaning changes without
+    /// its Rust type name, size or alignment changing.
     pub fn schema(&mut self, id: &str) -> &mut Self {
         self.schema = id.to_string();
         self

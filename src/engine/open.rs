@@ -61,7 +61,10 @@ impl Fingerprint {
                 m.root_type_name, m.root_size, m.root_align, self.type_name, self.size, self.align
             )));
         }
-        if fnv1a(self.schema.as_bytes()) != m.schema_hash {
+        // The schema id is optional: it is compared only when both the heap and the opener
+        // name one, so `Heap::open` (no schema) opens any heap of the right root type.
+        let recorded = !m.schema.is_empty();
+        if recorded && !self.schema.is_empty() && fnv1a(self.schema.as_bytes()) != m.schema_hash {
             return Err(Error::incompatible(format!(
                 "schema: the heap was created with schema {:?}, this program opened it with {:?}",
                 m.schema, self.schema

@@ -1,0 +1,92 @@
+//! Helpers shared by the integration tests: scratch directories, re-running the current test
+//! binary as a child process in a given role, and a small deterministic PRNG.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let base = std::env::var_os("SNAPHEAP_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!("snapheap-{tag}-{}-{}", std::process::id(), xorshift_seed()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn heap(&self) -> PathBuf {
+        self.0.join("heap")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn xorshift_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ N.fetch_add(0x9E37_79B9, Ordering::Relaxed)
+}
+
+/// Environment variable that tells a re-executed test binary which role to play.
+pub const ROLE: &str = "SNAPHEAP_TEST_ROLE";
+
+/// The role this process plays, if it was started by [`child`].
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// A command that re-runs this test binary, running only `test` (which must check [`role`]
+/// first), with `role` and extra environment.
+pub fn child(test: &str, role: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    c.env(ROLE, role);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs a child to completion and asserts it succeeded; returns its stdout.
+pub fn run_child(test: &str, role: &str, env: &[(&str, &str)]) -> String {
+    let out = child(test, role, env).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child {role} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// xorshift64*: small, deterministic, good enough for workloads.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
