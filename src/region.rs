@@ -196,27 +196,14 @@ impl Region {
         }
     }
 
-    /// An empty stand-in, used to move a region out of its owner before release.
-    pub(crate) fn placeholder() -> Region {
-        Region {
-            base: 0,
-            max_size: 0,
-            extent: 0,
-            file_extent: 0,
-        }
-    }
+}
 
+impl Drop for Region {
     /// Unmaps the data part (back to `PROT_NONE`) and retains the reservation and control area
-    /// for this process.
-    ///
-    /// # Safety
-    ///
-    /// No reference into `[base, base + max_size)` is used afterwards.
-    pub(crate) unsafe fn release(self) {
-        if self.max_size == 0 {
-            return;
-        }
-        // SAFETY: the caller promises the data part is no longer referenced; the range is ours.
+    /// for this process. The owner drops a region only when no reference into its data part
+    /// remains: at a failed open (nothing was handed out) or after the heap is closed.
+    fn drop(&mut self) {
+        // SAFETY: see above; the range is our own reservation.
         let ok = unsafe { sys::rereserve(self.base, self.max_size) }.is_ok();
         if ok {
             retain(self.base - CTRL_SIZE, self.max_size + CTRL_SIZE);

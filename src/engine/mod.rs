@@ -263,13 +263,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close(false);
-        self.durable.stop_flusher();
-        let extent = lock(&self.grow.region).extent();
-        let base = self.base();
-        let _ = lock(&self.grow.tracker).disarm(base, base + extent);
-        let region = std::mem::replace(&mut *lock(&self.grow.region), Region::placeholder());
-        // SAFETY: the heap handle that gave out references into the region is being dropped;
-        // the arena is closed, so stale HeapAlloc handles no longer touch the data part.
-        unsafe { region.release() };
+        // The region (and with it every mapping of the heap) is unmapped when `grow` drops,
+        // after the allocator was closed above, so stale `HeapAlloc`s no longer touch it.
     }
 }

@@ -254,7 +254,13 @@ impl Engine {
             }
         }
 
-        // Tracking, allocator.
+        // Journal writer.
+        let journal = match scans.last() {
+            Some(last) => JournalWriter::resume(&*vfs, last)?,
+            None => JournalWriter::create(&*vfs, &dir, meta.heap_id, first_journal, start_seq)?,
+        };
+
+        // Tracking, allocator (attached last: nothing after it can fail).
         let mut tracker = Tracker::new(opts.force_all_dirty);
         let fresh = !any_state;
         if fresh {
@@ -292,11 +298,6 @@ impl Engine {
             ));
         }
 
-        // Journal writer.
-        let journal = match scans.last() {
-            Some(last) => JournalWriter::resume(&*vfs, last)?,
-            None => JournalWriter::create(&*vfs, &dir, meta.heap_id, first_journal, start_seq)?,
-        };
         for id in stale {
             let _ = vfs.remove(&dir.join(journal_file_name(id)));
         }
