@@ -26,6 +26,7 @@ compile_error!("snapheap supports 64-bit Linux only");
 mod error;
 pub mod io;
 mod sys;
+mod track;
 
 pub use error::{Error, Result};
 
