@@ -14,7 +14,10 @@
 //! (`PAGE_IS_WRITTEN`) and, with `PM_SCAN_WP_MATCHING`, sets the bit again on exactly those
 //! pages, each under its page-table lock. A write racing with the scan therefore either lands
 //! before its page is re-protected (reported now) or faults after (reported at the next
-//! collect). `PM_SCAN_CHECK_WPASYNC` is always passed: without it a range whose registration
+//! collect). A write through a stale TLB entry can still land after the re-protection but
+//! before the ioctl returns (the TLB flush ends each page-table walk step) without being
+//! reported later: the engine must copy the contents of reported pages only after `collect`
+//! returns, which captures it. `PM_SCAN_CHECK_WPASYNC` is always passed: without it a range whose registration
 //! was lost (a `MAP_FIXED` remap, `mremap`) would silently look clean.
 //!
 //! At construction the tracker probes the mechanism on a private scratch mapping and falls
@@ -22,7 +25,9 @@
 //! never to "nothing dirty". Soft-dirty bits are not used: they are compiled out of the
 //! kernels this was measured on, where clearing them "works" and nothing is ever reported.
 //!
-//! # Verified on Linux 6.18 (x86-64), by the tests below
+//! # Verified on Linux 6.18 (x86-64)
+//!
+//! By the tests below unless marked otherwise:
 //!
 //! - exactly the written pages are reported, on anonymous memory (populated before arming, or
 //!   never touched) and on `MAP_PRIVATE` file mappings (pages only read before arming, pages
@@ -30,10 +35,16 @@
 //! - writes by the kernel (a `read()`/`pread()` into the range) are reported;
 //! - arming with `UFFDIO_WRITEPROTECT` protects populated, read-only-file and unpopulated pages
 //!   alike (with `WP_UNPOPULATED` it installs pte markers where nothing is mapped, which also
-//!   creates page tables: arm only the used part). A `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING`
-//!   and no output vector protects the same pages; the tracker uses `UFFDIO_WRITEPROTECT`;
-//! - after `fork()` the parent keeps tracking; the child's mappings lose the registration;
-//! - a result with more runs than the scan vector holds continues correctly from `walk_end`.
+//!   creates page tables: arm only the used part). A `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING`,
+//!   no category mask and no output vector protects the same pages (checked once by hand, not
+//!   a kept test); the tracker uses `UFFDIO_WRITEPROTECT`, the documented way;
+//! - after `fork()` the parent keeps tracking (the child loses the registration, per the
+//!   design notes; the tracker must not be used in a forked child);
+//! - a result with more runs than the scan vector holds continues correctly from `walk_end`;
+//!   but when the kernel restarted its walk internally (more than 512 runs, its bounce buffer)
+//!   and then finished with room left in the vector, `walk_end` is stale (the last restart
+//!   point, not `end`): the scan loop trusts "vector not full" as completion and never resumes
+//!   before the end of the last run it received, so no page is reported twice.
 //!
 //! # Invariants
 //!
@@ -44,6 +55,10 @@
 //! - `scan.len() == 0` (never scanned) or `SCAN_INITIAL <= scan.len() <= SCAN_MAX`.
 //! - [`DirtySet`]: `words.len() <= ceil(max_pages / 64)` and no bit at index `>= max_pages`
 //!   is set, so `count() <= max_pages`.
+//!
+//! # Safety
+//!
+//! No unsafe code outside the tests: every system call goes through `crate::sys::uffd`.
 //!
 //! # Errors and lost reports
 //!
@@ -97,7 +112,10 @@ pub(crate) struct Fallback {
 
 impl Fallback {
     fn os(step: &'static str, e: io::Error) -> Fallback {
-        Fallback { step, errno: e.raw_os_error() }
+        Fallback {
+            step,
+            errno: e.raw_os_error(),
+        }
     }
 
     fn wrong(step: &'static str) -> Fallback {
@@ -328,7 +346,8 @@ impl Tracker {
         // Pages 0 and 1 populated before arming, pages 2 and 3 never touched.
         map.write(0, 1);
         map.write(PAGE, 1);
-        self.arm(a, end).map_err(|e| Fallback::os("probe arm (UFFDIO_REGISTER/WRITEPROTECT)", e))?;
+        self.arm(a, end)
+            .map_err(|e| Fallback::os("probe arm (UFFDIO_REGISTER/WRITEPROTECT)", e))?;
         let result = self.probe_armed(&mut map);
         let disarmed = self.disarm(a, end);
         result?;
@@ -338,16 +357,46 @@ impl Tracker {
     fn probe_armed(&mut self, map: &mut ScratchMap) -> Result<(), Fallback> {
         let a = map.addr();
         let mut out = SysVec::new_in(std::alloc::System);
-        self.probe_expect(map, true, &mut out, None, "probe: a page nobody wrote was reported")?;
+        self.probe_expect(
+            map,
+            true,
+            &mut out,
+            None,
+            "probe: a page nobody wrote was reported",
+        )?;
         map.write(PAGE + 8, 2);
         let p1 = Some((a + PAGE, a + 2 * PAGE));
-        self.probe_expect(map, false, &mut out, p1, "probe: written populated page not reported")?;
+        self.probe_expect(
+            map,
+            false,
+            &mut out,
+            p1,
+            "probe: written populated page not reported",
+        )?;
         self.probe_expect(map, true, &mut out, p1, "probe: peek re-protected a page")?;
-        self.probe_expect(map, true, &mut out, None, "probe: collect did not re-protect")?;
+        self.probe_expect(
+            map,
+            true,
+            &mut out,
+            None,
+            "probe: collect did not re-protect",
+        )?;
         map.write(3 * PAGE + 8, 2);
         let p3 = Some((a + 3 * PAGE, a + 4 * PAGE));
-        self.probe_expect(map, true, &mut out, p3, "probe: written unpopulated page not reported")?;
-        self.probe_expect(map, true, &mut out, None, "probe: collect did not re-protect (2)")
+        self.probe_expect(
+            map,
+            true,
+            &mut out,
+            p3,
+            "probe: written unpopulated page not reported",
+        )?;
+        self.probe_expect(
+            map,
+            true,
+            &mut out,
+            None,
+            "probe: collect did not re-protect (2)",
+        )
     }
 
     /// One probe step: reports over the whole scratch map and expects exactly `want`.
@@ -377,7 +426,10 @@ impl Tracker {
             assert!(w[0].1 < w[1].0, "armed ranges overlap or touch: {:?}", w);
         }
         for &(a, b) in self.armed.iter() {
-            assert!(a < b && a % PAGE == 0 && b % PAGE == 0, "bad armed range {a:#x}..{b:#x}");
+            assert!(
+                a < b && a % PAGE == 0 && b % PAGE == 0,
+                "bad armed range {a:#x}..{b:#x}"
+            );
         }
         assert!(self.scan.is_empty() || (SCAN_INITIAL..=SCAN_MAX).contains(&self.scan.len()));
     }
@@ -385,9 +437,12 @@ impl Tracker {
 
 impl Kernel {
     fn open() -> Result<Kernel, Fallback> {
-        let (uffd, features) = Uffd::open(FEATURES).map_err(|e| Fallback::os("userfaultfd/UFFDIO_API", e))?;
+        let (uffd, features) =
+            Uffd::open(FEATURES).map_err(|e| Fallback::os("userfaultfd/UFFDIO_API", e))?;
         if features & FEATURES != FEATURES {
-            return Err(Fallback::wrong("UFFDIO_API lacks WP_ASYNC or WP_UNPOPULATED"));
+            return Err(Fallback::wrong(
+                "UFFDIO_API lacks WP_ASYNC or WP_UNPOPULATED",
+            ));
         }
         let pagemap = Pagemap::open().map_err(|e| Fallback::os("open /proc/self/pagemap", e))?;
         Ok(Kernel { uffd, pagemap })
@@ -460,7 +515,11 @@ impl DirtySet {
     /// An empty set over `max_pages` pages from `base` (page-aligned). Allocates nothing.
     pub(crate) fn new(base: usize, max_pages: usize) -> DirtySet {
         debug_assert!(base % PAGE == 0);
-        DirtySet { base, max_pages, words: SysVec::new_in(std::alloc::System) }
+        DirtySet {
+            base,
+            max_pages,
+            words: SysVec::new_in(std::alloc::System),
+        }
     }
 
     /// The first byte of the region.
@@ -474,7 +533,8 @@ impl DirtySet {
     }
 
     fn limit(&self) -> usize {
-        self.base.saturating_add(self.max_pages.saturating_mul(PAGE))
+        self.base
+            .saturating_add(self.max_pages.saturating_mul(PAGE))
     }
 
     fn max_words(&self) -> usize {
@@ -498,7 +558,10 @@ impl DirtySet {
     /// is clipped to it, which is a caller bug caught in debug builds).
     pub(crate) fn insert_range(&mut self, a: usize, b: usize) {
         debug_assert!(a % PAGE == 0 && b % PAGE == 0);
-        debug_assert!(self.base <= a && a <= b && b <= self.limit(), "{a:#x}..{b:#x} outside the region");
+        debug_assert!(
+            self.base <= a && a <= b && b <= self.limit(),
+            "{a:#x}..{b:#x} outside the region"
+        );
         let a = a.clamp(self.base, self.limit());
         let b = b.clamp(self.base, self.limit());
         if a >= b {
@@ -575,7 +638,10 @@ impl DirtySet {
     pub(crate) fn encoded_len(&self) -> usize {
         match self.words.iter().rposition(|&w| w != 0) {
             None => 0,
-            Some(k) => k * (WORD_BITS / 8) + (WORD_BITS - self.words[k].leading_zeros() as usize).div_ceil(8),
+            Some(k) => {
+                k * (WORD_BITS / 8)
+                    + (WORD_BITS - self.words[k].leading_zeros() as usize).div_ceil(8)
+            }
         }
     }
 
@@ -590,7 +656,11 @@ impl DirtySet {
     /// Rebuilds a set from [`to_bytes`](Self::to_bytes) output read from disk. Rejects, without
     /// panicking, more bytes than `max_pages` needs and bits set at or beyond `max_pages`.
     /// Trailing zero bytes are accepted.
-    pub(crate) fn from_bytes(base: usize, max_pages: usize, bytes: &[u8]) -> Result<DirtySet, &'static str> {
+    pub(crate) fn from_bytes(
+        base: usize,
+        max_pages: usize,
+        bytes: &[u8],
+    ) -> Result<DirtySet, &'static str> {
         if bytes.len() > max_pages.div_ceil(8) {
             return Err("dirty-page bitmap is longer than the region needs");
         }
@@ -617,7 +687,10 @@ impl DirtySet {
         assert!(self.words.len() <= self.max_words());
         let bits = self.bits();
         if bits.len() > self.max_pages {
-            assert!(bits[self.max_pages..].not_any(), "bits set beyond max_pages");
+            assert!(
+                bits[self.max_pages..].not_any(),
+                "bits set beyond max_pages"
+            );
         }
     }
 }
@@ -667,7 +740,12 @@ mod tests {
 
     fn uffd_tracker() -> Tracker {
         let t = Tracker::new(false);
-        assert_eq!(t.mode(), TrackMode::Uffd, "probe failed: {:?}", t.fallback_reason());
+        assert_eq!(
+            t.mode(),
+            TrackMode::Uffd,
+            "probe failed: {:?}",
+            t.fallback_reason()
+        );
         t
     }
 
@@ -741,7 +819,12 @@ mod tests {
     #[test]
     fn probe_selects_uffd_on_this_kernel() {
         let t = Tracker::new(false);
-        assert_eq!(t.mode(), TrackMode::Uffd, "fell back: {:?}", t.fallback_reason());
+        assert_eq!(
+            t.mode(),
+            TrackMode::Uffd,
+            "fell back: {:?}",
+            t.fallback_reason()
+        );
         assert_eq!(t.fallback_reason(), None);
         assert!(t.armed.is_empty(), "the probe left a range armed");
         assert_eq!(t.mode().to_string(), "uffd-wp");
@@ -773,7 +856,10 @@ mod tests {
         map.write(3 * P + 5, 1); // populated before arming
         map.write(11 * P, 1); // never touched
         map.write(15 * P + 4095, 1); // read (zero page) after arming, then written
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[3, 11, 15]));
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            pages(&map, &[3, 11, 15])
+        );
     }
 
     #[test]
@@ -792,7 +878,10 @@ mod tests {
         map.write(6 * P, 0xEE); // read after arming
         map.write(9 * P, 0xEE); // never touched
         map.write(10 * P, 0xEE); // never touched, adjacent: coalesces with page 9
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[1, 6, 9, 10]));
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            pages(&map, &[1, 6, 9, 10])
+        );
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
         // A page written before (now private and re-protected) is reported again.
         map.write(P + 2, 0xDD);
@@ -811,9 +900,16 @@ mod tests {
         kernel_write(&mut anon, 5 * P + 10, 100, &src); // populated page
         kernel_write(&mut anon, 2 * P + P - 50, 100, &src); // spans untouched pages 2 and 3
         kernel_write(&mut fmap, 4 * P, 1, &src); // file page never touched
-        assert_eq!(collect(&mut t, anon.addr(), end(&anon)), pages(&anon, &[2, 3, 5]));
+        assert_eq!(
+            collect(&mut t, anon.addr(), end(&anon)),
+            pages(&anon, &[2, 3, 5])
+        );
         assert_eq!(collect(&mut t, fmap.addr(), end(&fmap)), pages(&fmap, &[4]));
-        assert_eq!(anon.read(5 * P + 10), 1, "the pread wrote the file's first byte");
+        assert_eq!(
+            anon.read(5 * P + 10),
+            1,
+            "the pread wrote the file's first byte"
+        );
     }
 
     #[test]
@@ -862,7 +958,10 @@ mod tests {
         for i in 0..2 * n {
             map.write(i * P, 2);
         }
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![(map.addr(), end(&map))]);
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            vec![(map.addr(), end(&map))]
+        );
     }
 
     #[test]
@@ -876,7 +975,10 @@ mod tests {
         for i in [0, 31, 32, 63] {
             map.write(i * P, 1);
         }
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[0, 31, 32, 63]));
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            pages(&map, &[0, 31, 32, 63])
+        );
         map.write(20 * P, 1);
         map.write(40 * P, 1);
         assert_eq!(collect(&mut t, mid, end(&map)), pages(&map, &[40]));
@@ -904,7 +1006,11 @@ mod tests {
             category_mask: uffd::PAGE_IS_WRITTEN,
             return_mask: uffd::PAGE_IS_WRITTEN,
         };
-        assert_eq!(pagemap.scan(&q, &mut vec).unwrap(), (0, end(&other)), "silently clean");
+        assert_eq!(
+            pagemap.scan(&q, &mut vec).unwrap(),
+            (0, end(&other)),
+            "silently clean"
+        );
         q.flags |= uffd::PM_SCAN_CHECK_WPASYNC;
         let err = pagemap.scan(&q, &mut vec).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
@@ -918,7 +1024,11 @@ mod tests {
         t.disarm(map.addr(), map.addr()).unwrap();
         assert!(t.armed.is_empty());
         assert_eq!(collect(&mut t, map.addr(), map.addr()), vec![]);
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![], "nothing armed, nothing reported");
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            vec![],
+            "nothing armed, nothing reported"
+        );
     }
 
     #[test]
@@ -935,12 +1045,22 @@ mod tests {
         assert_eq!(collect(&mut t, base, base + 100 * P), want);
         assert_eq!(collect(&mut t, base, base + 100 * P), want);
         assert_eq!(peek(&mut t, base, base + 100 * P), want);
-        assert_eq!(collect(&mut t, base + 5 * P, base + 25 * P), vec![(base + 5 * P, base + 10 * P), (base + 20 * P, base + 25 * P)]);
+        assert_eq!(
+            collect(&mut t, base + 5 * P, base + 25 * P),
+            vec![
+                (base + 5 * P, base + 10 * P),
+                (base + 20 * P, base + 25 * P)
+            ]
+        );
         t.disarm(base + 2 * P, base + 4 * P).unwrap();
         t.check_invariants();
         assert_eq!(
             collect(&mut t, base, base + 100 * P),
-            vec![(base, base + 2 * P), (base + 4 * P, base + 10 * P), (base + 20 * P, base + 30 * P)]
+            vec![
+                (base, base + 2 * P),
+                (base + 4 * P, base + 10 * P),
+                (base + 20 * P, base + 30 * P)
+            ]
         );
     }
 
@@ -990,7 +1110,7 @@ mod tests {
         for i in 0..192 {
             anon.write(i * P, 1); // first half populated before arming
         }
-        let (mut fmap, _file) = file_map(128);
+        let (fmap, _file) = file_map(128);
         for i in 0..64 {
             fmap.read(i * P); // first half read into the page cache before arming
         }
@@ -999,10 +1119,16 @@ mod tests {
         t.arm(anon.addr() + 100 * P, end(&anon)).unwrap();
         t.arm(fmap.addr(), end(&fmap)).unwrap();
         let mut maps = [anon, fmap];
-        let mut epoch: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
+        let mut epoch: Vec<DirtySet> = maps
+            .iter()
+            .map(|m| DirtySet::new(m.addr(), m.len() / P))
+            .collect();
         let mut total_reported = 0;
         for round in 0..50 {
-            let mut wrote: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
+            let mut wrote: Vec<DirtySet> = maps
+                .iter()
+                .map(|m| DirtySet::new(m.addr(), m.len() / P))
+                .collect();
             for _ in 0..rng.below(64) {
                 let m = rng.below(2);
                 let page = rng.below(maps[m].len() / P);
@@ -1033,17 +1159,32 @@ mod tests {
                 }
                 let kernel = set_of(&maps[m], &collect(&mut t, a, b));
                 kernel.check_invariants();
-                let missed: Vec<_> = wrote[m].iter_ranges().filter(|&(p, _)| !kernel.contains(p)).collect();
-                let extra: Vec<_> = kernel.iter_ranges().filter(|&(p, _)| !wrote[m].contains(p)).collect();
-                assert!(wrote[m].is_subset_of(&kernel), "round {round} map {m}: kernel missed {missed:x?}");
-                assert!(kernel.is_subset_of(&wrote[m]), "round {round} map {m}: kernel extra {extra:x?}");
+                let missed: Vec<_> = wrote[m]
+                    .iter_ranges()
+                    .filter(|&(p, _)| !kernel.contains(p))
+                    .collect();
+                let extra: Vec<_> = kernel
+                    .iter_ranges()
+                    .filter(|&(p, _)| !wrote[m].contains(p))
+                    .collect();
+                assert!(
+                    wrote[m].is_subset_of(&kernel),
+                    "round {round} map {m}: kernel missed {missed:x?}"
+                );
+                assert!(
+                    kernel.is_subset_of(&wrote[m]),
+                    "round {round} map {m}: kernel extra {extra:x?}"
+                );
                 assert_eq!(kernel.count(), wrote[m].count());
                 total_reported += kernel.count();
                 epoch[m].union_with(&kernel);
                 assert!(kernel.is_subset_of(&epoch[m]));
             }
         }
-        assert!(total_reported > 500, "the workload wrote too little to prove anything");
+        assert!(
+            total_reported > 500,
+            "the workload wrote too little to prove anything"
+        );
         assert!(epoch.iter().all(|e| e.count() > 0));
     }
 
@@ -1054,8 +1195,8 @@ mod tests {
         map.write(0, 1);
         t.arm(map.addr(), end(&map)).unwrap();
         map.write(P, 1); // A: written before the fork
-        // SAFETY: the child only performs volatile stores to memory it owns and `_exit`s:
-        // no allocation, no locks, no unwinding.
+                         // SAFETY: the child only performs volatile stores to memory it owns and `_exit`s:
+                         // no allocation, no locks, no unwinding.
         let pid = unsafe { crate::sys::fork() }.unwrap();
         if pid == 0 {
             map.write(2 * P, 9); // B: the child's copy, never seen by the parent
@@ -1067,7 +1208,10 @@ mod tests {
         assert_eq!(map.read(2 * P), 0, "the child's write is not the parent's");
         map.write(5 * P, 1); // C: written after the fork
         map.write(0, 2); // D: populated, protected, written after the fork
-        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[0, 1, 5]));
+        assert_eq!(
+            collect(&mut t, map.addr(), end(&map)),
+            pages(&map, &[0, 1, 5])
+        );
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
     }
 
@@ -1082,11 +1226,19 @@ mod tests {
         s.insert_range(base, base); // empty
         s.check_invariants();
         assert_eq!(s.count(), 5);
-        assert!(s.contains(base + 3 * P) && s.contains(base + 7 * P - 1) && s.contains(base + 999 * P));
+        assert!(
+            s.contains(base + 3 * P) && s.contains(base + 7 * P - 1) && s.contains(base + 999 * P)
+        );
         assert!(!s.contains(base + 2 * P) && !s.contains(base + 7 * P) && !s.contains(base - 1));
         assert!(!s.contains(base + 1000 * P), "outside the region");
         let r: Vec<_> = s.iter_ranges().collect();
-        assert_eq!(r, vec![(base + 3 * P, base + 7 * P), (base + 999 * P, base + 1000 * P)]);
+        assert_eq!(
+            r,
+            vec![
+                (base + 3 * P, base + 7 * P),
+                (base + 999 * P, base + 1000 * P)
+            ]
+        );
 
         let mut u = DirtySet::new(base, 1000);
         u.insert_range(base + 4 * P, base + 5 * P);
@@ -1104,7 +1256,10 @@ mod tests {
         assert!(s.is_subset_of(&empty));
         s.insert_range(base, base + 1000 * P);
         assert_eq!(s.count(), 1000);
-        assert_eq!(s.iter_ranges().collect::<Vec<_>>(), vec![(base, base + 1000 * P)]);
+        assert_eq!(
+            s.iter_ranges().collect::<Vec<_>>(),
+            vec![(base, base + 1000 * P)]
+        );
         s.check_invariants();
     }
 
@@ -1114,7 +1269,10 @@ mod tests {
         let mut s = DirtySet::new(base, 16 << 20); // a 64 GiB region
         assert_eq!(s.words.capacity(), 0);
         s.insert_range(base, base + P);
-        assert!(s.words.len() <= 16, "a one-page set should not allocate 2 MiB");
+        assert!(
+            s.words.len() <= 16,
+            "a one-page set should not allocate 2 MiB"
+        );
         s.insert_range(base + (16 << 20) * P - P, base + (16 << 20) * P);
         assert_eq!(s.count(), 2);
         s.check_invariants();
@@ -1145,8 +1303,12 @@ mod tests {
                 assert!(bytes.last() != Some(&0), "trailing zero bytes are omitted");
                 let back = DirtySet::from_bytes(base, max_pages, &bytes).unwrap();
                 back.check_invariants();
+                assert_eq!((back.base(), back.max_pages()), (base, max_pages));
                 assert!(back.is_subset_of(&s) && s.is_subset_of(&back));
-                assert_eq!(back.iter_ranges().collect::<Vec<_>>(), s.iter_ranges().collect::<Vec<_>>());
+                assert_eq!(
+                    back.iter_ranges().collect::<Vec<_>>(),
+                    s.iter_ranges().collect::<Vec<_>>()
+                );
                 // Trailing zero bytes (up to the full length) are accepted.
                 let mut padded = bytes.to_vec();
                 padded.resize(max_pages.div_ceil(8), 0);
@@ -1161,10 +1323,16 @@ mod tests {
     fn dirty_set_from_bytes_rejects_bad_lengths_and_stray_bits() {
         let base = 0x10_0000_0000usize;
         assert!(DirtySet::from_bytes(base, 16, &[0xFF, 0xFF]).is_ok());
-        assert!(DirtySet::from_bytes(base, 16, &[0, 0, 0]).is_err(), "one byte too many");
+        assert!(
+            DirtySet::from_bytes(base, 16, &[0, 0, 0]).is_err(),
+            "one byte too many"
+        );
         assert!(DirtySet::from_bytes(base, 0, &[0]).is_err());
         assert!(DirtySet::from_bytes(base, 10, &[0, 0b11]).is_ok());
-        assert!(DirtySet::from_bytes(base, 10, &[0, 0b100]).is_err(), "page 10 of 10");
+        assert!(
+            DirtySet::from_bytes(base, 10, &[0, 0b100]).is_err(),
+            "page 10 of 10"
+        );
         assert!(DirtySet::from_bytes(base, 10, &[0, 0x80]).is_err());
         assert!(DirtySet::from_bytes(base, usize::MAX, &[1; 100]).is_ok());
     }

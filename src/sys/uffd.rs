@@ -109,14 +109,18 @@ const UFFDIO_UNREGISTER: u64 = ior(UFFDIO, 0x01, size_of::<UffdioRange>());
 const UFFDIO_WRITEPROTECT: u64 = iowr(UFFDIO, 0x06, size_of::<UffdioWriteprotect>());
 
 /// Page category: the VMA is registered for asynchronous write-protection.
+#[allow(dead_code)] // ABI reference: the tracker asks only for PAGE_IS_WRITTEN.
 pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 /// Page category: written since it was last write-protected (its uffd-wp bit is clear).
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 /// Page category: file-backed.
+#[allow(dead_code)] // ABI reference: the tracker asks only for PAGE_IS_WRITTEN.
 pub const PAGE_IS_FILE: u64 = 1 << 2;
 /// Page category: present in memory.
+#[allow(dead_code)] // ABI reference: the tracker asks only for PAGE_IS_WRITTEN.
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// Page category: swapped out.
+#[allow(dead_code)] // ABI reference: the tracker asks only for PAGE_IS_WRITTEN.
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 
 /// `PAGEMAP_SCAN` flag: write-protect the pages that matched, atomically with the report.
@@ -195,7 +199,11 @@ impl Uffd {
         }
         // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
         let uffd = Uffd(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
-        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
         // SAFETY: `api` is a valid, writable `struct uffdio_api` that outlives the call.
         cvt(unsafe { libc::ioctl(uffd.0.as_raw_fd(), UFFDIO_API as libc::Ioctl, &mut api) })?;
         Ok((uffd, api.features))
@@ -205,7 +213,10 @@ impl Uffd {
     /// mapped and page-aligned; with `UFFD_FEATURE_WP_ASYNC` any memory type is accepted.
     pub fn register_wp(&self, start: usize, len: usize) -> io::Result<()> {
         let mut reg = UffdioRegister {
-            range: UffdioRange { start: start as u64, len: len as u64 },
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
             mode: UFFDIO_REGISTER_MODE_WP,
             ioctls: 0,
         };
@@ -216,7 +227,10 @@ impl Uffd {
 
     /// `UFFDIO_UNREGISTER` of `[start, start + len)`; this also clears write-protection there.
     pub fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
-        let range = UffdioRange { start: start as u64, len: len as u64 };
+        let range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: `range` is a valid `struct uffdio_range` that outlives the call.
         cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_UNREGISTER as libc::Ioctl, &range) })
             .map(drop)
@@ -227,13 +241,24 @@ impl Uffd {
     /// The range must be registered in write-protect mode (else `ENOENT`).
     pub fn write_protect(&self, start: usize, len: usize, protect: bool) -> io::Result<()> {
         let mut wp = UffdioWriteprotect {
-            range: UffdioRange { start: start as u64, len: len as u64 },
-            mode: if protect { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: if protect {
+                UFFDIO_WRITEPROTECT_MODE_WP
+            } else {
+                0
+            },
         };
         loop {
             // SAFETY: `wp` is a valid `struct uffdio_writeprotect` that outlives the call.
             let r = unsafe {
-                libc::ioctl(self.0.as_raw_fd(), UFFDIO_WRITEPROTECT as libc::Ioctl, &mut wp)
+                libc::ioctl(
+                    self.0.as_raw_fd(),
+                    UFFDIO_WRITEPROTECT as libc::Ioctl,
+                    &mut wp,
+                )
             };
             match cvt(r) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -339,7 +364,10 @@ impl ScratchMap {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let map = ScratchMap { addr: p as usize, len };
+        let map = ScratchMap {
+            addr: p as usize,
+            len,
+        };
         // Advisory: a kernel without THP rejects it and then has no huge pages to blur anyway.
         let _ = super::no_huge_pages(map.addr, len);
         Ok(map)
