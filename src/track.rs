@@ -92,12 +92,19 @@ pub(crate) enum TrackMode {
     AllDirty,
 }
 
-impl fmt::Display for TrackMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl TrackMode {
+    /// The mode's name as reported in `Stats::track_mode`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
             TrackMode::Uffd => "uffd-wp",
             TrackMode::AllDirty => "all-dirty",
-        })
+        }
+    }
+}
+
+impl fmt::Display for TrackMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

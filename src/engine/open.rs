@@ -475,5 +475,5 @@ fn read_dirty_bitmap(
     if n != buf.len() || crc32fast::hash(&buf) != h.dirty_crc {
         return None;
     }
-    DirtySet::from_bytes(base, max_size / sys::OS_PAGE, &buf)
+    DirtySet::from_bytes(base, max_size / sys::OS_PAGE, &buf).ok()
 }

@@ -81,7 +81,9 @@ impl Engine {
                 }
             }
         }
-        let bitmap = cs.since_snap.to_bytes(dirty_len_for(extent64) as usize);
+        let mut bitmap = SysVec::new_in(System);
+        cs.since_snap.to_bytes(&mut bitmap);
+        bitmap.resize(dirty_len_for(extent64) as usize, 0);
         let header = SnapHeader {
             valid: true,
             heap_id: self.meta.heap_id,

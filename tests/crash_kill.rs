@@ -1,0 +1,127 @@
+//! Process-kill crash test: a child commits in a loop with `Durability::Immediate` and prints
+//! every acknowledged commit; the parent kills it with SIGKILL at random moments (snapshots
+//! are forced often, so kills also land while a snapshot writer runs), reopens the heap and
+//! checks that it holds exactly a prefix of the commits containing every acknowledged one.
+//!
+//! `SNAPHEAP_KILLS` sets the number of kills (default 200; `scripts/kill-loop.sh` runs 10,000).
+
+mod common;
+
+use common::*;
+use snapheap::collections::Vec;
+use snapheap::{Error, Heap, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+type Log = Vec<u64>;
+
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.snapshot_after_journal_bytes(96 << 10);
+    o
+}
+
+/// Opens, retrying while a killed process's snapshot writer still holds the lock (it dies
+/// with its parent, asynchronously).
+fn open_retrying(dir: &std::path::Path) -> Heap<Log> {
+    let start = Instant::now();
+    loop {
+        match options().open(dir, |a| Log::new_in(a)) {
+            Ok(h) => return h,
+            Err(Error::Locked { .. }) if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+}
+
+fn child_loop() {
+    let dir = std::env::var("HEAP").unwrap();
+    let heap = open_retrying(dir.as_ref());
+    let mut next = heap.read().last().copied().unwrap_or(0) + 1;
+    println!("READY {}", next - 1);
+    loop {
+        {
+            let mut log = heap.write();
+            log.push(next);
+            // Some garbage churn so allocator state changes too.
+            let mut tmp = Vec::new_in(heap.alloc());
+            tmp.resize((next % 700) as usize, next as u8);
+            drop(tmp);
+            log.commit().unwrap();
+        }
+        println!("ACK {next}");
+        next += 1;
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
+    if role().as_deref() == Some("loop") {
+        child_loop();
+        return;
+    } else if role().is_some() {
+        return;
+    }
+    let kills: u64 = std::env::var("SNAPHEAP_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let seed = std::env::var("SNAPHEAP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let mut rng = Rng::new(seed);
+    let dir = Scratch::new("kill");
+    let heap_dir = dir.heap();
+    open_retrying(&heap_dir).close().unwrap();
+    let mut total_acked = 0u64;
+    let mut max_seen = 0u64;
+    for round in 0..kills {
+        let mut child = child(
+            "sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit",
+            "loop",
+            &[("HEAP", heap_dir.to_str().unwrap())],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait until the child has opened the heap, then let it run for a random while.
+        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("child did not start");
+        assert!(ready.starts_with("READY"), "{ready}");
+        let run_for = Duration::from_micros(rng.below(40_000));
+        std::thread::sleep(run_for);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut acked = 0;
+        for line in rx.try_iter() {
+            if let Some(v) = line.strip_prefix("ACK ") {
+                acked = acked.max(v.parse::<u64>().unwrap());
+            }
+        }
+        let heap = open_retrying(&heap_dir);
+        {
+            let log = heap.read();
+            let n = log.len() as u64;
+            assert!(n >= acked, "round {round}: acknowledged commit {acked} lost (heap has {n})");
+            assert!(n >= max_seen, "round {round}: heap went back from {max_seen} to {n}");
+            for (i, v) in log.iter().enumerate() {
+                assert_eq!(*v, i as u64 + 1, "round {round}: not a prefix at index {i}");
+            }
+            max_seen = n;
+        }
+        heap.verify().unwrap();
+        total_acked += acked.saturating_sub(0);
+        drop(heap);
+    }
+    println!("kill test: {kills} kills, final log length {max_seen}, {total_acked} acknowledgements checked");
+}
