@@ -1,0 +1,183 @@
+//! Forked page-diff snapshots: what they write, what they leave on disk, and that writing into
+//! a snapshot file never changes what the program sees.
+
+mod common;
+
+use common::*;
+use snapheap::collections::Vec;
+use snapheap::{Heap, OpenOptions};
+
+type Blocks = Vec<Vec<u8>>;
+
+const PAGE: usize = 4096;
+
+fn checksum(blocks: &Blocks) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in blocks.iter() {
+        for chunk in b.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn fill(heap: &Heap<Blocks>, total: usize, block: usize) {
+    let a = heap.alloc();
+    let mut s = heap.write();
+    for i in 0..total / block {
+        let mut v = Vec::with_capacity_in(block, a);
+        v.resize(block, (i % 251) as u8 + 1);
+        s.push(v);
+    }
+}
+
+/// Touches `n` distinct random pages of the blocks.
+fn touch_pages(heap: &Heap<Blocks>, rng: &mut Rng, n: usize, stamp: u8) {
+    let mut s = heap.write();
+    let pages_per_block = s[0].len() / PAGE;
+    let total = s.len() * pages_per_block;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let p = rng.below(total as u64) as usize;
+        if seen.insert(p) {
+            let (b, o) = (p / pages_per_block, p % pages_per_block);
+            s[b][o * PAGE + 17] = stamp;
+        }
+    }
+}
+
+#[test]
+fn snapshot_rounds_write_only_the_pages_changed_in_the_last_two_intervals() {
+    let dir = Scratch::new("snap-diff");
+    let heap = OpenOptions::new().open(dir.heap(), |a| Blocks::new_in(a)).unwrap();
+    fill(&heap, 128 << 20, 1 << 20);
+    heap.commit().unwrap();
+    heap.snapshot().unwrap();
+    heap.snapshot().unwrap();
+    let heap_pages = (128 << 20) / PAGE;
+    let mut rng = Rng::new(7);
+    for round in 0..5u8 {
+        let changed = heap_pages / 100;
+        touch_pages(&heap, &mut rng, changed, round + 1);
+        heap.commit().unwrap();
+        heap.snapshot().unwrap();
+        let st = heap.stats();
+        let limit = 2 * changed as u64 + 256;
+        println!(
+            "round {round}: changed {changed} pages, snapshot wrote {} pages (limit {limit}), fork {} us",
+            st.last_snapshot_pages, st.last_fork_micros
+        );
+        assert!(st.last_snapshot_pages <= limit, "round {round}: wrote {} > {limit}", st.last_snapshot_pages);
+        assert!(st.last_snapshot_pages >= changed as u64, "round {round}: wrote fewer pages than changed");
+    }
+}
+
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum()
+}
+
+#[test]
+fn disk_use_stays_bounded_over_400_commits() {
+    let dir = Scratch::new("snap-bound");
+    let threshold = 4u64 << 20;
+    let heap = OpenOptions::new()
+        .snapshot_after_journal_bytes(threshold)
+        .open(dir.heap(), |a| Blocks::new_in(a))
+        .unwrap();
+    fill(&heap, 16 << 20, 256 << 10);
+    heap.commit().unwrap();
+    let mut rng = Rng::new(11);
+    let mut peak = 0;
+    for i in 0..400u32 {
+        touch_pages(&heap, &mut rng, 16, i as u8);
+        heap.commit().unwrap();
+        peak = peak.max(disk_bytes(&dir.heap()));
+    }
+    let st = heap.stats();
+    // Two snapshot files of ~16 MiB of data (plus allocator overhead) and a few thresholds of
+    // journal.
+    let snapshot_file = st.mapped_bytes + 8192 + st.mapped_bytes / PAGE as u64 / 8;
+    let bound = 2 * snapshot_file + 4 * threshold;
+    println!("peak disk use {peak} bytes, bound {bound}, snapshots {}", st.snapshots);
+    assert!(st.snapshots >= 3, "expected automatic snapshots, got {}", st.snapshots);
+    assert!(peak <= bound, "disk use {peak} exceeds {bound}");
+}
+
+#[test]
+fn twenty_snapshot_restart_cycles_keep_contents_identical() {
+    let dir = Scratch::new("snap-cycles");
+    let mut rng = Rng::new(3);
+    let mut expected;
+    {
+        let heap = Heap::open(dir.heap(), |a| Blocks::new_in(a)).unwrap();
+        fill(&heap, 8 << 20, 64 << 10);
+        heap.commit().unwrap();
+        expected = checksum(&heap.read());
+        heap.close().unwrap();
+    }
+    for cycle in 0..20u8 {
+        let heap = Heap::open(dir.heap(), |_| -> Blocks { panic!("init on reopen") }).unwrap();
+        assert_eq!(checksum(&heap.read()), expected, "cycle {cycle}: contents differ after reopen");
+        touch_pages(&heap, &mut rng, 1 + (cycle as usize * 37) % 200, cycle.wrapping_mul(7) | 1);
+        {
+            // Grow and shrink some blocks so allocator state changes as well.
+            let a = heap.alloc();
+            let mut s = heap.write();
+            let mut v = Vec::new_in(a);
+            v.resize(1000 + cycle as usize * 100, cycle);
+            s.push(v);
+            if s.len() > 140 {
+                s.remove(0);
+            }
+        }
+        heap.commit().unwrap();
+        let before = checksum(&heap.read());
+        // Each snapshot rewrites the older file; from the second cycle on that is the file
+        // this process has mapped. What the program sees must not change.
+        heap.snapshot().unwrap();
+        heap.snapshot().unwrap();
+        assert_eq!(checksum(&heap.read()), before, "cycle {cycle}: a snapshot write showed through");
+        expected = before;
+        heap.close().unwrap();
+    }
+}
+
+#[test]
+fn a_snapshot_writer_stopped_after_any_step_leaves_the_last_commit_recoverable() {
+    for step in 1..=8u8 {
+        let dir = Scratch::new("snap-steps");
+        let mut want = 0;
+        for phase in 0..3u64 {
+            let heap = OpenOptions::new()
+                .test_snapshot_stop_after(if phase == 2 { Some(step) } else { None })
+                .snapshot_on_close(false)
+                .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+                .unwrap();
+            assert_eq!(heap.read().len() as u64, want, "step {step} phase {phase}");
+            for i in 0..500 {
+                heap.write().push(phase * 1000 + i);
+            }
+            heap.commit().unwrap();
+            want += 500;
+            let r = heap.snapshot();
+            if phase == 2 {
+                assert!(r.is_err(), "step {step}: stopped writer reported success");
+                assert!(heap.stats().snapshot_failures >= 1);
+                // Commits still work and are safe in the journal.
+                heap.write().push(99);
+                heap.commit().unwrap();
+                want += 1;
+            } else {
+                r.unwrap();
+            }
+            drop(heap); // no close: as if the process died here
+        }
+        let heap = Heap::open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+        assert_eq!(heap.read().len() as u64, want, "step {step}: lost commits");
+        assert_eq!(heap.read()[1000], 2000, "step {step}");
+        heap.verify().unwrap();
+    }
+}
