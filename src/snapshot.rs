@@ -186,14 +186,19 @@ pub(crate) const EXIT_STOPPED: i32 = 100;
 /// success, [`EXIT_STOPPED`] when stopped by the plan, `10 + step` on failure, 3 if the parent
 /// died before the child started.
 ///
+/// The child first closes every descriptor but `fd` and `lock_fd`: it must not keep the
+/// program's sockets, other files or *other* heaps' locks open, but it keeps its own heap's
+/// lock, so that no new opener can start before this writer is gone (it dies with its parent).
+///
 /// # Safety
 ///
 /// Must only be called in a freshly forked child, with the plan's runs mapped (they are: the
 /// child has a copy-on-write image of the parent's region).
-pub(crate) unsafe fn child_main(fd: RawFd, plan: &Plan, parent: libc::pid_t) -> ! {
+pub(crate) unsafe fn child_main(fd: RawFd, lock_fd: RawFd, plan: &Plan, parent: libc::pid_t) -> ! {
     if sys::die_with_parent() != parent {
         sys::exit_immediately(3);
     }
+    sys::close_all_except(&[fd, lock_fd]);
     // SAFETY: forwarded from this function's contract.
     match unsafe { write_plan(&RawSink(fd), plan) } {
         Ok(true) => sys::exit_immediately(0),

@@ -65,7 +65,7 @@ fn restart_round_trip_keeps_values_and_addresses() {
         }
         Some("check") => {
             let dir = std::env::var("HEAP").unwrap();
-            let heap = Heap::open(&dir, |_| panic!("init must not run on reopen")).unwrap();
+            let heap: Heap<State> = Heap::open(&dir, |_| panic!("init must not run on reopen")).unwrap();
             {
                 let s = heap.read();
                 assert_eq!(s.map.len(), 100_000);
@@ -93,7 +93,7 @@ fn restart_round_trip_keeps_values_and_addresses() {
     let addr = |out: &str| out.lines().find(|l| l.starts_with("ADDR ")).map(str::to_owned).expect("ADDR line");
     assert_eq!(addr(&built), addr(&checked), "root or element addresses moved across the restart");
     // A third open, in this process, sees the same data again.
-    let heap = Heap::open(&heap_dir, |_| panic!("init must not run")).unwrap();
+    let heap: Heap<State> = Heap::open(&heap_dir, |_| panic!("init must not run")).unwrap();
     assert_eq!(heap.read().map[&77_777].as_str(), value(77_777));
 }
 

@@ -133,7 +133,7 @@ pub(crate) struct Engine {
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     counters: Counters,
-    _lock_file: Box<dyn VFile>,
+    lock_file: Box<dyn VFile>,
     closed: AtomicBool,
 }
 

@@ -74,7 +74,7 @@ impl Fingerprint {
     }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |e| Error::io(op, path, e)
 }
 
@@ -346,7 +346,7 @@ impl Engine {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             counters,
-            _lock_file: lock_file,
+            lock_file: lock_file,
             closed: AtomicBool::new(false),
         };
         let engine = SysBox::new_in(engine, System);

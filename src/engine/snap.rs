@@ -122,6 +122,7 @@ impl Engine {
         let file: &dyn VFile = &*cs.snap_files[slot];
         let (pid, in_process_ok) = match file.raw_fd() {
             Some(fd) => {
+                let lock_fd = self.lock_file.raw_fd().unwrap_or(-1);
                 // SAFETY: getpid has no preconditions.
                 let parent = unsafe { libc::getpid() };
                 // SAFETY: the child runs only `child_main`, which is allocation-, lock- and
@@ -129,7 +130,7 @@ impl Engine {
                 match unsafe { sys::fork() } {
                     // SAFETY: we are the freshly forked child; the plan's runs lie in the
                     // region, which the child has a copy-on-write image of.
-                    Ok(0) => unsafe { writer::child_main(fd, &plan, parent) },
+                    Ok(0) => unsafe { writer::child_main(fd, lock_fd, &plan, parent) },
                     Ok(pid) => (pid, false),
                     Err(_) => {
                         self.counters

@@ -416,3 +416,40 @@ pub fn try_wait_child(pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
         }
     }
 }
+
+/// Closes every file descriptor except those in `keep` (`close_range(2)`, falling back to
+/// `close` on each descriptor below the soft limit). Async-signal-safe; used by the snapshot
+/// child so that it does not keep the program's other files, sockets or heap locks open.
+pub fn close_all_except(keep: &[RawFd]) {
+    let mut sorted = [-1; 8];
+    let n = keep.len().min(sorted.len());
+    sorted[..n].copy_from_slice(&keep[..n]);
+    sorted[..n].sort_unstable();
+    let mut lo: libc::c_uint = 0;
+    for &k in sorted[..n].iter().filter(|&&k| k >= 0) {
+        let k = k as libc::c_uint;
+        if k > lo {
+            close_range(lo, k - 1);
+        }
+        lo = lo.max(k + 1);
+    }
+    close_range(lo, libc::c_uint::MAX);
+}
+
+fn close_range(lo: libc::c_uint, hi: libc::c_uint) {
+    // SAFETY: close_range takes no pointers; closing descriptors is memory-safe.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+    if r != 0 {
+        // SAFETY: getrlimit writes one struct rlimit into valid storage.
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+            rl.rlim_cur.min(1 << 20) as libc::c_uint
+        } else {
+            1024
+        };
+        for fd in lo..=hi.min(limit) {
+            // SAFETY: closing any descriptor number is memory-safe.
+            unsafe { libc::close(fd as libc::c_int) };
+        }
+    }
+}
