@@ -206,13 +206,12 @@ impl Engine {
     /// is written-but-unreported. Returns a human-readable report.
     pub(crate) fn verify(&self) -> Result<String> {
         let _c = lock(&self.commit);
-        let pause = self.arena.pause();
+        // check_invariants pauses the allocator itself.
         let report = self.arena.check_invariants().map_err(|e| {
             Error::corrupt(&self.dir, 0, format!("allocator invariant violated: {e}"))
         })?;
         let extent = self.arena.extent();
         let region_extent = lock(&self.grow.region).extent();
-        drop(pause);
         if extent > region_extent {
             return Err(Error::corrupt(
                 &self.dir,
