@@ -90,7 +90,10 @@ fn restart_round_trip_keeps_values_and_addresses() {
     let env = [("HEAP", heap_dir.to_str().unwrap())];
     let built = run_child(TEST, "build", &env);
     let checked = run_child(TEST, "check", &env);
-    let addr = |out: &str| out.lines().find(|l| l.starts_with("ADDR ")).map(str::to_owned).expect("ADDR line");
+    // libtest may print "test ... " on the same line before the child's output.
+    let addr = |out: &str| {
+        out.lines().find_map(|l| l.find("ADDR ").map(|i| l[i..].to_owned())).expect("ADDR line")
+    };
     assert_eq!(addr(&built), addr(&checked), "root or element addresses moved across the restart");
     // A third open, in this process, sees the same data again.
     let heap: Heap<State> = Heap::open(&heap_dir, |_| panic!("init must not run")).unwrap();
