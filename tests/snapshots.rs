@@ -33,16 +33,16 @@ fn fill(heap: &Heap<Blocks>, total: usize, block: usize) {
     }
 }
 
-/// Touches `n` distinct random pages of the blocks.
+/// Touches `n` distinct random pages of the blocks (blocks may differ in size).
 fn touch_pages(heap: &Heap<Blocks>, rng: &mut Rng, n: usize, stamp: u8) {
     let mut s = heap.write();
-    let pages_per_block = s[0].len() / PAGE;
-    let total = s.len() * pages_per_block;
+    let pages: std::vec::Vec<(usize, usize)> =
+        s.iter().enumerate().flat_map(|(b, v)| (0..v.len() / PAGE).map(move |o| (b, o))).collect();
     let mut seen = std::collections::HashSet::new();
-    while seen.len() < n {
-        let p = rng.below(total as u64) as usize;
+    while seen.len() < n.min(pages.len()) {
+        let p = rng.below(pages.len() as u64) as usize;
         if seen.insert(p) {
-            let (b, o) = (p / pages_per_block, p % pages_per_block);
+            let (b, o) = pages[p];
             s[b][o * PAGE + 17] = stamp;
         }
     }
