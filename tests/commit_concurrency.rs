@@ -1,0 +1,128 @@
+//! Commits while other threads allocate and free: the captured allocator state is consistent.
+
+mod common;
+
+use common::*;
+use snapheap::collections::Vec;
+use snapheap::{Heap, HeapAlloc};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+type Root = Vec<Vec<u8>>;
+
+fn pattern(tag: u64, len: usize) -> impl Iterator<Item = u8> {
+    (0..len).map(move |i| (tag.wrapping_mul(31).wrapping_add(i as u64)) as u8)
+}
+
+/// Allocates and frees random blocks until told to stop, checking each block's pattern before
+/// freeing it; about a third of the frees happen on the other worker's blocks.
+fn churn(a: HeapAlloc, id: u64, stop: Arc<AtomicBool>, swap: Arc<std::sync::Mutex<std::vec::Vec<(usize, usize, u64)>>>) -> u64 {
+    let mut rng = Rng::new(id * 7919 + 1);
+    let mut live: std::vec::Vec<(usize, usize, u64)> = std::vec::Vec::new();
+    let mut ops = 0u64;
+    let check_free = |(p, len, tag): (usize, usize, u64)| {
+        // SAFETY (test): p was allocated by `a` with this layout and filled with the pattern.
+        let s = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+        assert!(s.iter().copied().eq(pattern(tag, len)), "block {p:#x} overwritten");
+        unsafe { a.dealloc(p as *mut u8, Layout::from_size_align(len, 8).unwrap()) };
+    };
+    while !stop.load(Ordering::Relaxed) {
+        ops += 1;
+        if live.len() < 2000 && rng.below(3) != 0 {
+            let len = 1 + rng.below(if rng.below(50) == 0 { 70_000 } else { 600 }) as usize;
+            let tag = id << 40 | ops;
+            // SAFETY (test): non-zero size.
+            let p = unsafe { a.alloc(Layout::from_size_align(len, 8).unwrap()) };
+            assert!(!p.is_null());
+            for (i, b) in pattern(tag, len).enumerate() {
+                // SAFETY (test): p is valid for len bytes.
+                unsafe { *p.add(i) = b };
+            }
+            live.push((p as usize, len, tag));
+        } else if !live.is_empty() {
+            let k = rng.below(live.len() as u64) as usize;
+            let blk = live.swap_remove(k);
+            if rng.below(3) == 0 {
+                swap.lock().unwrap().push(blk);
+            } else {
+                check_free(blk);
+            }
+            let theirs = swap.lock().unwrap().pop();
+            if let Some(b) = theirs {
+                check_free(b);
+            }
+        }
+    }
+    for b in live.drain(..) {
+        check_free(b);
+    }
+    ops
+}
+
+#[test]
+fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
+    let dir = Scratch::new("commit-conc");
+    let mut root_blocks = 0;
+    {
+        let heap = Heap::open(dir.heap(), |a| Root::new_in(a)).unwrap();
+        let a = heap.alloc();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swap = Arc::new(std::sync::Mutex::new(std::vec::Vec::new()));
+        let workers: std::vec::Vec<_> = (1..=2)
+            .map(|id| {
+                let (stop, swap) = (stop.clone(), swap.clone());
+                std::thread::spawn(move || churn(a, id, stop, swap))
+            })
+            .collect();
+        for i in 0..300u64 {
+            {
+                let mut r = heap.write();
+                let mut v = Vec::new_in(a);
+                v.extend(pattern(i, 100 + (i as usize * 13) % 3000));
+                r.push(v);
+                r.commit().unwrap();
+            }
+            root_blocks += 1;
+            if i % 50 == 0 {
+                heap.verify().unwrap();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        println!("{ops} worker operations during 300 commits");
+        drop(heap); // no final commit: the last commit happened while the workers ran
+    }
+    let heap = Heap::open(dir.heap(), |a| Root::new_in(a)).unwrap();
+    heap.verify().unwrap();
+    let a = heap.alloc();
+    let mut spans: std::vec::Vec<(usize, usize)> = std::vec::Vec::new();
+    {
+        let r = heap.read();
+        assert_eq!(r.len(), root_blocks);
+        for (i, v) in r.iter().enumerate() {
+            assert!(v.iter().copied().eq(pattern(i as u64, v.len())), "root block {i} damaged");
+            spans.push((v.as_ptr() as usize, v.len()));
+        }
+    }
+    // New blocks never overlap each other or the blocks reachable from the root.
+    let mut fresh = std::vec::Vec::new();
+    let mut rng = Rng::new(5);
+    for _ in 0..20_000 {
+        let len = 1 + rng.below(2000) as usize;
+        // SAFETY (test): non-zero size.
+        let p = unsafe { a.alloc(Layout::from_size_align(len, 8).unwrap()) };
+        assert!(!p.is_null());
+        spans.push((p as usize, len));
+        fresh.push((p, len));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "blocks {:#x}+{} and {:#x} overlap", w[0].0, w[0].1, w[1].0);
+    }
+    for (p, len) in fresh {
+        // SAFETY (test): allocated above with this layout.
+        unsafe { a.dealloc(p, Layout::from_size_align(len, 8).unwrap()) };
+    }
+    heap.verify().unwrap();
+}
