@@ -30,7 +30,8 @@ fn churn(a: HeapAlloc, id: u64, stop: Arc<AtomicBool>, swap: Arc<std::sync::Mute
     while !stop.load(Ordering::Relaxed) {
         ops += 1;
         if live.len() < 2000 && rng.below(3) != 0 {
-            let len = 1 + rng.below(if rng.below(50) == 0 { 70_000 } else { 600 }) as usize;
+            let max = if rng.below(50) == 0 { 70_000 } else { 600 };
+            let len = 1 + rng.below(max) as usize;
             let tag = id << 40 | ops;
             // SAFETY (test): non-zero size.
             let p = unsafe { a.alloc(Layout::from_size_align(len, 8).unwrap()) };
