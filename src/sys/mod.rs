@@ -56,7 +56,10 @@ pub fn reserve(addr: usize, len: usize) -> io::Result<()> {
             addr as *mut libc::c_void,
             len,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -108,7 +111,12 @@ pub unsafe fn map_anon_fixed(addr: usize, len: usize) -> io::Result<()> {
 /// - no reference points into the range;
 /// - the file is at least `offset + len` bytes long for as long as the mapping exists
 ///   (otherwise touching the tail raises SIGBUS).
-pub unsafe fn map_file_private_fixed(addr: usize, len: usize, fd: RawFd, offset: u64) -> io::Result<()> {
+pub unsafe fn map_file_private_fixed(
+    addr: usize,
+    len: usize,
+    fd: RawFd,
+    offset: u64,
+) -> io::Result<()> {
     debug_assert!(addr % OS_PAGE == 0 && len % OS_PAGE == 0 && offset % OS_PAGE as u64 == 0);
     // SAFETY: as for map_anon_fixed; the file length is the caller's promise.
     let p = unsafe {
@@ -213,7 +221,12 @@ pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let rest = &mut buf[done..];
         // SAFETY: rest is a valid writable slice of rest.len() bytes.
         let r = unsafe {
-            libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
         };
         match cvt_size(r) {
             Ok(0) => break,
@@ -322,7 +335,13 @@ pub fn exit_immediately(code: i32) -> ! {
 pub fn die_with_parent() -> libc::pid_t {
     // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         libc::getppid()
     }
 }
@@ -361,4 +380,25 @@ pub mod membarrier {
         // SAFETY: membarrier takes no pointers.
         unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
     }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)` with flags 0: blocks only
+/// during early boot, until the pool is first initialised). Retries `EINTR` and short reads.
+/// Never allocates.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe `rest`, writable memory we borrow mutably.
+        let r = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        done += r as usize;
+    }
+    Ok(())
 }
