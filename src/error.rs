@@ -71,20 +71,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Builds an [`Error::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io { op, path: path.into(), source }
     }
 
     /// Builds an [`Error::Corrupt`].
     pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, what: impl Into<String>) -> Self {
-        Error::Corrupt {
-            file: file.into(),
-            offset,
-            what: what.into(),
-        }
+        Error::Corrupt { file: file.into(), offset, what: what.into() }
     }
 
     /// Builds an [`Error::Incompatible`].

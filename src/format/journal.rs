@@ -186,8 +186,8 @@ pub(crate) fn decode_header(b: &[u8]) -> Result<JournalHeader, HeaderError> {
     let Some(b) = b.get(..HEADER_LEN) else {
         return Err(HeaderError::Short { len: b.len() });
     };
-    let field64 = |off| get_u64(b, off).unwrap_or(0);
-    let field32 = |off| get_u32(b, off).unwrap_or(0);
+    let field64 = |off| get_u64(b, off);
+    let field32 = |off| get_u32(b, off);
     if b[MAGIC_OFFSET..MAGIC_OFFSET + 8] != MAGIC {
         return Err(HeaderError::BadMagic);
     }
@@ -243,15 +243,18 @@ pub(crate) struct RecordHeader {
 impl RecordHeader {
     /// Decodes the first [`RECORD_HEADER_LEN`] bytes of `b`; `None` when `b` is shorter.
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < RECORD_HEADER_LEN {
+            return None;
+        }
         Some(RecordHeader {
-            crc: get_u32(b, REC_CRC_OFFSET)?,
-            kind: get_u16(b, REC_KIND_OFFSET)?,
-            flags: get_u16(b, REC_FLAGS_OFFSET)?,
-            len: get_u32(b, REC_LEN_OFFSET)?,
-            count: get_u32(b, REC_COUNT_OFFSET)?,
-            seq: get_u64(b, REC_SEQ_OFFSET)?,
-            arg: get_u64(b, REC_ARG_OFFSET)?,
-            synced: get_u64(b, REC_SYNCED_OFFSET)?,
+            crc: get_u32(b, REC_CRC_OFFSET),
+            kind: get_u16(b, REC_KIND_OFFSET),
+            flags: get_u16(b, REC_FLAGS_OFFSET),
+            len: get_u32(b, REC_LEN_OFFSET),
+            count: get_u32(b, REC_COUNT_OFFSET),
+            seq: get_u64(b, REC_SEQ_OFFSET),
+            arg: get_u64(b, REC_ARG_OFFSET),
+            synced: get_u64(b, REC_SYNCED_OFFSET),
         })
     }
 
@@ -402,9 +405,9 @@ pub(crate) fn seal_record(rec: &mut [u8], salt: u64) {
 /// Whether the checksum stored in `rec` matches. `rec` must hold exactly the header and the
 /// payload (`RECORD_HEADER_LEN + len` bytes); a shorter slice never verifies.
 pub(crate) fn verify_record_crc(rec: &[u8], salt: u64) -> bool {
-    match (get_u32(rec, REC_CRC_OFFSET), rec.get(REC_KIND_OFFSET..)) {
-        (Some(stored), Some(body)) if rec.len() >= RECORD_HEADER_LEN => {
-            stored == record_crc(salt, body)
+    match rec.get(REC_KIND_OFFSET..) {
+        Some(body) if rec.len() >= RECORD_HEADER_LEN => {
+            get_u32(rec, REC_CRC_OFFSET) == record_crc(salt, body)
         }
         _ => false,
     }

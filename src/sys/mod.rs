@@ -56,10 +56,7 @@ pub fn reserve(addr: usize, len: usize) -> io::Result<()> {
             addr as *mut libc::c_void,
             len,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -111,12 +108,7 @@ pub unsafe fn map_anon_fixed(addr: usize, len: usize) -> io::Result<()> {
 /// - no reference points into the range;
 /// - the file is at least `offset + len` bytes long for as long as the mapping exists
 ///   (otherwise touching the tail raises SIGBUS).
-pub unsafe fn map_file_private_fixed(
-    addr: usize,
-    len: usize,
-    fd: RawFd,
-    offset: u64,
-) -> io::Result<()> {
+pub unsafe fn map_file_private_fixed(addr: usize, len: usize, fd: RawFd, offset: u64) -> io::Result<()> {
     debug_assert!(addr % OS_PAGE == 0 && len % OS_PAGE == 0 && offset % OS_PAGE as u64 == 0);
     // SAFETY: as for map_anon_fixed; the file length is the caller's promise.
     let p = unsafe {
@@ -221,12 +213,7 @@ pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let rest = &mut buf[done..];
         // SAFETY: rest is a valid writable slice of rest.len() bytes.
         let r = unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
+            libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
         };
         match cvt_size(r) {
             Ok(0) => break,
@@ -335,13 +322,7 @@ pub fn exit_immediately(code: i32) -> ! {
 pub fn die_with_parent() -> libc::pid_t {
     // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
         libc::getppid()
     }
 }
@@ -382,23 +363,17 @@ pub mod membarrier {
     }
 }
 
-/// Fills `buf` from the kernel's random source (`getrandom(2)` with flags 0: blocks only
-/// during early boot, until the pool is first initialised). Retries `EINTR` and short reads.
-/// Never allocates.
-pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: the pointer and length describe `rest`, writable memory we borrow mutably.
-        let r = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        done += r as usize;
+/// 64 random bits from `getrandom(2)` (falls back to time and address entropy if it fails).
+pub fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: v is valid writable storage of 8 bytes.
+    let r = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    if r != 8 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        v = t ^ ((&v as *const u64 as u64).rotate_left(32)) ^ u64::from(std::process::id());
     }
-    Ok(())
+    v
 }
