@@ -19,9 +19,9 @@
 //!   `min(WINDOW_LEN, file length)` and the run list by `file length / 4136` entries.
 
 use crate::format::journal::{
-    decode_header, encode_header, record_len, seal_record, verify_record_crc, HeaderError,
-    RecordHeader, FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN, HEAP_ID_OFFSET,
-    JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_PAGES, MAX_PAGES_PAYLOAD, PAGE_SIZE, RECORD_ALIGN,
+    decode_header, encode_header, seal_record, verify_record_crc, HeaderError, RecordHeader,
+    FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET,
+    KIND_COMMIT, KIND_PAGES, MAX_PAGES_PAYLOAD, MAX_RECORD_LEN, PAGE_SIZE, RECORD_ALIGN,
     RECORD_HEADER_LEN, START_SEQ_OFFSET,
 };
 use crate::io::{VFile, Vfs};
@@ -38,8 +38,11 @@ pub(crate) use crate::format::journal::JournalHeader;
 const NAME_PREFIX: &str = "journal-";
 /// Suffix of a journal being created; such a file never holds commits and may be deleted.
 pub(crate) const JOURNAL_TEMP_SUFFIX: &str = ".tmp";
-/// Size of the scanner's read window: at least two of the largest records.
+/// Size of the scanner's read window. It holds any record, and since a refill starts at the
+/// record that needed it, the window moves forward at least `WINDOW_LEN - MAX_RECORD_LEN`
+/// bytes per refill, so the evidence scan reads each byte at most about twice.
 const WINDOW_LEN: usize = 2 << 20;
+const _: () = assert!(WINDOW_LEN as u64 >= MAX_RECORD_LEN + (512 << 10));
 /// Default step in which the writer pre-zeroes space ahead of the end (see
 /// [`JournalWriter::set_prezero_step`]).
 pub(crate) const DEFAULT_PREZERO_STEP: u64 = 4 << 20;
@@ -691,6 +694,19 @@ impl JournalWriter {
         let max_records = runs.len() + payload / MAX + 1;
         self.buf.clear();
         self.buf.reserve(payload + max_records * RECORD_HEADER_LEN);
+        let header = move |kind, len: usize, count, arg| RecordHeader {
+            crc: 0,
+            kind,
+            flags: 0,
+            len: len as u32,
+            count,
+            seq,
+            arg,
+            synced,
+        };
+        let pages = move |len: usize, start| {
+            header(KIND_PAGES, len, (len as u64 / PAGE_SIZE) as u32, start)
+        };
         // The open PAGES record: (buffer offset of its header, region offset, payload len).
         let mut open: Option<(usize, u64, usize)> = None;
         let mut records = 0u32;
@@ -704,15 +720,7 @@ impl JournalWriter {
                     }
                     other => {
                         if let Some((at, start, len)) = other {
-                            self.seal(
-                                at,
-                                KIND_PAGES,
-                                len,
-                                (len as u64 / PAGE_SIZE) as u32,
-                                start,
-                                seq,
-                                synced,
-                            );
+                            self.seal(at, pages(len, start));
                             records += 1;
                         }
                         let at = self.buf.len();
@@ -728,20 +736,12 @@ impl JournalWriter {
             }
         }
         if let Some((at, start, len)) = open {
-            self.seal(
-                at,
-                KIND_PAGES,
-                len,
-                (len as u64 / PAGE_SIZE) as u32,
-                start,
-                seq,
-                synced,
-            );
+            self.seal(at, pages(len, start));
             records += 1;
         }
         let at = self.buf.len();
         self.buf.resize(at + RECORD_HEADER_LEN, 0);
-        self.seal(at, KIND_COMMIT, 0, records, extent, seq, synced);
+        self.seal(at, header(KIND_COMMIT, 0, records, extent));
         debug_assert_eq!(self.buf.len() as u64 % RECORD_ALIGN, 0);
         self.encoded = Some(seq);
         self.buf.len() as u64
@@ -749,28 +749,9 @@ impl JournalWriter {
 
     /// Fills in and checksums the record whose header starts at `buf[at]` and whose payload
     /// (`len` bytes) follows it.
-    #[allow(clippy::too_many_arguments)]
-    fn seal(
-        &mut self,
-        at: usize,
-        kind: u16,
-        len: usize,
-        count: u32,
-        arg: u64,
-        seq: u64,
-        synced: u64,
-    ) {
-        debug_assert_eq!(record_len(len as u32), (RECORD_HEADER_LEN + len) as u64);
-        let h = RecordHeader {
-            crc: 0,
-            kind,
-            flags: 0,
-            len: len as u32,
-            count,
-            seq,
-            arg,
-            synced,
-        };
+    fn seal(&mut self, at: usize, h: RecordHeader) {
+        let len = h.len as usize;
+        debug_assert_eq!(h.record_len(), (RECORD_HEADER_LEN + len) as u64);
         let rec = &mut self.buf[at..at + RECORD_HEADER_LEN + len];
         h.encode(rec);
         seal_record(rec, self.salt);
