@@ -5,6 +5,7 @@
 //! The getters below take offsets the callers have already bounds-checked against a fixed
 //! header length; they never panic on their own (they read zero past the end).
 
+pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod snapshot;
 
