@@ -23,11 +23,16 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("snapheap supports 64-bit Linux only");
 
+mod alloc;
 mod error;
 pub mod io;
 mod sys;
 
+pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
+
+#[doc(hidden)]
+pub use alloc::testing as alloc_testing;
 
 /// A vector for the crate's own bookkeeping. It allocates from [`std::alloc::System`], never
 /// from the global allocator, because snapheap may *be* the global allocator and its commit
