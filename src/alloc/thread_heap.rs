@@ -224,12 +224,12 @@ impl Arena {
     /// `None` when the arena is closed or System memory ran out.
     #[cold]
     pub(crate) fn heap_for_thread(&self) -> Option<*mut ThreadHeap> {
-        let e = tls_entry(self.slot);
-        if e.key == self.key && e.key != 0 {
-            return Some(e.heap as *mut ThreadHeap);
-        }
         if self.gate.load(Relaxed) == 0 {
             return None;
+        }
+        let e = tls_entry(self.slot);
+        if e.key == self.key {
+            return Some(e.heap as *mut ThreadHeap);
         }
         arm_exit_hook();
         let mut h = self.heaps.load(Acquire);
