@@ -67,7 +67,13 @@ unsafe fn check_tag(p: *const u8, n: usize, seed: u64) -> bool {
 fn assert_disjoint(mut blocks: Vec<(usize, usize)>) {
     blocks.sort_unstable();
     for w in blocks.windows(2) {
-        assert!(w[0].0 + w[0].1 <= w[1].0, "blocks {:#x}+{} and {:#x} overlap", w[0].0, w[0].1, w[1].0);
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "blocks {:#x}+{} and {:#x} overlap",
+            w[0].0,
+            w[0].1,
+            w[1].0
+        );
     }
 }
 
@@ -111,7 +117,11 @@ fn every_size_and_alignment_is_aligned_writable_and_disjoint() {
         }
         assert_disjoint(live.iter().map(|&(p, l, _)| (p as usize, l.size())).collect());
         for &(p, l, k) in &live {
-            assert!(unsafe { check_tag(p, l.size(), (k as u64) << 20 | align as u64) }, "size {} align {align}", l.size());
+            assert!(
+                unsafe { check_tag(p, l.size(), (k as u64) << 20 | align as u64) },
+                "size {} align {align}",
+                l.size()
+            );
         }
         r.check_invariants().unwrap();
         for (p, l, _) in live {
@@ -205,13 +215,23 @@ fn realloc_is_in_place_within_a_class_and_for_spans_and_huge_blocks() {
 fn allocator_api_grow_shrink_and_zeroed_variants_preserve_and_zero() {
     let r = TestRegion::new(1 << 30);
     let a = r.alloc();
-    for &(s0, s1, align) in &[(10, 5000, 8), (3000, 200_000, 64), (200_000, 9 * MIB, 4096), (9 * MIB, 100, 32)] {
+    for &(s0, s1, align) in &[
+        (10, 5000, 8),
+        (3000, 200_000, 64),
+        (200_000, 9 * MIB, 4096),
+        (9 * MIB, 100, 32),
+    ] {
         let l0 = Layout::from_size_align(s0, align).unwrap();
         let l1 = Layout::from_size_align(s1, align).unwrap();
         unsafe {
             let p = a.allocate(l0).unwrap().cast::<u8>();
             fill(p.as_ptr(), s0, 7);
-            let q = if s1 > s0 { a.grow_zeroed(p, l0, l1) } else { a.shrink(p, l0, l1) }.unwrap();
+            let q = if s1 > s0 {
+                a.grow_zeroed(p, l0, l1)
+            } else {
+                a.shrink(p, l0, l1)
+            }
+            .unwrap();
             assert_eq!(q.len(), s1);
             let q = q.cast::<u8>();
             assert_eq!(q.as_ptr() as usize % align, 0);
@@ -237,7 +257,19 @@ fn allocator_api_grow_shrink_and_zeroed_variants_preserve_and_zero() {
 fn alloc_zeroed_returns_zero_memory_even_where_blocks_were_reused() {
     let r = TestRegion::new(1 << 30);
     let a = r.alloc();
-    let sizes = [8, 24, 100, 1000, 5000, 20_000, 100_000, 300_000, 3 * MIB, 5 * MIB, 12 * MIB];
+    let sizes = [
+        8,
+        24,
+        100,
+        1000,
+        5000,
+        20_000,
+        100_000,
+        300_000,
+        3 * MIB,
+        5 * MIB,
+        12 * MIB,
+    ];
     for round in 0..3 {
         let mut live = Vec::new();
         for &s in &sizes {
@@ -306,7 +338,11 @@ fn exhaustion_returns_null_and_frees_make_room_again() {
         unsafe { a.dealloc(p, l) };
     }
     // After freeing, other classes, spans and a huge block fit again.
-    for l in [Layout::from_size_align(3000, 8).unwrap(), big, Layout::from_size_align(9 * MIB, 8).unwrap()] {
+    for l in [
+        Layout::from_size_align(3000, 8).unwrap(),
+        big,
+        Layout::from_size_align(9 * MIB, 8).unwrap(),
+    ] {
         let p = unsafe { a.alloc(l) };
         assert!(!p.is_null(), "{l:?} after freeing");
         live.push((p, l));
@@ -336,7 +372,10 @@ fn two_arenas_interleave_and_collections_work_on_heap_alloc() {
         v1.push(i as u8);
         v2.push((i * 5) as u8);
         if i % 1000 == 0 {
-            boxes.push(allocator_api2::boxed::Box::new_in([i; 20], if i % 2000 == 0 { a1 } else { a2 }));
+            boxes.push(allocator_api2::boxed::Box::new_in(
+                [i; 20],
+                if i % 2000 == 0 { a1 } else { a2 },
+            ));
         }
     }
     assert!(r1.contains(v1.as_ptr()) && r2.contains(v2.as_ptr()));

@@ -74,7 +74,11 @@ fn blocks_survive_close_and_attach_and_stay_usable() {
     let mut reused = HashSet::new();
     let mut i = 0usize;
     while total < (8 << 20) || reused.len() < freed.len() {
-        let size = if reused.len() < freed.len() { 48 } else { sizes[i % sizes.len()] };
+        let size = if reused.len() < freed.len() {
+            48
+        } else {
+            sizes[i % sizes.len()]
+        };
         let p = unsafe { a.alloc(layout(size)) } as usize;
         assert_ne!(p, 0);
         assert!(!overlaps(p, size), "new block {p:#x} overlaps an old live block");
@@ -162,7 +166,10 @@ fn attach_rejects_a_damaged_arena_header_without_crashing() {
     unsafe { magic.write(good ^ 1) };
     let e = r.reattach().unwrap_err();
     assert!(e.contains("magic"), "{e}");
-    assert!(unsafe { a.alloc(layout(100)) }.is_null(), "a failed attach leaves the arena closed");
+    assert!(
+        unsafe { a.alloc(layout(100)) }.is_null(),
+        "a failed attach leaves the arena closed"
+    );
     let extent = (r.base() + 8192 + 24) as *mut u64;
     unsafe { magic.write(good) };
     let e_good = unsafe { extent.read() };

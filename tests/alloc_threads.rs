@@ -46,10 +46,24 @@ fn fill(b: &Block) {
 fn verify_and_free(a: HeapAlloc, b: Block) {
     let p = b.addr as *const u8;
     let s = unsafe { std::slice::from_raw_parts(p, b.size) };
-    assert_eq!(u64::from_le_bytes(s[..8].try_into().unwrap()), b.tag, "head of block {:#x}", b.addr);
+    assert_eq!(
+        u64::from_le_bytes(s[..8].try_into().unwrap()),
+        b.tag,
+        "head of block {:#x}",
+        b.addr
+    );
     if b.size >= 16 {
-        assert_eq!(u64::from_le_bytes(s[b.size - 8..].try_into().unwrap()), b.tag, "tail of block {:#x}", b.addr);
-        assert!(s[8..b.size - 8].iter().step_by(61).all(|&x| x == b.tag as u8), "body of block {:#x}", b.addr);
+        assert_eq!(
+            u64::from_le_bytes(s[b.size - 8..].try_into().unwrap()),
+            b.tag,
+            "tail of block {:#x}",
+            b.addr
+        );
+        assert!(
+            s[8..b.size - 8].iter().step_by(61).all(|&x| x == b.tag as u8),
+            "body of block {:#x}",
+            b.addr
+        );
     }
     unsafe { a.dealloc(b.addr as *mut u8, layout(b.size)) };
 }
@@ -95,7 +109,11 @@ fn three_threads_with_cross_thread_frees_keep_blocks_intact_and_return_to_baseli
                         let size = random_size(&mut rng);
                         let p = unsafe { a.alloc(layout(size)) };
                         assert!(!p.is_null());
-                        let b = Block { addr: p as usize, size, tag: (t as u64) << 56 | seq as u64 };
+                        let b = Block {
+                            addr: p as usize,
+                            size,
+                            tag: (t as u64) << 56 | seq as u64,
+                        };
                         fill(&b);
                         live.push(b);
                     } else {
@@ -150,7 +168,11 @@ fn blocks_of_exited_threads_can_be_freed_and_their_slabs_reused() {
                     let size = 16 + (i as usize * 13) % 2000;
                     let p = unsafe { a.alloc(layout(size)) };
                     assert!(!p.is_null());
-                    let b = Block { addr: p as usize, size, tag: round << 32 | i };
+                    let b = Block {
+                        addr: p as usize,
+                        size,
+                        tag: round << 32 | i,
+                    };
                     fill(&b);
                     b
                 })
@@ -183,7 +205,11 @@ fn blocks_of_exited_threads_can_be_freed_and_their_slabs_reused() {
         (0..count)
             .map(|i| {
                 let size = 16 + (i as usize * 13) % 2000;
-                let b = Block { addr: unsafe { a.alloc(layout(size)) } as usize, size, tag: i };
+                let b = Block {
+                    addr: unsafe { a.alloc(layout(size)) } as usize,
+                    size,
+                    tag: i,
+                };
                 fill(&b);
                 b
             })
@@ -192,7 +218,10 @@ fn blocks_of_exited_threads_can_be_freed_and_their_slabs_reused() {
     .join()
     .unwrap();
     let after = r.check_invariants().unwrap();
-    assert!(r.extent() <= extent + (4 << 20), "pooled slabs were reused: {before:?} {after:?}");
+    assert!(
+        r.extent() <= extent + (4 << 20),
+        "pooled slabs were reused: {before:?} {after:?}"
+    );
     for b in again.into_iter().chain(all) {
         verify_and_free(a, b);
     }
@@ -219,7 +248,11 @@ fn pause_excludes_every_allocator_call() {
                         let size = random_size(&mut rng);
                         let p = unsafe { a.alloc(layout(size)) };
                         assert!(!p.is_null());
-                        let b = Block { addr: p as usize, size, tag: n };
+                        let b = Block {
+                            addr: p as usize,
+                            size,
+                            tag: n,
+                        };
                         fill(&b);
                         live.push(b);
                     } else if !live.is_empty() {
@@ -228,7 +261,11 @@ fn pause_excludes_every_allocator_call() {
                             let new_size = if b.size < 100_000 { b.size * 2 } else { b.size / 3 };
                             let q = unsafe { a.realloc(b.addr as *mut u8, layout(b.size), new_size) };
                             assert!(!q.is_null());
-                            let nb = Block { addr: q as usize, size: new_size, tag: b.tag };
+                            let nb = Block {
+                                addr: q as usize,
+                                size: new_size,
+                                tag: b.tag,
+                            };
                             fill(&nb);
                             live.push(nb);
                         } else {

@@ -86,7 +86,12 @@ impl Arena {
     /// # Safety
     ///
     /// `[base - CTRL_SIZE, base)` is mapped read-write and no other thread uses it.
-    unsafe fn init_ctrl(base: usize, max_size: usize, grow: GrowFn, grow_ctx: *const ()) -> Result<&'static Arena, String> {
+    unsafe fn init_ctrl(
+        base: usize,
+        max_size: usize,
+        grow: GrowFn,
+        grow_ctx: *const (),
+    ) -> Result<&'static Arena, String> {
         let a = (base - CTRL_SIZE) as *mut Arena;
         let (slot, key) = register_arena(a).ok_or_else(|| "too many arenas open in this process".to_string())?;
         // SAFETY: the control area is ours and mapped (contract); all-zero is a valid Arena
@@ -146,7 +151,12 @@ impl Arena {
     /// one segment) are mapped read-write; nothing else uses them; the region's contents
     /// were written by this allocator (they are as trusted as the executable, but the
     /// headers are still bounds-checked).
-    pub(crate) unsafe fn attach(base: usize, max_size: usize, grow: GrowFn, grow_ctx: *const ()) -> Result<&'static Arena, String> {
+    pub(crate) unsafe fn attach(
+        base: usize,
+        max_size: usize,
+        grow: GrowFn,
+        grow_ctx: *const (),
+    ) -> Result<&'static Arena, String> {
         if base % SEGMENT != 0 || max_size % SEGMENT != 0 || !(SEGMENT..=MAX_REGION).contains(&max_size) {
             return Err(format!("bad region geometry: base {base:#x}, max_size {max_size:#x}"));
         }
@@ -346,7 +356,9 @@ impl Arena {
         if align > SLICE {
             return std::ptr::null_mut();
         }
-        let Some(h) = self.enter() else { return std::ptr::null_mut() };
+        let Some(h) = self.enter() else {
+            return std::ptr::null_mut();
+        };
         // SAFETY: inside an allocator call on our heap.
         let p = unsafe { self.alloc_in(h, size, align, zero) };
         self.leave(h);
@@ -371,7 +383,9 @@ impl Arena {
             };
             if let Some((c, pad)) = class_pad {
                 // SAFETY: forwarded contract.
-                let Some((b, d)) = (unsafe { self.alloc_block(h, c) }) else { return std::ptr::null_mut() };
+                let Some((b, d)) = (unsafe { self.alloc_block(h, c) }) else {
+                    return std::ptr::null_mut();
+                };
                 let p = if pad { (b + align - 1) & !(align - 1) } else { b };
                 // SAFETY: d is owned by h (just allocated from); p..p+size lies in the block.
                 unsafe {
@@ -401,7 +415,9 @@ impl Arena {
     /// As for `alloc_in`; `1 <= k <= SPAN_MAX_SLICES`.
     unsafe fn alloc_span(&self, h: *mut ThreadHeap, k: usize, size: usize, zero: bool) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let Some(run) = (unsafe { self.carve_run(h, k) }) else { return std::ptr::null_mut() };
+        let Some(run) = (unsafe { self.carve_run(h, k) }) else {
+            return std::ptr::null_mut();
+        };
         // SAFETY: the run's descriptors are ours alone.
         unsafe {
             let d = (*run.seg).descs.as_mut_ptr().add(run.idx);
@@ -431,14 +447,18 @@ impl Arena {
     ///
     /// As for `alloc_in`.
     unsafe fn alloc_huge_block(&self, h: *mut ThreadHeap, size: usize, zero: bool) -> *mut u8 {
-        let Some(n) = size.checked_add(SLICE).map(|b| b.div_ceil(SEGMENT)) else { return std::ptr::null_mut() };
+        let Some(n) = size.checked_add(SLICE).map(|b| b.div_ceil(SEGMENT)) else {
+            return std::ptr::null_mut();
+        };
         let mut r = self.alloc_huge(&self.seg_lock.lock(), n);
         if r.is_none() && self.pooled.load(Relaxed) != 0 {
             // SAFETY: forwarded contract.
             unsafe { self.sweep_pools(h) };
             r = self.alloc_huge(&self.seg_lock.lock(), n);
         }
-        let Some((first, fresh)) = r else { return std::ptr::null_mut() };
+        let Some((first, fresh)) = r else {
+            return std::ptr::null_mut();
+        };
         let p = self.seg(first) as usize + SLICE;
         if zero && !fresh {
             // SAFETY: the huge block spans [p, p + size) inside mapped, now-owned segments.
@@ -554,7 +574,9 @@ impl Arena {
             unsafe { self.dealloc(p, old) };
             return dangling(align);
         }
-        let Some(h) = self.enter() else { return std::ptr::null_mut() };
+        let Some(h) = self.enter() else {
+            return std::ptr::null_mut();
+        };
         // SAFETY: forwarded contract; inside an allocator call.
         let q = unsafe { self.realloc_in(h, p as usize, old, new_size) };
         self.leave(h);
@@ -594,7 +616,9 @@ impl Arena {
                         }
                         return p as *mut u8;
                     }
-                    if need > k && need <= SPAN_MAX_SLICES && self.take_following(&self.seg_lock.lock(), seg, idx + k, need - k)
+                    if need > k
+                        && need <= SPAN_MAX_SLICES
+                        && self.take_following(&self.seg_lock.lock(), seg, idx + k, need - k)
                     {
                         set_span_conts(d, k, need);
                         (*d).slices = need as u32;

@@ -57,14 +57,22 @@ pub(crate) unsafe fn validate_persistent(base: usize, max_size: usize) -> Result
         return err(format!("arena header magic {:#x} is not {ARENA_MAGIC:#x}", h.magic));
     }
     if h.version != LAYOUT_VERSION {
-        return err(format!("allocator layout version {} is not {LAYOUT_VERSION}", h.version));
+        return err(format!(
+            "allocator layout version {} is not {LAYOUT_VERSION}",
+            h.version
+        ));
     }
     if h.max_size != max_size as u64 {
-        return err(format!("recorded max_size {:#x} differs from {max_size:#x}", h.max_size));
+        return err(format!(
+            "recorded max_size {:#x} differs from {max_size:#x}",
+            h.max_size
+        ));
     }
     let extent = h.extent.load(Relaxed);
     if extent % SEGMENT as u64 != 0 || extent < SEGMENT as u64 || extent > max_size as u64 {
-        return err(format!("extent {extent:#x} is not a multiple of a segment within max_size"));
+        return err(format!(
+            "extent {extent:#x} is not a multiple of a segment within max_size"
+        ));
     }
     let n = extent as usize / SEGMENT;
     let used = |i: usize| h.seg_used[i / 64].load(Relaxed) & (1 << (i % 64)) != 0;
@@ -140,7 +148,9 @@ fn validate_normal(s: usize, sh: &SegmentHeader) -> Result<(), String> {
                     return err(format!("segment {s} slice {i}: slab class {c} with {k} slices"));
                 }
                 if d.block_size as usize != block_size(c) || d.capacity as usize != capacity(c) {
-                    return err(format!("segment {s} slice {i}: block size or capacity wrong for class {c}"));
+                    return err(format!(
+                        "segment {s} slice {i}: block size or capacity wrong for class {c}"
+                    ));
                 }
                 if d.reserved > d.capacity || d.used > d.reserved {
                     return err(format!(
@@ -178,11 +188,15 @@ fn walk_list(d: &SlabDesc, start: usize, head: usize, seen: &mut [u64; 128], wha
     let mut n = 0;
     while p != 0 {
         if p < start || p >= end || (p - start) % bs != 0 {
-            return err(format!("slab at {start:#x}: {what} element {p:#x} is not a carved block start"));
+            return err(format!(
+                "slab at {start:#x}: {what} element {p:#x} is not a carved block start"
+            ));
         }
         let b = (p - start) / bs;
         if seen[b / 64] & (1 << (b % 64)) != 0 {
-            return err(format!("slab at {start:#x}: block {p:#x} twice on the lists ({what}) or a cycle"));
+            return err(format!(
+                "slab at {start:#x}: block {p:#x} twice on the lists ({what}) or a cycle"
+            ));
         }
         seen[b / 64] |= 1 << (b % 64);
         n += 1;
@@ -272,7 +286,10 @@ impl Arena {
                 // SAFETY: d lies in the region and the walk is bounded by the slab count.
                 let dd = unsafe { &*d };
                 if dd.kind != D_SLAB || dd.class as usize != c || dd.thread_free.load(Relaxed) & STATE_MASK != POOLED {
-                    return err(format!("pool {c}: descriptor {:#x} is not a pooled slab of the class", d as usize));
+                    return err(format!(
+                        "pool {c}: descriptor {:#x} is not a pooled slab of the class",
+                        d as usize
+                    ));
                 }
                 // SAFETY: paused, so has_free's reads are stable.
                 if !unsafe { super::slab::has_free(d) } {

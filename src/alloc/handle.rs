@@ -39,7 +39,9 @@ impl std::fmt::Debug for HeapAlloc {
 impl HeapAlloc {
     /// The handle of `arena`.
     pub(crate) fn new(arena: &'static Arena) -> Self {
-        HeapAlloc { arena: NonNull::from(arena) }
+        HeapAlloc {
+            arena: NonNull::from(arena),
+        }
     }
 
     /// The arena behind the handle.
@@ -54,7 +56,13 @@ impl HeapAlloc {
     /// # Safety
     ///
     /// `p` is a live block of this allocator allocated with `old`.
-    unsafe fn resize(&self, p: NonNull<u8>, old: Layout, new: Layout, zero_tail: bool) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn resize(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        zero_tail: bool,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         let a = self.arena();
         let q = if new.size() == 0 {
             // SAFETY: forwarded contract.

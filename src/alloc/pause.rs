@@ -88,7 +88,9 @@ pub(crate) struct SpinGuard<'a> {
 impl SpinLock {
     /// An unlocked lock.
     pub(crate) const fn new() -> Self {
-        SpinLock { locked: AtomicBool::new(false) }
+        SpinLock {
+            locked: AtomicBool::new(false),
+        }
     }
 
     /// Acquires the lock, spinning then yielding.
@@ -119,7 +121,9 @@ pub struct PauseGuard<'a> {
 
 impl std::fmt::Debug for PauseGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PauseGuard").field("base", &format_args!("{:#x}", self.arena.base)).finish()
+        f.debug_struct("PauseGuard")
+            .field("base", &format_args!("{:#x}", self.arena.base))
+            .finish()
     }
 }
 
@@ -150,7 +154,10 @@ impl Arena {
             }
             h = heap.next_heap;
         }
-        PauseGuard { arena: self, _lock: lock }
+        PauseGuard {
+            arena: self,
+            _lock: lock,
+        }
     }
 
     /// Called by a thread that found the gate closed to it: sleeps while `gate == seen` and

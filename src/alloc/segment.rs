@@ -490,7 +490,7 @@ mod tests {
             for i in 0..=64 - k {
                 assert_eq!(find_run(run_mask(i, k), k), Some(i));
                 if k > 1 {
-                    assert_eq!(find_run(run_mask(i, k), k + 0).map(|_| ()), Some(()));
+                    assert_eq!(find_run(run_mask(i, k), k).map(|_| ()), Some(()));
                     assert_eq!(find_run(run_mask(i, k - 1), k), None);
                 }
             }

@@ -78,7 +78,7 @@ static DIRECT: [u8; DIRECT_MAX / 8 + 1] = build_direct();
 /// 1 KiB, a leading-zero count above.
 #[inline(always)]
 pub(crate) fn class_of(size: usize) -> usize {
-    debug_assert!(size >= 1 && size <= MEDIUM_MAX);
+    debug_assert!((1..=MEDIUM_MAX).contains(&size));
     if size <= DIRECT_MAX {
         DIRECT[(size + 7) >> 3] as usize
     } else {

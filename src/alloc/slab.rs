@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::*};
 
 use super::arena::Arena;
 use super::pause::SpinLock;
-use super::segment::{SlabDesc, SegmentHeader, D_CONT, D_SLAB, DESC_OFFSET, SEGMENT, SLICE};
+use super::segment::{SegmentHeader, SlabDesc, DESC_OFFSET, D_CONT, D_SLAB, SEGMENT, SLICE};
 use super::size_class::{block_size, capacity, slab_slices, NUM_CLASSES};
 use super::thread_heap::{empty_desc, ThreadHeap};
 
@@ -259,7 +259,11 @@ impl Arena {
     pub(crate) unsafe fn claim(&self, h: *mut ThreadHeap, d: *mut SlabDesc) {
         // SAFETY: d is a slab descriptor in the region (it was pooled).
         unsafe {
-            let flag = if (*d).has_aligned.load(Relaxed) != 0 { OWNER_ALIGNED } else { 0 };
+            let flag = if (*d).has_aligned.load(Relaxed) != 0 {
+                OWNER_ALIGNED
+            } else {
+                0
+            };
             (*d).owner.store(h as usize | flag, Relaxed);
             (*d).thread_free.fetch_and(!STATE_MASK, AcqRel); // POOLED -> OWNED
         }
@@ -276,7 +280,11 @@ impl Arena {
         unsafe {
             let flags = (*d).owner.load(Relaxed) & OWNER_ALIGNED;
             (*d).owner.store(0, Relaxed);
-            if (*d).thread_free.compare_exchange(OWNED, ABANDONED, AcqRel, Relaxed).is_ok() {
+            if (*d)
+                .thread_free
+                .compare_exchange(OWNED, ABANDONED, AcqRel, Relaxed)
+                .is_ok()
+            {
                 return true;
             }
             (*d).owner.store(h as usize | flags, Relaxed);
@@ -299,7 +307,12 @@ impl Arena {
                 self.free_slab(d);
                 return;
             }
-            if !has_free(d) && (*d).thread_free.compare_exchange(OWNED, ABANDONED, AcqRel, Relaxed).is_ok() {
+            if !has_free(d)
+                && (*d)
+                    .thread_free
+                    .compare_exchange(OWNED, ABANDONED, AcqRel, Relaxed)
+                    .is_ok()
+            {
                 return;
             }
             (*d).thread_free.fetch_or(POOLED, AcqRel);

@@ -61,14 +61,17 @@ impl TestRegion {
         assert!(max_size % SEGMENT == 0 && max_size >= SEGMENT);
         let base = loop {
             let r = std::collections::hash_map::RandomState::new().build_hasher().finish() as usize;
-            let base = 0x2000_0000_0000 + (r % 0x3000_0000_0000) & !(SEGMENT - 1);
+            let base = (0x2000_0000_0000 + (r % 0x3000_0000_0000)) & !(SEGMENT - 1);
             if sys::reserve(base - CTRL_SIZE, CTRL_SIZE + max_size).is_ok() {
                 break base;
             }
         };
         // SAFETY: inside our own reservation; nothing references it.
         unsafe { sys::map_anon_fixed(base - CTRL_SIZE, CTRL_SIZE + SEGMENT) }.expect("map first segment");
-        let ctx = Box::new(GrowCtx { base, mapped: AtomicUsize::new(SEGMENT) });
+        let ctx = Box::new(GrowCtx {
+            base,
+            mapped: AtomicUsize::new(SEGMENT),
+        });
         let ctx_ptr = &*ctx as *const GrowCtx as *const ();
         // SAFETY: control area and first segment are freshly mapped (zero) and ours; the grow
         // hook maps inside the reservation; ctx lives as long as the region.

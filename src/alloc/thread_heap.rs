@@ -102,7 +102,10 @@ pub(crate) struct TlsEntry {
 }
 
 impl TlsEntry {
-    pub(crate) const EMPTY: TlsEntry = TlsEntry { heap: &DUMMY_HEAP.0 as *const ThreadHeap, key: 0 };
+    pub(crate) const EMPTY: TlsEntry = TlsEntry {
+        heap: &DUMMY_HEAP.0 as *const ThreadHeap,
+        key: 0,
+    };
 }
 
 thread_local! {
@@ -113,7 +116,8 @@ thread_local! {
 /// The calling thread's entry for `slot`. Cost: one TLS-relative load pair.
 #[inline(always)]
 pub(crate) fn tls_entry(slot: u32) -> TlsEntry {
-    TLS.try_with(|t| t[slot as usize % MAX_ARENAS].get()).unwrap_or(TlsEntry::EMPTY)
+    TLS.try_with(|t| t[slot as usize % MAX_ARENAS].get())
+        .unwrap_or(TlsEntry::EMPTY)
 }
 
 fn set_tls_entry(slot: u32, e: TlsEntry) {
@@ -132,7 +136,12 @@ struct Registry {
 
 static REGISTRY: Registry = Registry {
     lock: SpinLock::new(),
-    slots: [const { RegSlot { arena: AtomicPtr::new(std::ptr::null_mut()), key: AtomicU32::new(0) } }; MAX_ARENAS],
+    slots: [const {
+        RegSlot {
+            arena: AtomicPtr::new(std::ptr::null_mut()),
+            key: AtomicU32::new(0),
+        }
+    }; MAX_ARENAS],
 };
 
 static NEXT_KEY: AtomicU32 = AtomicU32::new(2);
@@ -171,7 +180,10 @@ fn hook_key() -> Option<sys::thread_exit_hook::Key> {
     loop {
         match HOOK_KEY.load(Acquire) {
             HOOK_NONE => {
-                if HOOK_KEY.compare_exchange(HOOK_NONE, HOOK_BUSY, Acquire, Relaxed).is_ok() {
+                if HOOK_KEY
+                    .compare_exchange(HOOK_NONE, HOOK_BUSY, Acquire, Relaxed)
+                    .is_ok()
+                {
                     let v = match sys::thread_exit_hook::create(on_thread_exit) {
                         Some(k) => k as usize + HOOK_KEY_BIAS,
                         None => HOOK_FAILED,
