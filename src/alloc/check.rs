@@ -76,11 +76,11 @@ pub(crate) unsafe fn validate_persistent(base: usize, max_size: usize) -> Result
     }
     let n = extent as usize / SEGMENT;
     let used = |i: usize| h.seg_used[i / 64].load(Relaxed) & (1 << (i % 64)) != 0;
-    for i in n..max_size / SEGMENT {
-        if i % 64 == 0 && h.seg_used[i / 64].load(Relaxed) == 0 {
-            continue;
-        }
-        if used(i) {
+    for w in n / 64..(max_size / SEGMENT).div_ceil(64) {
+        let below = if w == n / 64 { (1u64 << (n % 64)) - 1 } else { 0 };
+        let stray = h.seg_used[w].load(Relaxed) & !below;
+        if stray != 0 {
+            let i = w * 64 + stray.trailing_zeros() as usize;
             return err(format!("segment {i} marked used beyond the extent"));
         }
     }
@@ -263,7 +263,7 @@ impl Arena {
                         if (st == OWNED) != (owner != 0) {
                             return err(format!("segment {s} slice {i}: state {st} with owner {owner:#x}"));
                         }
-                        if st == ABANDONED && d.free != 0 {
+                        if st == ABANDONED && (d.free != 0 || d.thread_free.load(Relaxed) & !STATE_MASK != 0) {
                             return err(format!("segment {s} slice {i}: abandoned with free blocks"));
                         }
                     }

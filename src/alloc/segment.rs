@@ -482,7 +482,9 @@ mod tests {
         assert_eq!(find_run(0, 1), None);
         assert_eq!(find_run(0b1000, 1), Some(3));
         assert_eq!(find_run(0b1101_1110, 3), Some(1));
-        assert_eq!(find_run(0b1101_1110, 4), None);
+        assert_eq!(find_run(0b1101_1110, 4), Some(1));
+        assert_eq!(find_run(0b1101_1110, 5), None);
+        assert_eq!(find_run(0b1101_1110 << 10, 2), Some(11));
         assert_eq!(find_run(ALL_SLICES, 63), Some(1));
         assert_eq!(find_run(ALL_SLICES, 64), None);
         assert_eq!(find_run(!0, 64), Some(0));

@@ -179,6 +179,11 @@ unsafe fn extend(d: *mut SlabDesc) -> bool {
 pub(crate) unsafe fn refill(d: *mut SlabDesc) -> bool {
     // SAFETY: the caller owns d.
     unsafe {
+        debug_assert!(
+            (*d).kind == D_SLAB && (*d).used <= (*d).reserved && (*d).reserved <= (*d).capacity,
+            "slab counters out of range at {:#x}",
+            slab_start(d)
+        );
         if (*d).free != 0 {
             return true;
         }
