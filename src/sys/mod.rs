@@ -388,7 +388,12 @@ pub mod futex {
     pub fn wake_all(word: &AtomicU32) {
         // SAFETY: word points to a live, aligned u32; FUTEX_WAKE only reads the address.
         unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
         }
     }
 }
