@@ -50,6 +50,9 @@ pub use options::{
 };
 pub use stats::Stats;
 
+#[doc(hidden)]
+pub use alloc::testing as alloc_testing;
+
 /// A vector for the crate's own bookkeeping. It allocates from [`std::alloc::System`], never
 /// from the global allocator, because snapheap may *be* the global allocator and its commit
 /// path runs while that allocator is paused.
