@@ -17,7 +17,10 @@ struct State {
 
 fn main() -> snapheap::Result<()> {
     let dir = std::env::var("SNAPHEAP_EXAMPLE_DIR").unwrap_or_else(|_| "data/counter.heap".into());
-    let heap = Heap::open(&dir, |a: HeapAlloc| State { visits: HashMap::new_in(a), log: Vec::new_in(a) })?;
+    let heap = Heap::open(&dir, |a: HeapAlloc| State {
+        visits: HashMap::new_in(a),
+        log: Vec::new_in(a),
+    })?;
     let a = heap.alloc();
     let n = {
         let mut s = heap.write();
@@ -28,7 +31,10 @@ fn main() -> snapheap::Result<()> {
         n
     };
     let st = heap.stats();
-    println!("home visited {n} times (heap at {dir}, commit #{}, tracking: {})", st.commit_seq, st.track_mode);
+    println!(
+        "home visited {n} times (heap at {dir}, commit #{}, tracking: {})",
+        st.commit_seq, st.track_mode
+    );
     println!("log: {:?}", &heap.read().log[..]);
     heap.close()
 }

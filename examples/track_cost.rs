@@ -102,11 +102,7 @@ fn main() {
             } else {
                 n.to_string()
             };
-            println!(
-                "collect, {label:>6} dirty ({:>5} runs): {}",
-                out.len(),
-                stats(samples)
-            );
+            println!("collect, {label:>6} dirty ({:>5} runs): {}", out.len(), stats(samples));
         }
 
         let mut samples = Vec::new();

@@ -74,11 +74,7 @@ impl<T: Send + Sync + 'static> Heap<T> {
         OpenOptions::new().open(dir, init)
     }
 
-    pub(crate) fn open_with(
-        opts: &OpenOptions,
-        dir: &Path,
-        init: impl FnOnce(HeapAlloc) -> T,
-    ) -> Result<Self> {
+    pub(crate) fn open_with(opts: &OpenOptions, dir: &Path, init: impl FnOnce(HeapAlloc) -> T) -> Result<Self> {
         let fp = Fingerprint::of::<T>(&opts.schema);
         let engine = Engine::open(dir, opts, &fp)?;
         let arena = engine.arena();
@@ -96,9 +92,7 @@ impl<T: Send + Sync + 'static> Heap<T> {
             // SAFETY: p is a fresh allocation of T's layout (or dangling for a ZST), valid for
             // writes and not aliased.
             unsafe { p.as_ptr().write(value) };
-            engine
-                .root_word()
-                .store(p.as_ptr() as u64, Ordering::Release);
+            engine.root_word().store(p.as_ptr() as u64, Ordering::Release);
             engine.commit()?;
             p
         } else {
@@ -111,8 +105,7 @@ impl<T: Send + Sync + 'static> Heap<T> {
                     format!("root pointer {addr:#x} does not point into the heap"),
                 ));
             }
-            NonNull::new(addr as *mut T)
-                .ok_or_else(|| Error::corrupt(dir, 0, "null root pointer"))?
+            NonNull::new(addr as *mut T).ok_or_else(|| Error::corrupt(dir, 0, "null root pointer"))?
         };
         Ok(Heap {
             engine: Some(engine),

@@ -19,10 +19,9 @@
 //!   `min(WINDOW_LEN, file length)` and the run list by `file length / 4136` entries.
 
 use crate::format::journal::{
-    decode_header, encode_header, seal_record, verify_record_crc, HeaderError, RecordHeader,
-    FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET,
-    KIND_COMMIT, KIND_PAGES, MAX_PAGES_PAYLOAD, MAX_RECORD_LEN, PAGE_SIZE, RECORD_ALIGN,
-    RECORD_HEADER_LEN, START_SEQ_OFFSET,
+    decode_header, encode_header, seal_record, verify_record_crc, HeaderError, RecordHeader, FIRST_RECORD_OFFSET,
+    HEADER_AREA_LEN, HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_PAGES, MAX_PAGES_PAYLOAD,
+    MAX_RECORD_LEN, PAGE_SIZE, RECORD_ALIGN, RECORD_HEADER_LEN, START_SEQ_OFFSET,
 };
 use crate::io::{VFile, Vfs};
 use crate::{Error, Result, SysVec};
@@ -60,10 +59,7 @@ pub(crate) fn journal_file_name(id: u64) -> String {
 /// `journal-` followed by 16 lowercase hex digits (so `journal-*.tmp` is `None`).
 pub(crate) fn parse_journal_file_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix(NAME_PREFIX)?;
-    let ok = hex.len() == 16
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         u64::from_str_radix(hex, 16).ok()
     } else {
@@ -131,9 +127,7 @@ pub(crate) fn scan_journal(
     journal_id: u64,
     is_last: bool,
 ) -> Result<JournalScan> {
-    let file = vfs
-        .open(path, false)
-        .map_err(|e| Error::io("open", path, e))?;
+    let file = vfs.open(path, false).map_err(|e| Error::io("open", path, e))?;
     scan_file(&*file, path, heap_id, journal_id, is_last)
 }
 
@@ -192,11 +186,7 @@ impl<'a> Window<'a> {
         let end = off.saturating_add(len as u64);
         if end > self.file_len || len > self.buf.len() {
             debug_assert!(false, "window read {off}+{len} out of bounds");
-            return Err(Error::corrupt(
-                self.path,
-                off,
-                "read past the end of the journal",
-            ));
+            return Err(Error::corrupt(self.path, off, "read past the end of the journal"));
         }
         if off < self.start || end > self.start + self.filled as u64 {
             let want = (self.file_len - off).min(self.buf.len() as u64) as usize;
@@ -226,13 +216,7 @@ struct Stop {
 }
 
 /// Validates the header and walks the records; see [`scan_journal`].
-fn scan_file(
-    file: &dyn VFile,
-    path: &Path,
-    heap_id: u64,
-    journal_id: u64,
-    is_last: bool,
-) -> Result<JournalScan> {
+fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_last: bool) -> Result<JournalScan> {
     let file_len = file.len().map_err(|e| Error::io("fstat", path, e))?;
     let header = check_header(file, path, file_len, heap_id, journal_id)?;
     let Some(first_seq) = header.start_seq.checked_add(1) else {
@@ -367,17 +351,9 @@ fn scan_file(
 }
 
 /// Reads and checks the header area.
-fn check_header(
-    file: &dyn VFile,
-    path: &Path,
-    file_len: u64,
-    heap_id: u64,
-    journal_id: u64,
-) -> Result<JournalHeader> {
+fn check_header(file: &dyn VFile, path: &Path, file_len: u64, heap_id: u64, journal_id: u64) -> Result<JournalHeader> {
     let mut area = [0u8; HEADER_AREA_LEN];
-    let n = file
-        .read_at(&mut area, 0)
-        .map_err(|e| Error::io("read", path, e))?;
+    let n = file.read_at(&mut area, 0).map_err(|e| Error::io("read", path, e))?;
     if n < HEADER_LEN {
         return Err(Error::corrupt(
             path,
@@ -386,19 +362,14 @@ fn check_header(
         ));
     }
     let header = decode_header(&area[..n]).map_err(|e| match e {
-        HeaderError::UnsupportedVersion(_) => {
-            Error::incompatible(format!("{}: {e}", path.display()))
-        }
+        HeaderError::UnsupportedVersion(_) => Error::incompatible(format!("{}: {e}", path.display())),
         _ => Error::corrupt(path, e.offset(), e.to_string()),
     })?;
     if header.heap_id != heap_id {
         return Err(Error::corrupt(
             path,
             HEAP_ID_OFFSET as u64,
-            format!(
-                "journal belongs to heap {:#018x}, not {heap_id:#018x}",
-                header.heap_id
-            ),
+            format!("journal belongs to heap {:#018x}, not {heap_id:#018x}", header.heap_id),
         ));
     }
     if header.journal_id != journal_id {
@@ -415,9 +386,7 @@ fn check_header(
         return Err(Error::corrupt(
             path,
             n as u64,
-            format!(
-                "file is {file_len} bytes, shorter than the {HEADER_AREA_LEN}-byte header area"
-            ),
+            format!("file is {file_len} bytes, shorter than the {HEADER_AREA_LEN}-byte header area"),
         ));
     }
     if let Some(i) = area[HEADER_LEN..].iter().position(|&b| b != 0) {
@@ -458,11 +427,7 @@ fn examine_tail(w: &mut Window<'_>, salt: u64, x: u64, expected_seq: u64) -> Res
     while o < file_len {
         let avail = (file_len - o).min(RECORD_HEADER_LEN as u64) as usize;
         let hb = w.get(o, avail)?;
-        if all_zero
-            && hb[..avail.min(RECORD_ALIGN as usize)]
-                .iter()
-                .any(|&b| b != 0)
-        {
+        if all_zero && hb[..avail.min(RECORD_ALIGN as usize)].iter().any(|&b| b != 0) {
             all_zero = false;
         }
         let candidate = match RecordHeader::decode(hb) {
@@ -531,14 +496,7 @@ pub(crate) struct JournalWriter {
 }
 
 impl JournalWriter {
-    fn new(
-        file: Arc<dyn VFile>,
-        path: PathBuf,
-        id: u64,
-        salt: u64,
-        end: u64,
-        next_seq: u64,
-    ) -> Self {
+    fn new(file: Arc<dyn VFile>, path: PathBuf, id: u64, salt: u64, end: u64, next_seq: u64) -> Self {
         JournalWriter {
             file,
             path,
@@ -557,35 +515,19 @@ impl JournalWriter {
     /// Creates journal `id` in `dir`: writes the header into `journal-{id:016x}.tmp`,
     /// `sync_data`, renames it to its name, then `vfs.sync_dir(dir)`, so a journal under its
     /// real name always has a durable header. Refuses to replace an existing journal.
-    pub(crate) fn create(
-        vfs: &dyn Vfs,
-        dir: &Path,
-        heap_id: u64,
-        id: u64,
-        start_seq: u64,
-    ) -> Result<Self> {
+    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, heap_id: u64, id: u64, start_seq: u64) -> Result<Self> {
         let name = journal_file_name(id);
         let path = dir.join(&name);
         let Some(next_seq) = start_seq.checked_add(1) else {
-            return Err(Error::invalid(format!(
-                "journal start sequence {start_seq} overflows"
-            )));
+            return Err(Error::invalid(format!("journal start sequence {start_seq} overflows")));
         };
         match vfs.open(&path, false) {
-            Ok(_) => {
-                return Err(Error::invalid(format!(
-                    "journal {} already exists",
-                    path.display()
-                )))
-            }
+            Ok(_) => return Err(Error::invalid(format!("journal {} already exists", path.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("open", &path, e)),
         }
         let tmp = dir.join(format!("{name}{JOURNAL_TEMP_SUFFIX}"));
-        let file: Arc<dyn VFile> = Arc::from(
-            vfs.open(&tmp, true)
-                .map_err(|e| Error::io("open", &tmp, e))?,
-        );
+        let file: Arc<dyn VFile> = Arc::from(vfs.open(&tmp, true).map_err(|e| Error::io("open", &tmp, e))?);
         let salt = crate::sys::random_u64();
         let header = JournalHeader {
             heap_id,
@@ -596,14 +538,10 @@ impl JournalWriter {
         let mut area = [0u8; HEADER_AREA_LEN];
         area[..HEADER_LEN].copy_from_slice(&encode_header(&header));
         let made = (|| {
-            file.set_len(0)
-                .map_err(|e| Error::io("ftruncate", &tmp, e))?;
-            file.write_at(&area, 0)
-                .map_err(|e| Error::io("write", &tmp, e))?;
-            file.sync_data()
-                .map_err(|e| Error::io("fdatasync", &tmp, e))?;
-            vfs.rename(&tmp, &path)
-                .map_err(|e| Error::io("rename", &tmp, e))?;
+            file.set_len(0).map_err(|e| Error::io("ftruncate", &tmp, e))?;
+            file.write_at(&area, 0).map_err(|e| Error::io("write", &tmp, e))?;
+            file.sync_data().map_err(|e| Error::io("fdatasync", &tmp, e))?;
+            vfs.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
             vfs.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
         })();
         if let Err(e) = made {
@@ -611,14 +549,7 @@ impl JournalWriter {
             let _ = vfs.remove(&tmp);
             return Err(e);
         }
-        Ok(Self::new(
-            file,
-            path,
-            id,
-            salt,
-            FIRST_RECORD_OFFSET,
-            next_seq,
-        ))
+        Ok(Self::new(file, path, id, salt, FIRST_RECORD_OFFSET, next_seq))
     }
 
     /// Continues the last journal after recovery: truncates it to `scan.valid_end` when
@@ -627,16 +558,9 @@ impl JournalWriter {
     pub(crate) fn resume(vfs: &dyn Vfs, scan: &JournalScan) -> Result<Self> {
         let path = &scan.path;
         let Some(next_seq) = scan.last_seq().checked_add(1) else {
-            return Err(Error::corrupt(
-                path,
-                scan.valid_end,
-                "sequence number overflows",
-            ));
+            return Err(Error::corrupt(path, scan.valid_end, "sequence number overflows"));
         };
-        let file: Arc<dyn VFile> = Arc::from(
-            vfs.open(path, false)
-                .map_err(|e| Error::io("open", path, e))?,
-        );
+        let file: Arc<dyn VFile> = Arc::from(vfs.open(path, false).map_err(|e| Error::io("open", path, e))?);
         let len = file.len().map_err(|e| Error::io("fstat", path, e))?;
         if len != scan.valid_end {
             // Durable before any new group is written: stale tail bytes of this file carry
@@ -647,8 +571,7 @@ impl JournalWriter {
         // Always: the groups just read may sit only in the page cache (the process died,
         // the OS did not), and the caller treats `end()` as durable from now on, so later
         // records will name it in their `synced` field.
-        file.sync_data()
-            .map_err(|e| Error::io("fdatasync", path, e))?;
+        file.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
         let id = scan.header.journal_id;
         Ok(Self::new(
             file,
@@ -675,17 +598,8 @@ impl JournalWriter {
     /// `seq` must be [`Self::next_seq`] and `synced` an offset `<= end()` already durable.
     /// Returns the encoded length. Does not allocate once the buffer has grown to the
     /// largest group size (cost: one memcpy and one crc32 pass over the payload).
-    pub(crate) fn encode_group(
-        &mut self,
-        seq: u64,
-        extent: u64,
-        synced: u64,
-        runs: &[(u64, &[u8])],
-    ) -> u64 {
-        debug_assert_eq!(
-            seq, self.next_seq,
-            "groups must have consecutive sequence numbers"
-        );
+    pub(crate) fn encode_group(&mut self, seq: u64, extent: u64, synced: u64, runs: &[(u64, &[u8])]) -> u64 {
+        debug_assert_eq!(seq, self.next_seq, "groups must have consecutive sequence numbers");
         debug_assert!(
             synced <= self.end,
             "synced {synced} is past the journal end {}",
@@ -706,9 +620,7 @@ impl JournalWriter {
             arg,
             synced,
         };
-        let pages = move |len: usize, start| {
-            header(KIND_PAGES, len, (len as u64 / PAGE_SIZE) as u32, start)
-        };
+        let pages = move |len: usize, start| header(KIND_PAGES, len, (len as u64 / PAGE_SIZE) as u32, start);
         // The open PAGES record: (buffer offset of its header, region offset, payload len).
         let mut open: Option<(usize, u64, usize)> = None;
         let mut records = 0u32;
@@ -717,9 +629,7 @@ impl JournalWriter {
             let (mut off, mut rest) = (region_offset, bytes);
             while !rest.is_empty() {
                 let (at, start, len) = match open {
-                    Some((at, start, len)) if start + len as u64 == off && len < MAX => {
-                        (at, start, len)
-                    }
+                    Some((at, start, len)) if start + len as u64 == off && len < MAX => (at, start, len),
                     other => {
                         if let Some((at, start, len)) = other {
                             self.seal(at, pages(len, start));
@@ -832,9 +742,7 @@ impl JournalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::journal::{
-        REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET,
-    };
+    use crate::format::journal::{REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET};
     use crate::format::{put_u32, put_u64};
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -914,9 +822,7 @@ mod tests {
         }
         fn remove(&self, path: &Path) -> io::Result<()> {
             let removed = self.files.lock().unwrap().remove(path);
-            removed
-                .map(drop)
-                .ok_or_else(|| io::ErrorKind::NotFound.into())
+            removed.map(drop).ok_or_else(|| io::ErrorKind::NotFound.into())
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
             let mut files = self.files.lock().unwrap();
@@ -931,9 +837,7 @@ mod tests {
         fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
             let files = self.files.lock().unwrap();
             let names = files.keys().filter(|p| p.parent() == Some(dir));
-            Ok(names
-                .filter_map(|p| p.file_name().map(PathBuf::from))
-                .collect())
+            Ok(names.filter_map(|p| p.file_name().map(PathBuf::from)).collect())
         }
         fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
             Ok(())
@@ -942,11 +846,7 @@ mod tests {
 
     impl MemVfs {
         fn bytes(&self, path: &Path) -> Vec<u8> {
-            self.files.lock().unwrap()[path]
-                .data
-                .lock()
-                .unwrap()
-                .clone()
+            self.files.lock().unwrap()[path].data.lock().unwrap().clone()
         }
         /// A new file system holding only `path` with `bytes`.
         fn with_file(path: &Path, bytes: &[u8]) -> MemVfs {
@@ -955,16 +855,11 @@ mod tests {
                 data: Mutex::new(bytes.to_vec()),
                 syncs: AtomicUsize::new(0),
             };
-            vfs.files
-                .lock()
-                .unwrap()
-                .insert(path.to_path_buf(), Arc::new(node));
+            vfs.files.lock().unwrap().insert(path.to_path_buf(), Arc::new(node));
             vfs
         }
         fn syncs(&self, path: &Path) -> usize {
-            self.files.lock().unwrap()[path]
-                .syncs
-                .load(Ordering::Relaxed)
+            self.files.lock().unwrap()[path].syncs.load(Ordering::Relaxed)
         }
     }
 
@@ -1013,12 +908,7 @@ mod tests {
     /// Every group was synced before the next was written.
     const PREVIOUS_SYNCED: SyncPolicy = |ends| *ends.last().unwrap();
 
-    fn append(
-        w: &mut JournalWriter,
-        specs: &[Spec],
-        policy: impl Fn(&[u64]) -> u64,
-        ends: &mut Vec<u64>,
-    ) {
+    fn append(w: &mut JournalWriter, specs: &[Spec], policy: impl Fn(&[u64]) -> u64, ends: &mut Vec<u64>) {
         for s in specs {
             let runs: Vec<(u64, &[u8])> = s.runs.iter().map(|(o, b)| (*o, &b[..])).collect();
             let seq = w.next_seq();
@@ -1056,9 +946,7 @@ mod tests {
             for (i, page) in bytes.chunks(P).enumerate() {
                 let at = off + (i * P) as u64;
                 match out.last_mut() {
-                    Some((o, b)) if *o + b.len() as u64 == at && b.len() < 256 * P => {
-                        b.extend_from_slice(page)
-                    }
+                    Some((o, b)) if *o + b.len() as u64 == at && b.len() < 256 * P => b.extend_from_slice(page),
                     _ => out.push((at, page.to_vec())),
                 }
             }
@@ -1089,10 +977,7 @@ mod tests {
                     (r.region_offset, b)
                 })
                 .collect();
-            assert!(
-                got == model_runs(s),
-                "group {i}: runs differ from the model"
-            );
+            assert!(got == model_runs(s), "group {i}: runs differ from the model");
         }
         assert_eq!(next_run, scan.runs.len());
         assert_eq!(scan.last_seq(), START + specs.len() as u64);
@@ -1111,9 +996,7 @@ mod tests {
         let mut pos = FIRST_RECORD_OFFSET;
         while pos < bytes.len() as u64 {
             out.push(pos);
-            pos += RecordHeader::decode(&bytes[pos as usize..])
-                .unwrap()
-                .record_len();
+            pos += RecordHeader::decode(&bytes[pos as usize..]).unwrap().record_len();
         }
         out
     }
@@ -1125,11 +1008,7 @@ mod tests {
             // One page.
             spec(1 << 20, &[(0x3000, 1)], 2),
             // Contiguous runs coalesce; a gap starts a new record; order is kept.
-            spec(
-                1 << 20,
-                &[(0x10000, 2), (0x12000, 1), (0x40000, 1), (0, 3)],
-                3,
-            ),
+            spec(1 << 20, &[(0x10000, 2), (0x12000, 1), (0x40000, 1), (0, 3)], 3),
             // 2.5 MiB splits at 1 MiB; the contiguous run after it fills the last record
             // up to 1 MiB and spills into a fourth.
             spec(8 << 20, &[(0x100000, 640), (0x100000 + 640 * 4096, 200)], 4),
@@ -1170,10 +1049,7 @@ mod tests {
         let s = scan(&vfs, true).unwrap();
         let counts: Vec<usize> = s.groups.iter().map(|g| g.runs.len()).collect();
         assert_eq!(counts, [0, 1, 3, 4, 1]);
-        let lens: Vec<u64> = s.runs[s.groups[3].runs.clone()]
-            .iter()
-            .map(|r| r.len)
-            .collect();
+        let lens: Vec<u64> = s.runs[s.groups[3].runs.clone()].iter().map(|r| r.len).collect();
         assert_eq!(lens, [1 << 20, 1 << 20, 1 << 20, 72 * 4096]);
     }
 
@@ -1192,17 +1068,10 @@ mod tests {
         assert_eq!(path, dir.join(journal_file_name(ID)));
         drop(w);
         let names = vfs.list(&dir).unwrap();
-        assert_eq!(
-            names,
-            [PathBuf::from(journal_file_name(ID))],
-            "no temp file is left"
-        );
+        assert_eq!(names, [PathBuf::from(journal_file_name(ID))], "no temp file is left");
         let s = scan_journal(&vfs, &path, HEAP, ID, true).unwrap();
         assert_groups(&vfs, &s, &specs[..3]);
-        assert!(
-            s.file_len >= DEFAULT_PREZERO_STEP,
-            "the default writer pre-zeroes"
-        );
+        assert!(s.file_len >= DEFAULT_PREZERO_STEP, "the default writer pre-zeroes");
         let mut w = JournalWriter::resume(&vfs, &s).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), s.valid_end);
         append(&mut w, &specs[3..], PREVIOUS_SYNCED, &mut ends);
@@ -1216,14 +1085,8 @@ mod tests {
     fn create_makes_a_durable_empty_journal_and_refuses_to_replace_one() {
         let vfs = MemVfs::default();
         let w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
-        assert_eq!(
-            (w.id(), w.end(), w.next_seq()),
-            (ID, FIRST_RECORD_OFFSET, START + 1)
-        );
-        assert_eq!(
-            vfs.list(&dir()).unwrap(),
-            [PathBuf::from(journal_file_name(ID))]
-        );
+        assert_eq!((w.id(), w.end(), w.next_seq()), (ID, FIRST_RECORD_OFFSET, START + 1));
+        assert_eq!(vfs.list(&dir()).unwrap(), [PathBuf::from(journal_file_name(ID))]);
         assert!(vfs.syncs(&jpath()) >= 1 && vfs.dir_syncs.load(Ordering::Relaxed) >= 1);
         let s = scan(&vfs, false).unwrap();
         assert_eq!(
@@ -1268,16 +1131,10 @@ mod tests {
     fn write_encoded_without_an_encoded_group_is_refused() {
         let vfs = MemVfs::default();
         let mut w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
-        assert!(matches!(
-            w.write_encoded(),
-            Err(Error::InvalidArgument { .. })
-        ));
+        assert!(matches!(w.write_encoded(), Err(Error::InvalidArgument { .. })));
         w.encode_group(START + 1, 0, FIRST_RECORD_OFFSET, &[]);
         w.write_encoded().unwrap();
-        assert!(matches!(
-            w.write_encoded(),
-            Err(Error::InvalidArgument { .. })
-        ));
+        assert!(matches!(w.write_encoded(), Err(Error::InvalidArgument { .. })));
         assert_eq!(scan(&vfs, true).unwrap().groups.len(), 1);
     }
 
@@ -1309,11 +1166,7 @@ mod tests {
             assert_eq!((s.valid_end, s.file_len), (last_start, cut), "cut at {cut}");
             if cut > last_start {
                 let x = *starts.iter().filter(|&&r| r <= cut).max().unwrap();
-                assert_eq!(
-                    corrupt_offset(scan(&vfs, false)),
-                    x,
-                    "not last, cut at {cut}"
-                );
+                assert_eq!(corrupt_offset(scan(&vfs, false)), x, "not last, cut at {cut}");
             }
             let syncs = vfs.syncs(&jpath());
             let mut w = JournalWriter::resume(&vfs, &s).unwrap();
@@ -1321,12 +1174,7 @@ mod tests {
             assert_eq!((w.end(), w.next_seq()), (last_start, START + 4));
             w.set_prezero_step(TEST_PREZERO);
             let mut ends2 = ends[..4].to_vec();
-            append(
-                &mut w,
-                std::slice::from_ref(&extra),
-                PREVIOUS_SYNCED,
-                &mut ends2,
-            );
+            append(&mut w, std::slice::from_ref(&extra), PREVIOUS_SYNCED, &mut ends2);
             let s = scan(&vfs, true).unwrap();
             assert_groups(&vfs, &s, &expected);
             assert_eq!(s.valid_end, ends2[4]);
@@ -1388,9 +1236,7 @@ mod tests {
 
     #[test]
     fn corrupt_record_before_durable_data_is_an_error() {
-        let specs: Vec<Spec> = (0..4)
-            .map(|g| spec(1 << 20, &[(0, 1), (0x10000, 1)], g + 1))
-            .collect();
+        let specs: Vec<Spec> = (0..4).map(|g| spec(1 << 20, &[(0, 1), (0x10000, 1)], g + 1)).collect();
         let vfs = MemVfs::default();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
@@ -1421,9 +1267,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_gives_a_prefix_of_the_groups_or_an_error() {
-        let specs: Vec<Spec> = (0..3)
-            .map(|g| spec(1 << 20, &[(0x4000, 1)], g + 1))
-            .collect();
+        let specs: Vec<Spec> = (0..3).map(|g| spec(1 << 20, &[(0x4000, 1)], g + 1)).collect();
         for (policy, synced_all) in [(NOTHING_SYNCED, false), (PREVIOUS_SYNCED, true)] {
             let vfs = MemVfs::default();
             let ends = build(&vfs, &specs, policy);
@@ -1451,11 +1295,7 @@ mod tests {
                     assert_eq!(s.valid_end, ends[g - 1]);
                 }
                 if i % 7 == 0 {
-                    assert_eq!(
-                        corrupt_offset(scan(&vfs, false)),
-                        record,
-                        "not last, byte {i}"
-                    );
+                    assert_eq!(corrupt_offset(scan(&vfs, false)), record, "not last, byte {i}");
                 }
             }
         }
@@ -1520,13 +1360,7 @@ mod tests {
     }
 
     /// Rewrites a field of every record of group `g` (0-based) and reseals them if asked.
-    fn rewrite_group(
-        bytes: &mut [u8],
-        ends: &[u64],
-        g: usize,
-        edit: &dyn Fn(&mut [u8]),
-        reseal: bool,
-    ) {
+    fn rewrite_group(bytes: &mut [u8], ends: &[u64], g: usize, edit: &dyn Fn(&mut [u8]), reseal: bool) {
         let salt = get_salt(bytes);
         let mut pos = ends[g];
         while pos < ends[g + 1] {
@@ -1552,28 +1386,12 @@ mod tests {
         let bytes = built_bytes(&vfs, &ends);
         for (g, seq) in [(3, START + 5), (3, START + 3), (1, START + 3)] {
             let mut bad = bytes.clone();
-            rewrite_group(
-                &mut bad,
-                &ends,
-                g,
-                &|r| put_u64(r, REC_SEQ_OFFSET, seq),
-                true,
-            );
+            rewrite_group(&mut bad, &ends, g, &|r| put_u64(r, REC_SEQ_OFFSET, seq), true);
             let vfs = MemVfs::with_file(&jpath(), &bad);
-            assert_eq!(
-                corrupt_offset(scan(&vfs, true)),
-                ends[g],
-                "group {g} seq {seq}"
-            );
+            assert_eq!(corrupt_offset(scan(&vfs, true)), ends[g], "group {g} seq {seq}");
             // Without a valid checksum the same bytes are a torn tail (nothing synced).
             let mut torn = bytes.clone();
-            rewrite_group(
-                &mut torn,
-                &ends,
-                g,
-                &|r| put_u64(r, REC_SEQ_OFFSET, seq),
-                false,
-            );
+            rewrite_group(&mut torn, &ends, g, &|r| put_u64(r, REC_SEQ_OFFSET, seq), false);
             let vfs = MemVfs::with_file(&jpath(), &torn);
             let s = scan(&vfs, true).unwrap();
             assert_groups(&vfs, &s, &specs[..g]);
@@ -1589,20 +1407,11 @@ mod tests {
         let commit = starts[starts.len() - 1];
         let mut bad = bytes.clone();
         put_u32(&mut bad, commit as usize + REC_COUNT_OFFSET, 1);
-        seal_record(
-            &mut bad[commit as usize..commit as usize + 40],
-            get_salt(&bytes),
-        );
+        seal_record(&mut bad[commit as usize..commit as usize + 40], get_salt(&bytes));
         let vfs = MemVfs::with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs, true)), commit);
         let mut bad = bytes.clone();
-        rewrite_group(
-            &mut bad,
-            &ends,
-            2,
-            &|r| put_u64(r, REC_SYNCED_OFFSET, 1 << 40),
-            true,
-        );
+        rewrite_group(&mut bad, &ends, 2, &|r| put_u64(r, REC_SYNCED_OFFSET, 1 << 40), true);
         let vfs = MemVfs::with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs, true)), ends[2]);
     }
@@ -1614,10 +1423,7 @@ mod tests {
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let end = *ends.last().unwrap();
         let file_len = vfs.bytes(&jpath()).len() as u64;
-        assert!(
-            file_len > end && file_len % TEST_PREZERO == 0,
-            "{file_len} after {end}"
-        );
+        assert!(file_len > end && file_len % TEST_PREZERO == 0, "{file_len} after {end}");
         for is_last in [true, false] {
             let s = scan(&vfs, is_last).unwrap();
             assert_groups(&vfs, &s, &specs);

@@ -18,11 +18,7 @@
 //! - [`io`]: the file-system seam; `sys`: the thin syscall layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(
-    missing_docs,
-    clippy::undocumented_unsafe_blocks,
-    clippy::missing_safety_doc
-)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("snapheap supports 64-bit Linux only");
@@ -45,9 +41,7 @@ mod track;
 pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
 pub use heap::{Heap, ReadGuard, WriteGuard};
-pub use options::{
-    Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
-};
+pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 
 #[doc(hidden)]

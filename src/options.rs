@@ -41,10 +41,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("max_size", &self.max_size)
             .field("durability", &self.durability)
             .field("schema", &self.schema)
-            .field(
-                "snapshot_after_journal_bytes",
-                &self.snapshot_after_journal_bytes,
-            )
+            .field("snapshot_after_journal_bytes", &self.snapshot_after_journal_bytes)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)

@@ -61,8 +61,7 @@ pub(crate) struct Region {
 impl Region {
     /// Reserves `[base - CTRL_SIZE, base + max_size)` and maps the control area.
     pub(crate) fn reserve(base: usize, max_size: usize) -> Result<Region> {
-        if base % BASE_ALIGN != 0 || max_size % BASE_ALIGN != 0 || max_size == 0 || base < CTRL_SIZE
-        {
+        if base % BASE_ALIGN != 0 || max_size % BASE_ALIGN != 0 || max_size == 0 || base < CTRL_SIZE {
             return Err(Error::invalid(format!(
                 "base {base:#x} and max_size {max_size:#x} must be non-zero multiples of {BASE_ALIGN:#x}"
             )));
@@ -106,8 +105,7 @@ impl Region {
 
     /// Picks a free base for a new heap of `max_size` bytes and reserves it.
     pub(crate) fn reserve_anywhere(max_size: usize) -> Result<Region> {
-        let slots =
-            (BASE_MAX - BASE_MIN - max_size.min(BASE_MAX - BASE_MIN - BASE_ALIGN)) / BASE_ALIGN;
+        let slots = (BASE_MAX - BASE_MIN - max_size.min(BASE_MAX - BASE_MIN - BASE_ALIGN)) / BASE_ALIGN;
         let mut seed = crate::sys::random_u64();
         for _ in 0..64 {
             seed ^= seed << 13;
@@ -195,7 +193,6 @@ impl Region {
             self.extent = extent;
         }
     }
-
 }
 
 impl Drop for Region {

@@ -87,10 +87,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// Number of pages the plan writes.
     pub(crate) fn pages(&self) -> u64 {
-        self.runs
-            .iter()
-            .map(|(a, b)| (b - a) / sys::OS_PAGE as u64)
-            .sum()
+        self.runs.iter().map(|(a, b)| (b - a) / sys::OS_PAGE as u64).sum()
     }
 }
 
@@ -159,9 +156,7 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
         let mut r = Ok(());
         for &(a, b) in plan.runs.iter() {
             // SAFETY: the caller guarantees the run lies inside the mapped, readable region.
-            let src = unsafe {
-                std::slice::from_raw_parts((plan.base + a as usize) as *const u8, (b - a) as usize)
-            };
+            let src = unsafe { std::slice::from_raw_parts((plan.base + a as usize) as *const u8, (b - a) as usize) };
             r = sink.write_at(src, DATA_OFFSET + a);
             if r.is_err() {
                 break;

@@ -247,22 +247,12 @@ impl Tracker {
     /// adjacent pages coalesced (never merged into entries `out` held before the call), and
     /// re-protects them atomically per page. All-dirty mode appends every armed page of the
     /// range. On error, see the module docs: the caller must assume the whole range written.
-    pub(crate) fn collect(
-        &mut self,
-        start: usize,
-        end: usize,
-        out: &mut SysVec<(usize, usize)>,
-    ) -> io::Result<()> {
+    pub(crate) fn collect(&mut self, start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> io::Result<()> {
         self.report(start, end, true, out)
     }
 
     /// The same report as [`collect`](Self::collect), without re-protecting (for verification).
-    pub(crate) fn peek(
-        &mut self,
-        start: usize,
-        end: usize,
-        out: &mut SysVec<(usize, usize)>,
-    ) -> io::Result<()> {
+    pub(crate) fn peek(&mut self, start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> io::Result<()> {
         self.report(start, end, false, out)
     }
 
@@ -364,46 +354,16 @@ impl Tracker {
     fn probe_armed(&mut self, map: &mut ScratchMap) -> Result<(), Fallback> {
         let a = map.addr();
         let mut out = SysVec::new_in(std::alloc::System);
-        self.probe_expect(
-            map,
-            true,
-            &mut out,
-            None,
-            "probe: a page nobody wrote was reported",
-        )?;
+        self.probe_expect(map, true, &mut out, None, "probe: a page nobody wrote was reported")?;
         map.write(PAGE + 8, 2);
         let p1 = Some((a + PAGE, a + 2 * PAGE));
-        self.probe_expect(
-            map,
-            false,
-            &mut out,
-            p1,
-            "probe: written populated page not reported",
-        )?;
+        self.probe_expect(map, false, &mut out, p1, "probe: written populated page not reported")?;
         self.probe_expect(map, true, &mut out, p1, "probe: peek re-protected a page")?;
-        self.probe_expect(
-            map,
-            true,
-            &mut out,
-            None,
-            "probe: collect did not re-protect",
-        )?;
+        self.probe_expect(map, true, &mut out, None, "probe: collect did not re-protect")?;
         map.write(3 * PAGE + 8, 2);
         let p3 = Some((a + 3 * PAGE, a + 4 * PAGE));
-        self.probe_expect(
-            map,
-            true,
-            &mut out,
-            p3,
-            "probe: written unpopulated page not reported",
-        )?;
-        self.probe_expect(
-            map,
-            true,
-            &mut out,
-            None,
-            "probe: collect did not re-protect (2)",
-        )
+        self.probe_expect(map, true, &mut out, p3, "probe: written unpopulated page not reported")?;
+        self.probe_expect(map, true, &mut out, None, "probe: collect did not re-protect (2)")
     }
 
     /// One probe step: reports over the whole scratch map and expects exactly `want`.
@@ -444,12 +404,9 @@ impl Tracker {
 
 impl Kernel {
     fn open() -> Result<Kernel, Fallback> {
-        let (uffd, features) =
-            Uffd::open(FEATURES).map_err(|e| Fallback::os("userfaultfd/UFFDIO_API", e))?;
+        let (uffd, features) = Uffd::open(FEATURES).map_err(|e| Fallback::os("userfaultfd/UFFDIO_API", e))?;
         if features & FEATURES != FEATURES {
-            return Err(Fallback::wrong(
-                "UFFDIO_API lacks WP_ASYNC or WP_UNPOPULATED",
-            ));
+            return Err(Fallback::wrong("UFFDIO_API lacks WP_ASYNC or WP_UNPOPULATED"));
         }
         let pagemap = Pagemap::open().map_err(|e| Fallback::os("open /proc/self/pagemap", e))?;
         Ok(Kernel { uffd, pagemap })
@@ -540,8 +497,7 @@ impl DirtySet {
     }
 
     fn limit(&self) -> usize {
-        self.base
-            .saturating_add(self.max_pages.saturating_mul(PAGE))
+        self.base.saturating_add(self.max_pages.saturating_mul(PAGE))
     }
 
     fn max_words(&self) -> usize {
@@ -645,10 +601,7 @@ impl DirtySet {
     pub(crate) fn encoded_len(&self) -> usize {
         match self.words.iter().rposition(|&w| w != 0) {
             None => 0,
-            Some(k) => {
-                k * (WORD_BITS / 8)
-                    + (WORD_BITS - self.words[k].leading_zeros() as usize).div_ceil(8)
-            }
+            Some(k) => k * (WORD_BITS / 8) + (WORD_BITS - self.words[k].leading_zeros() as usize).div_ceil(8),
         }
     }
 
@@ -663,11 +616,7 @@ impl DirtySet {
     /// Rebuilds a set from [`to_bytes`](Self::to_bytes) output read from disk. Rejects, without
     /// panicking, more bytes than `max_pages` needs and bits set at or beyond `max_pages`.
     /// Trailing zero bytes are accepted.
-    pub(crate) fn from_bytes(
-        base: usize,
-        max_pages: usize,
-        bytes: &[u8],
-    ) -> Result<DirtySet, &'static str> {
+    pub(crate) fn from_bytes(base: usize, max_pages: usize, bytes: &[u8]) -> Result<DirtySet, &'static str> {
         if bytes.len() > max_pages.div_ceil(8) {
             return Err("dirty-page bitmap is longer than the region needs");
         }
@@ -694,10 +643,7 @@ impl DirtySet {
         assert!(self.words.len() <= self.max_words());
         let bits = self.bits();
         if bits.len() > self.max_pages {
-            assert!(
-                bits[self.max_pages..].not_any(),
-                "bits set beyond max_pages"
-            );
+            assert!(bits[self.max_pages..].not_any(), "bits set beyond max_pages");
         }
     }
 }
@@ -747,12 +693,7 @@ mod tests {
 
     fn uffd_tracker() -> Tracker {
         let t = Tracker::new(false);
-        assert_eq!(
-            t.mode(),
-            TrackMode::Uffd,
-            "probe failed: {:?}",
-            t.fallback_reason()
-        );
+        assert_eq!(t.mode(), TrackMode::Uffd, "probe failed: {:?}", t.fallback_reason());
         t
     }
 
@@ -807,8 +748,7 @@ mod tests {
         let file = temp_file(pages);
         // SAFETY: `map` owns the range and nothing references it; the file is `pages * P`
         // bytes long and is never truncated while mapped.
-        unsafe { crate::sys::map_file_private_fixed(map.addr(), map.len(), file.as_raw_fd(), 0) }
-            .unwrap();
+        unsafe { crate::sys::map_file_private_fixed(map.addr(), map.len(), file.as_raw_fd(), 0) }.unwrap();
         crate::sys::no_huge_pages(map.addr(), map.len()).unwrap();
         (map, file)
     }
@@ -818,20 +758,14 @@ mod tests {
         assert!(offset + len <= map.len());
         // SAFETY: the range lies inside `map`, which is writable and is only ever accessed
         // through raw pointers; `&mut map` excludes other accesses during the call.
-        let n = unsafe { crate::sys::pread_into(file.as_raw_fd(), map.addr() + offset, len, 0) }
-            .unwrap();
+        let n = unsafe { crate::sys::pread_into(file.as_raw_fd(), map.addr() + offset, len, 0) }.unwrap();
         assert_eq!(n, len);
     }
 
     #[test]
     fn probe_selects_uffd_on_this_kernel() {
         let t = Tracker::new(false);
-        assert_eq!(
-            t.mode(),
-            TrackMode::Uffd,
-            "fell back: {:?}",
-            t.fallback_reason()
-        );
+        assert_eq!(t.mode(), TrackMode::Uffd, "fell back: {:?}", t.fallback_reason());
         assert_eq!(t.fallback_reason(), None);
         assert!(t.armed.is_empty(), "the probe left a range armed");
         assert_eq!(t.mode().to_string(), "uffd-wp");
@@ -863,10 +797,7 @@ mod tests {
         map.write(3 * P + 5, 1); // populated before arming
         map.write(11 * P, 1); // never touched
         map.write(15 * P + 4095, 1); // read (zero page) after arming, then written
-        assert_eq!(
-            collect(&mut t, map.addr(), end(&map)),
-            pages(&map, &[3, 11, 15])
-        );
+        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[3, 11, 15]));
     }
 
     #[test]
@@ -885,10 +816,7 @@ mod tests {
         map.write(6 * P, 0xEE); // read after arming
         map.write(9 * P, 0xEE); // never touched
         map.write(10 * P, 0xEE); // never touched, adjacent: coalesces with page 9
-        assert_eq!(
-            collect(&mut t, map.addr(), end(&map)),
-            pages(&map, &[1, 6, 9, 10])
-        );
+        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[1, 6, 9, 10]));
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
         // A page written before (now private and re-protected) is reported again.
         map.write(P + 2, 0xDD);
@@ -907,16 +835,9 @@ mod tests {
         kernel_write(&mut anon, 5 * P + 10, 100, &src); // populated page
         kernel_write(&mut anon, 2 * P + P - 50, 100, &src); // spans untouched pages 2 and 3
         kernel_write(&mut fmap, 4 * P, 1, &src); // file page never touched
-        assert_eq!(
-            collect(&mut t, anon.addr(), end(&anon)),
-            pages(&anon, &[2, 3, 5])
-        );
+        assert_eq!(collect(&mut t, anon.addr(), end(&anon)), pages(&anon, &[2, 3, 5]));
         assert_eq!(collect(&mut t, fmap.addr(), end(&fmap)), pages(&fmap, &[4]));
-        assert_eq!(
-            anon.read(5 * P + 10),
-            1,
-            "the pread wrote the file's first byte"
-        );
+        assert_eq!(anon.read(5 * P + 10), 1, "the pread wrote the file's first byte");
     }
 
     #[test]
@@ -965,10 +886,7 @@ mod tests {
         for i in 0..2 * n {
             map.write(i * P, 2);
         }
-        assert_eq!(
-            collect(&mut t, map.addr(), end(&map)),
-            vec![(map.addr(), end(&map))]
-        );
+        assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![(map.addr(), end(&map))]);
     }
 
     #[test]
@@ -982,10 +900,7 @@ mod tests {
         for i in [0, 31, 32, 63] {
             map.write(i * P, 1);
         }
-        assert_eq!(
-            collect(&mut t, map.addr(), end(&map)),
-            pages(&map, &[0, 31, 32, 63])
-        );
+        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[0, 31, 32, 63]));
         map.write(20 * P, 1);
         map.write(40 * P, 1);
         assert_eq!(collect(&mut t, mid, end(&map)), pages(&map, &[40]));
@@ -1013,11 +928,7 @@ mod tests {
             category_mask: uffd::PAGE_IS_WRITTEN,
             return_mask: uffd::PAGE_IS_WRITTEN,
         };
-        assert_eq!(
-            pagemap.scan(&q, &mut vec).unwrap(),
-            (0, end(&other)),
-            "silently clean"
-        );
+        assert_eq!(pagemap.scan(&q, &mut vec).unwrap(), (0, end(&other)), "silently clean");
         q.flags |= uffd::PM_SCAN_CHECK_WPASYNC;
         let err = pagemap.scan(&q, &mut vec).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
@@ -1054,10 +965,7 @@ mod tests {
         assert_eq!(peek(&mut t, base, base + 100 * P), want);
         assert_eq!(
             collect(&mut t, base + 5 * P, base + 25 * P),
-            vec![
-                (base + 5 * P, base + 10 * P),
-                (base + 20 * P, base + 25 * P)
-            ]
+            vec![(base + 5 * P, base + 10 * P), (base + 20 * P, base + 25 * P)]
         );
         t.disarm(base + 2 * P, base + 4 * P).unwrap();
         t.check_invariants();
@@ -1126,16 +1034,10 @@ mod tests {
         t.arm(anon.addr() + 100 * P, end(&anon)).unwrap();
         t.arm(fmap.addr(), end(&fmap)).unwrap();
         let mut maps = [anon, fmap];
-        let mut epoch: Vec<DirtySet> = maps
-            .iter()
-            .map(|m| DirtySet::new(m.addr(), m.len() / P))
-            .collect();
+        let mut epoch: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
         let mut total_reported = 0;
         for round in 0..50 {
-            let mut wrote: Vec<DirtySet> = maps
-                .iter()
-                .map(|m| DirtySet::new(m.addr(), m.len() / P))
-                .collect();
+            let mut wrote: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
             for _ in 0..rng.below(64) {
                 let m = rng.below(2);
                 let page = rng.below(maps[m].len() / P);
@@ -1166,14 +1068,8 @@ mod tests {
                 }
                 let kernel = set_of(&maps[m], &collect(&mut t, a, b));
                 kernel.check_invariants();
-                let missed: Vec<_> = wrote[m]
-                    .iter_ranges()
-                    .filter(|&(p, _)| !kernel.contains(p))
-                    .collect();
-                let extra: Vec<_> = kernel
-                    .iter_ranges()
-                    .filter(|&(p, _)| !wrote[m].contains(p))
-                    .collect();
+                let missed: Vec<_> = wrote[m].iter_ranges().filter(|&(p, _)| !kernel.contains(p)).collect();
+                let extra: Vec<_> = kernel.iter_ranges().filter(|&(p, _)| !wrote[m].contains(p)).collect();
                 assert!(
                     wrote[m].is_subset_of(&kernel),
                     "round {round} map {m}: kernel missed {missed:x?}"
@@ -1188,10 +1084,7 @@ mod tests {
                 assert!(kernel.is_subset_of(&epoch[m]));
             }
         }
-        assert!(
-            total_reported > 500,
-            "the workload wrote too little to prove anything"
-        );
+        assert!(total_reported > 500, "the workload wrote too little to prove anything");
         assert!(epoch.iter().all(|e| e.count() > 0));
     }
 
@@ -1215,10 +1108,7 @@ mod tests {
         assert_eq!(map.read(2 * P), 0, "the child's write is not the parent's");
         map.write(5 * P, 1); // C: written after the fork
         map.write(0, 2); // D: populated, protected, written after the fork
-        assert_eq!(
-            collect(&mut t, map.addr(), end(&map)),
-            pages(&map, &[0, 1, 5])
-        );
+        assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[0, 1, 5]));
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
     }
 
@@ -1233,19 +1123,11 @@ mod tests {
         s.insert_range(base, base); // empty
         s.check_invariants();
         assert_eq!(s.count(), 5);
-        assert!(
-            s.contains(base + 3 * P) && s.contains(base + 7 * P - 1) && s.contains(base + 999 * P)
-        );
+        assert!(s.contains(base + 3 * P) && s.contains(base + 7 * P - 1) && s.contains(base + 999 * P));
         assert!(!s.contains(base + 2 * P) && !s.contains(base + 7 * P) && !s.contains(base - 1));
         assert!(!s.contains(base + 1000 * P), "outside the region");
         let r: Vec<_> = s.iter_ranges().collect();
-        assert_eq!(
-            r,
-            vec![
-                (base + 3 * P, base + 7 * P),
-                (base + 999 * P, base + 1000 * P)
-            ]
-        );
+        assert_eq!(r, vec![(base + 3 * P, base + 7 * P), (base + 999 * P, base + 1000 * P)]);
 
         let mut u = DirtySet::new(base, 1000);
         u.insert_range(base + 4 * P, base + 5 * P);
@@ -1263,10 +1145,7 @@ mod tests {
         assert!(s.is_subset_of(&empty));
         s.insert_range(base, base + 1000 * P);
         assert_eq!(s.count(), 1000);
-        assert_eq!(
-            s.iter_ranges().collect::<Vec<_>>(),
-            vec![(base, base + 1000 * P)]
-        );
+        assert_eq!(s.iter_ranges().collect::<Vec<_>>(), vec![(base, base + 1000 * P)]);
         s.check_invariants();
     }
 
@@ -1276,10 +1155,7 @@ mod tests {
         let mut s = DirtySet::new(base, 16 << 20); // a 64 GiB region
         assert_eq!(s.words.capacity(), 0);
         s.insert_range(base, base + P);
-        assert!(
-            s.words.len() <= 16,
-            "a one-page set should not allocate 2 MiB"
-        );
+        assert!(s.words.len() <= 16, "a one-page set should not allocate 2 MiB");
         s.insert_range(base + (16 << 20) * P - P, base + (16 << 20) * P);
         assert_eq!(s.count(), 2);
         s.check_invariants();
@@ -1330,16 +1206,10 @@ mod tests {
     fn dirty_set_from_bytes_rejects_bad_lengths_and_stray_bits() {
         let base = 0x10_0000_0000usize;
         assert!(DirtySet::from_bytes(base, 16, &[0xFF, 0xFF]).is_ok());
-        assert!(
-            DirtySet::from_bytes(base, 16, &[0, 0, 0]).is_err(),
-            "one byte too many"
-        );
+        assert!(DirtySet::from_bytes(base, 16, &[0, 0, 0]).is_err(), "one byte too many");
         assert!(DirtySet::from_bytes(base, 0, &[0]).is_err());
         assert!(DirtySet::from_bytes(base, 10, &[0, 0b11]).is_ok());
-        assert!(
-            DirtySet::from_bytes(base, 10, &[0, 0b100]).is_err(),
-            "page 10 of 10"
-        );
+        assert!(DirtySet::from_bytes(base, 10, &[0, 0b100]).is_err(), "page 10 of 10");
         assert!(DirtySet::from_bytes(base, 10, &[0, 0x80]).is_err());
         assert!(DirtySet::from_bytes(base, usize::MAX, &[1; 100]).is_ok());
     }

@@ -17,7 +17,12 @@ fn pattern(tag: u64, len: usize) -> impl Iterator<Item = u8> {
 
 /// Allocates and frees random blocks until told to stop, checking each block's pattern before
 /// freeing it; about a third of the frees happen on the other worker's blocks.
-fn churn(a: HeapAlloc, id: u64, stop: Arc<AtomicBool>, swap: Arc<std::sync::Mutex<std::vec::Vec<(usize, usize, u64)>>>) -> u64 {
+fn churn(
+    a: HeapAlloc,
+    id: u64,
+    stop: Arc<AtomicBool>,
+    swap: Arc<std::sync::Mutex<std::vec::Vec<(usize, usize, u64)>>>,
+) -> u64 {
     let mut rng = Rng::new(id * 7919 + 1);
     let mut live: std::vec::Vec<(usize, usize, u64)> = std::vec::Vec::new();
     let mut ops = 0u64;
@@ -102,7 +107,10 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
         let r = heap.read();
         assert_eq!(r.len(), root_blocks);
         for (i, v) in r.iter().enumerate() {
-            assert!(v.iter().copied().eq(pattern(i as u64, v.len())), "root block {i} damaged");
+            assert!(
+                v.iter().copied().eq(pattern(i as u64, v.len())),
+                "root block {i} damaged"
+            );
             spans.push((v.as_ptr() as usize, v.len()));
         }
     }
@@ -119,7 +127,13 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
     }
     spans.sort_unstable();
     for w in spans.windows(2) {
-        assert!(w[0].0 + w[0].1 <= w[1].0, "blocks {:#x}+{} and {:#x} overlap", w[0].0, w[0].1, w[1].0);
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "blocks {:#x}+{} and {:#x} overlap",
+            w[0].0,
+            w[0].1,
+            w[1].0
+        );
     }
     for (p, len) in fresh {
         // SAFETY (test): allocated above with this layout.

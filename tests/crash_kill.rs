@@ -66,8 +66,14 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     } else if role().is_some() {
         return;
     }
-    let kills: u64 = std::env::var("SNAPHEAP_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let seed = std::env::var("SNAPHEAP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let kills: u64 = std::env::var("SNAPHEAP_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let seed = std::env::var("SNAPHEAP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
     let mut rng = Rng::new(seed);
     let dir = Scratch::new("kill");
     let heap_dir = dir.heap();
@@ -117,7 +123,10 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
         {
             let log = heap.read();
             let n = log.len() as u64;
-            assert!(n >= acked, "round {round}: acknowledged commit {acked} lost (heap has {n})");
+            assert!(
+                n >= acked,
+                "round {round}: acknowledged commit {acked} lost (heap has {n})"
+            );
             assert!(n >= max_seen, "round {round}: heap went back from {max_seen} to {n}");
             for (i, v) in log.iter().enumerate() {
                 assert_eq!(*v, i as u64 + 1, "round {round}: not a prefix at index {i}");

@@ -61,12 +61,23 @@ fn other_root_type_is_incompatible() {
 #[test]
 fn other_schema_is_incompatible() {
     let dir = Scratch::new("other-schema");
-    OpenOptions::new().schema("v1").open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap().close().unwrap();
-    match OpenOptions::new().schema("v2").open(dir.heap(), |a| Vec::<u64>::new_in(a)) {
+    OpenOptions::new()
+        .schema("v1")
+        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+        .unwrap()
+        .close()
+        .unwrap();
+    match OpenOptions::new()
+        .schema("v2")
+        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+    {
         Err(Error::Incompatible { what }) => assert!(what.contains("schema") && what.contains("v1"), "{what}"),
         other => panic!("expected Incompatible, got {:?}", other.err()),
     }
-    OpenOptions::new().schema("v1").open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+    OpenOptions::new()
+        .schema("v1")
+        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+        .unwrap();
 }
 
 fn meta_base(dir: &std::path::Path) -> usize {
@@ -140,9 +151,15 @@ fn every_damaged_meta_byte_is_a_clean_error() {
     }
     for len in [0, 1, 100, 511] {
         std::fs::write(&meta, &good[..len]).unwrap();
-        assert!(matches!(open_vec(&dir.heap()), Err(Error::Corrupt { .. })), "truncated to {len}");
+        assert!(
+            matches!(open_vec(&dir.heap()), Err(Error::Corrupt { .. })),
+            "truncated to {len}"
+        );
     }
     std::fs::write(&meta, &good).unwrap();
     assert_eq!(&open_vec(&dir.heap()).unwrap().read()[..], &[42]);
-    println!("meta sweep: {corrupt} corrupt, {incompatible} incompatible of {} cases", good.len() * 2);
+    println!(
+        "meta sweep: {corrupt} corrupt, {incompatible} incompatible of {} cases",
+        good.len() * 2
+    );
 }

@@ -13,7 +13,10 @@ struct State {
 }
 
 fn init(a: HeapAlloc) -> State {
-    State { map: HashMap::new_in(a), blobs: Vec::new_in(a) }
+    State {
+        map: HashMap::new_in(a),
+        blobs: Vec::new_in(a),
+    }
 }
 
 fn value(k: u64) -> std::string::String {
@@ -92,9 +95,15 @@ fn restart_round_trip_keeps_values_and_addresses() {
     let checked = run_child(TEST, "check", &env);
     // libtest may print "test ... " on the same line before the child's output.
     let addr = |out: &str| {
-        out.lines().find_map(|l| l.find("ADDR ").map(|i| l[i..].to_owned())).expect("ADDR line")
+        out.lines()
+            .find_map(|l| l.find("ADDR ").map(|i| l[i..].to_owned()))
+            .expect("ADDR line")
     };
-    assert_eq!(addr(&built), addr(&checked), "root or element addresses moved across the restart");
+    assert_eq!(
+        addr(&built),
+        addr(&checked),
+        "root or element addresses moved across the restart"
+    );
     // A third open, in this process, sees the same data again.
     let heap: Heap<State> = Heap::open(&heap_dir, |_| panic!("init must not run")).unwrap();
     assert_eq!(heap.read().map[&77_777].as_str(), value(77_777));
@@ -166,7 +175,10 @@ fn the_issue_api_example_compiles_and_round_trips() {
     }
     let dir = Scratch::new("api");
     let path = dir.path().join("app.heap");
-    let init = |a: HeapAlloc| State { map: HashMap::new_in(a), log: Vec::new_in(a) };
+    let init = |a: HeapAlloc| State {
+        map: HashMap::new_in(a),
+        log: Vec::new_in(a),
+    };
     let heap = Heap::<State>::open(&path, init).unwrap();
     let a: HeapAlloc = heap.alloc();
     {

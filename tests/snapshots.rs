@@ -36,8 +36,11 @@ fn fill(heap: &Heap<Blocks>, total: usize, block: usize) {
 /// Touches `n` distinct random pages of the blocks (blocks may differ in size).
 fn touch_pages(heap: &Heap<Blocks>, rng: &mut Rng, n: usize, stamp: u8) {
     let mut s = heap.write();
-    let pages: std::vec::Vec<(usize, usize)> =
-        s.iter().enumerate().flat_map(|(b, v)| (0..v.len() / PAGE).map(move |o| (b, o))).collect();
+    let pages: std::vec::Vec<(usize, usize)> = s
+        .iter()
+        .enumerate()
+        .flat_map(|(b, v)| (0..v.len() / PAGE).map(move |o| (b, o)))
+        .collect();
     let mut seen = std::collections::HashSet::new();
     while seen.len() < n.min(pages.len()) {
         let p = rng.below(pages.len() as u64) as usize;
@@ -69,14 +72,24 @@ fn snapshot_rounds_write_only_the_pages_changed_in_the_last_two_intervals() {
             "round {round}: changed {changed} pages, snapshot wrote {} pages (limit {limit}), fork {} us",
             st.last_snapshot_pages, st.last_fork_micros
         );
-        assert!(st.last_snapshot_pages <= limit, "round {round}: wrote {} > {limit}", st.last_snapshot_pages);
-        assert!(st.last_snapshot_pages >= changed as u64, "round {round}: wrote fewer pages than changed");
+        assert!(
+            st.last_snapshot_pages <= limit,
+            "round {round}: wrote {} > {limit}",
+            st.last_snapshot_pages
+        );
+        assert!(
+            st.last_snapshot_pages >= changed as u64,
+            "round {round}: wrote fewer pages than changed"
+        );
     }
 }
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
 }
 
 #[test]
@@ -120,8 +133,17 @@ fn twenty_snapshot_restart_cycles_keep_contents_identical() {
     }
     for cycle in 0..20u8 {
         let heap = Heap::open(dir.heap(), |_| -> Blocks { panic!("init on reopen") }).unwrap();
-        assert_eq!(checksum(&heap.read()), expected, "cycle {cycle}: contents differ after reopen");
-        touch_pages(&heap, &mut rng, 1 + (cycle as usize * 37) % 200, cycle.wrapping_mul(7) | 1);
+        assert_eq!(
+            checksum(&heap.read()),
+            expected,
+            "cycle {cycle}: contents differ after reopen"
+        );
+        touch_pages(
+            &heap,
+            &mut rng,
+            1 + (cycle as usize * 37) % 200,
+            cycle.wrapping_mul(7) | 1,
+        );
         {
             // Grow and shrink some blocks so allocator state changes as well.
             let a = heap.alloc();
@@ -139,7 +161,11 @@ fn twenty_snapshot_restart_cycles_keep_contents_identical() {
         // this process has mapped. What the program sees must not change.
         heap.snapshot().unwrap();
         heap.snapshot().unwrap();
-        assert_eq!(checksum(&heap.read()), before, "cycle {cycle}: a snapshot write showed through");
+        assert_eq!(
+            checksum(&heap.read()),
+            before,
+            "cycle {cycle}: a snapshot write showed through"
+        );
         expected = before;
         heap.close().unwrap();
     }

@@ -61,9 +61,7 @@ impl BuildHasher for PersistentState {
     type Hasher = PersistentHasher;
     #[inline]
     fn build_hasher(&self) -> PersistentHasher {
-        PersistentHasher {
-            acc: self.seed ^ K0,
-        }
+        PersistentHasher { acc: self.seed ^ K0 }
     }
 }
 

@@ -20,10 +20,7 @@ pub struct HashMap<K, V>(RawHashMap<K, V>);
 impl<K, V> HashMap<K, V> {
     /// An empty map (allocates nothing until the first insert).
     pub fn new_in(alloc: HeapAlloc) -> Self {
-        HashMap(hashbrown::HashMap::with_hasher_in(
-            PersistentState::default(),
-            alloc,
-        ))
+        HashMap(hashbrown::HashMap::with_hasher_in(PersistentState::default(), alloc))
     }
 
     /// An empty map with room for `n` entries.
@@ -117,10 +114,7 @@ pub struct HashSet<T>(RawHashSet<T>);
 impl<T> HashSet<T> {
     /// An empty set (allocates nothing until the first insert).
     pub fn new_in(alloc: HeapAlloc) -> Self {
-        HashSet(hashbrown::HashSet::with_hasher_in(
-            PersistentState::default(),
-            alloc,
-        ))
+        HashSet(hashbrown::HashSet::with_hasher_in(PersistentState::default(), alloc))
     }
 
     /// An empty set with room for `n` elements.

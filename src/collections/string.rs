@@ -76,10 +76,7 @@ impl String {
     /// `std::string::String::truncate`.
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {
-            assert!(
-                self.as_str().is_char_boundary(len),
-                "truncate inside a character"
-            );
+            assert!(self.as_str().is_char_boundary(len), "truncate inside a character");
             self.bytes.truncate(len);
         }
     }

@@ -57,8 +57,7 @@ impl Engine {
             let wrote = !cs.ranges.is_empty();
             seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
             if wrote {
-                let mut slices: SysVec<(u64, &[u8])> =
-                    SysVec::with_capacity_in(cs.ranges.len(), System);
+                let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
                     // SAFETY: [a, b) lies inside [base, base + extent), which is mapped
@@ -83,17 +82,14 @@ impl Engine {
                 Ok(end) => {
                     self.durable.written(seq, end);
                     cs.last_seq = seq;
-                    self.counters.journal_bytes.store(
-                        end - crate::format::journal::FIRST_RECORD_OFFSET,
-                        Ordering::Relaxed,
-                    );
+                    self.counters
+                        .journal_bytes
+                        .store(end - crate::format::journal::FIRST_RECORD_OFFSET, Ordering::Relaxed);
                 }
                 Err(e) => return Err(self.poison(e)),
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .last_commit_pages
-                .store(pages, Ordering::Relaxed);
+            self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
         }
         if forked {
             self.rotate_journal(cs, seq)?;

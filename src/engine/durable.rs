@@ -111,8 +111,7 @@ impl Engine {
                 continue;
             }
             s.syncing = true;
-            let (file, target_seq, target_end, jid) =
-                (s.file.clone(), s.written_seq, s.written_end, s.journal_id);
+            let (file, target_seq, target_end, jid) = (s.file.clone(), s.written_seq, s.written_end, s.journal_id);
             drop(s);
             let r = file.sync_data();
             s = lock(&d.state);
@@ -153,9 +152,7 @@ impl Engine {
                     if s.stop {
                         return;
                     }
-                    let (g, _) =
-                        d.cv.wait_timeout(s, every)
-                            .unwrap_or_else(|p| p.into_inner());
+                    let (g, _) = d.cv.wait_timeout(s, every).unwrap_or_else(|p| p.into_inner());
                     s = g;
                     if s.stop {
                         return;

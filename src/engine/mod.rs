@@ -207,9 +207,10 @@ impl Engine {
     pub(crate) fn verify(&self) -> Result<String> {
         let _c = lock(&self.commit);
         // check_invariants pauses the allocator itself.
-        let report = self.arena.check_invariants().map_err(|e| {
-            Error::corrupt(&self.dir, 0, format!("allocator invariant violated: {e}"))
-        })?;
+        let report = self
+            .arena
+            .check_invariants()
+            .map_err(|e| Error::corrupt(&self.dir, 0, format!("allocator invariant violated: {e}")))?;
         let extent = self.arena.extent();
         let region_extent = lock(&self.grow.region).extent();
         if extent > region_extent {
@@ -219,9 +220,7 @@ impl Engine {
                 format!("allocator extent {extent:#x} exceeds mapped extent {region_extent:#x}"),
             ));
         }
-        Ok(format!(
-            "{report:?}; extent {extent:#x}; mapped {region_extent:#x}"
-        ))
+        Ok(format!("{report:?}; extent {extent:#x}; mapped {region_extent:#x}"))
     }
 
     /// Releases the heap. With `commit_and_snapshot`, first commits outstanding changes and
@@ -243,8 +242,7 @@ impl Engine {
             if result.is_ok() && !self.is_poisoned() {
                 result = self.wait_durable(cs.last_seq);
             }
-            let journal_has_commits =
-                cs.journal.end() > crate::format::journal::FIRST_RECORD_OFFSET;
+            let journal_has_commits = cs.journal.end() > crate::format::journal::FIRST_RECORD_OFFSET;
             if commit_and_snapshot
                 && result.is_ok()
                 && self.opts.snapshot_on_close

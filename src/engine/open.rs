@@ -17,9 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::meta::{fnv1a, Meta, MetaError, META_LEN};
 use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::io::{VFile, Vfs};
-use crate::journal::{
-    journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
-};
+use crate::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter};
 use crate::options::{Durability, OpenOptions};
 use crate::region::Region;
 use crate::sys;
@@ -97,13 +95,10 @@ impl Engine {
     /// committed root yet (a new heap, or one whose creation never committed).
     pub(crate) fn open(dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<SysBox<Engine>> {
         let vfs = opts.vfs.clone();
-        vfs.create_dir_all(dir)
-            .map_err(io_err("create directory", dir))?;
+        vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let dir = dir.to_path_buf();
         let lock_path = dir.join("lock");
-        let lock_file = vfs
-            .open(&lock_path, true)
-            .map_err(io_err("open", &lock_path))?;
+        let lock_file = vfs.open(&lock_path, true).map_err(io_err("open", &lock_path))?;
         if let Some(fd) = lock_file.raw_fd() {
             if !sys::try_lock_exclusive(fd).map_err(io_err("flock", &lock_path))? {
                 return Err(Error::Locked { path: lock_path });
@@ -135,8 +130,7 @@ impl Engine {
         for (i, name) in SNAPSHOT_FILES.iter().enumerate() {
             let path = dir.join(name);
             let f = vfs.open(&path, true).map_err(io_err("open", &path))?;
-            snaps[i] = read_snapshot_header(&*f, &meta)
-                .map_err(|(off, what)| Error::corrupt(&path, off, what))?;
+            snaps[i] = read_snapshot_header(&*f, &meta).map_err(|(off, what)| Error::corrupt(&path, off, what))?;
             snap_files.push(f);
         }
         let newest = (0..2)
@@ -151,12 +145,7 @@ impl Engine {
             let h = snaps[n].expect("newest is valid");
             let f = &snap_files[n];
             if h.extent > 0 {
-                map_snapshot(
-                    &mut region,
-                    &**f,
-                    h.extent as usize,
-                    &dir.join(SNAPSHOT_FILES[n]),
-                )?;
+                map_snapshot(&mut region, &**f, h.extent as usize, &dir.join(SNAPSHOT_FILES[n]))?;
             }
             prev_interval = read_dirty_bitmap(&**f, &h, base, meta.max_size as usize);
         }
@@ -168,11 +157,7 @@ impl Engine {
             .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
             .collect();
         ids.sort_unstable();
-        let stale: Vec<u64> = ids
-            .iter()
-            .copied()
-            .filter(|&id| id < first_journal)
-            .collect();
+        let stale: Vec<u64> = ids.iter().copied().filter(|&id| id < first_journal).collect();
         ids.retain(|&id| id >= first_journal);
         let mut scans: Vec<JournalScan> = Vec::new();
         let mut expect_seq = start_seq;
@@ -206,19 +191,14 @@ impl Engine {
         let mut replayed_pages = 0u64;
         let mut any_state = newest.is_some();
         for scan in &scans {
-            let f = vfs
-                .open(&scan.path, false)
-                .map_err(io_err("open", &scan.path))?;
+            let f = vfs.open(&scan.path, false).map_err(io_err("open", &scan.path))?;
             for g in &scan.groups {
                 any_state = true;
                 if g.extent > meta.max_size || g.extent % SEGMENT as u64 != 0 {
                     return Err(Error::corrupt(
                         &scan.path,
                         0,
-                        format!(
-                            "commit {} has extent {:#x} outside the heap",
-                            g.seq, g.extent
-                        ),
+                        format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
                     ));
                 }
                 region
@@ -227,10 +207,7 @@ impl Engine {
                 for run in &scan.runs[g.runs.clone()] {
                     if run.region_offset % sys::OS_PAGE as u64 != 0
                         || run.len % sys::OS_PAGE as u64 != 0
-                        || run
-                            .region_offset
-                            .checked_add(run.len)
-                            .is_none_or(|e| e > g.extent)
+                        || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
                     {
                         return Err(Error::corrupt(
                             &scan.path,
@@ -244,9 +221,7 @@ impl Engine {
                     let addr = base + run.region_offset as usize;
                     // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
                     // and nothing has been handed out yet, so no reference aliases it.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize)
-                    };
+                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
                     read_run(&*f, &scan.path, run, dst)?;
                     replayed.push((addr, addr + run.len as usize));
                     replayed_pages += run.len / sys::OS_PAGE as u64;
@@ -264,9 +239,7 @@ impl Engine {
         let mut tracker = Tracker::new(opts.force_all_dirty);
         let fresh = !any_state;
         if fresh {
-            region
-                .grow(SEGMENT)
-                .map_err(io_err("mmap (first segment)", &dir))?;
+            region.grow(SEGMENT).map_err(io_err("mmap (first segment)", &dir))?;
         }
         if region.extent() > 0 {
             tracker
@@ -291,11 +264,7 @@ impl Engine {
                 .map_err(|e| Error::corrupt(&dir, 0, format!("allocator state: {e}")))?
         };
         if arena.extent() > lock(&grow.region).extent() {
-            return Err(Error::corrupt(
-                &dir,
-                0,
-                "allocator extent exceeds the recovered image",
-            ));
+            return Err(Error::corrupt(&dir, 0, "allocator extent exceeds the recovered image"));
         }
 
         for id in stale {
@@ -308,17 +277,11 @@ impl Engine {
             since_snap.insert_range(a, b);
         }
         let last_seq = journal.next_seq() - 1;
-        let durable =
-            super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
+        let durable = super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
         let mut files = snap_files.into_iter();
-        let snap_files = [
-            files.next().expect("two files"),
-            files.next().expect("two files"),
-        ];
+        let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
         let counters = Counters::default();
-        counters
-            .replayed_pages
-            .store(replayed_pages, Ordering::Relaxed);
+        counters.replayed_pages.store(replayed_pages, Ordering::Relaxed);
         if let Some(n) = newest {
             counters
                 .snapshot_generation
@@ -361,18 +324,10 @@ impl Engine {
 
 /// Creates `meta` for a new heap (removing leftovers of an earlier creation that never
 /// completed) and reserves its address range.
-fn create_meta(
-    vfs: &dyn Vfs,
-    dir: &PathBuf,
-    opts: &OpenOptions,
-    fp: &Fingerprint,
-) -> Result<(Meta, Region)> {
+fn create_meta(vfs: &dyn Vfs, dir: &PathBuf, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
     let max_size = opts.max_size.div_ceil(SEGMENT as u64) * SEGMENT as u64;
     if max_size == 0 || max_size > crate::format::meta::MAX_MAX_SIZE {
-        return Err(Error::invalid(format!(
-            "max_size {} is out of range",
-            opts.max_size
-        )));
+        return Err(Error::invalid(format!("max_size {} is out of range", opts.max_size)));
     }
     for name in vfs.list(dir).map_err(io_err("list directory", dir))? {
         let s = name.to_string_lossy();
@@ -400,31 +355,24 @@ fn create_meta(
     let path = dir.join("meta");
     let f = vfs.open(&tmp, true).map_err(io_err("create", &tmp))?;
     f.set_len(0).map_err(io_err("truncate", &tmp))?;
-    f.write_at(&meta.encode(), 0)
-        .map_err(io_err("write", &tmp))?;
+    f.write_at(&meta.encode(), 0).map_err(io_err("write", &tmp))?;
     f.sync_data().map_err(io_err("fdatasync", &tmp))?;
     drop(f);
     vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    vfs.sync_dir(dir)
-        .map_err(io_err("fsync (directory)", dir))?;
+    vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
     Ok((meta, region))
 }
 
 /// Reads a snapshot header. `Ok(None)` for an empty (never written) file; a header that is
 /// damaged, or valid but describing more data than the file holds, counts as invalid — if it
 /// was needed, the gap in the journal chain reports the loss.
-fn read_snapshot_header(
-    f: &dyn VFile,
-    meta: &Meta,
-) -> std::result::Result<Option<SnapHeader>, (u64, String)> {
+fn read_snapshot_header(f: &dyn VFile, meta: &Meta) -> std::result::Result<Option<SnapHeader>, (u64, String)> {
     let len = f.len().map_err(|e| (0, format!("fstat failed: {e}")))?;
     if len == 0 {
         return Ok(None);
     }
     let mut b = [0u8; HEADER_LEN];
-    let n = f
-        .read_at(&mut b, 0)
-        .map_err(|e| (0, format!("read failed: {e}")))?;
+    let n = f.read_at(&mut b, 0).map_err(|e| (0, format!("read failed: {e}")))?;
     match SnapHeader::decode(&b[..n], meta.heap_id, meta.max_size) {
         Ok(h) if h.valid && len < h.file_len() => Ok(Some(SnapHeader { valid: false, ..h })),
         Ok(h) => Ok(Some(h)),
@@ -443,9 +391,7 @@ fn map_snapshot(region: &mut Region, f: &dyn VFile, extent: usize, path: &Path) 
             unsafe { region.map_file(fd, DATA_OFFSET, extent) }
         }
         None => {
-            region
-                .grow(extent)
-                .map_err(io_err("mmap (snapshot image)", path))?;
+            region.grow(extent).map_err(io_err("mmap (snapshot image)", path))?;
             let base = region.base();
             // SAFETY: [base, base + extent) was just mapped read-write and nothing refers to it.
             let dst = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, extent) };
@@ -464,12 +410,7 @@ fn map_snapshot(region: &mut Region, f: &dyn VFile, extent: usize, path: &Path) 
 
 /// Loads the snapshot's dirty bitmap; `None` when it cannot be trusted (then the next
 /// snapshot rewrites its whole file, which is always correct).
-fn read_dirty_bitmap(
-    f: &dyn VFile,
-    h: &SnapHeader,
-    base: usize,
-    max_size: usize,
-) -> Option<DirtySet> {
+fn read_dirty_bitmap(f: &dyn VFile, h: &SnapHeader, base: usize, max_size: usize) -> Option<DirtySet> {
     let mut buf = vec![0u8; h.dirty_len as usize];
     let n = f.read_at(&mut buf, DATA_OFFSET + h.extent).ok()?;
     if n != buf.len() || crc32fast::hash(&buf) != h.dirty_crc {

@@ -97,11 +97,7 @@ impl Engine {
         let plan = Plan {
             base,
             runs,
-            invalid_header: SnapHeader {
-                valid: false,
-                ..header
-            }
-            .encode(),
+            invalid_header: SnapHeader { valid: false, ..header }.encode(),
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
@@ -133,9 +129,7 @@ impl Engine {
                     Ok(0) => unsafe { writer::child_main(fd, lock_fd, &plan, parent) },
                     Ok(pid) => (pid, false),
                     Err(_) => {
-                        self.counters
-                            .snapshot_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                         return false;
                     }
                 }
@@ -170,8 +164,7 @@ impl Engine {
     pub(super) fn rotate_journal(&self, cs: &mut CommitState, seq: u64) -> Result<()> {
         self.wait_durable(seq)?;
         let id = cs.journal.id() + 1;
-        let j = JournalWriter::create(&*self.vfs, &self.dir, self.meta.heap_id, id, seq)
-            .map_err(|e| self.poison(e))?;
+        let j = JournalWriter::create(&*self.vfs, &self.dir, self.meta.heap_id, id, seq).map_err(|e| self.poison(e))?;
         self.durable.rotated(j.file(), id, seq, j.end());
         cs.journal = j;
         self.counters.journal_bytes.store(0, Ordering::Relaxed);
@@ -211,8 +204,7 @@ impl Engine {
                 c.last_snapshot_pages.store(p.pages, Ordering::Relaxed);
                 c.last_snapshot_micros
                     .store(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                c.snapshot_generation
-                    .store(p.header.generation, Ordering::Relaxed);
+                c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
                 self.delete_journals_before(p.header.journal_id);
@@ -221,9 +213,7 @@ impl Engine {
             failed => {
                 cs.snaps[p.slot] = None;
                 cs.since_snap.union_with(&p.fork_set);
-                self.counters
-                    .snapshot_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 Some(match failed {
                     Err(s) => s,
                     _ => "in-process snapshot write failed".to_string(),

@@ -149,10 +149,7 @@ impl fmt::Display for HeaderError {
             }
             HeaderError::BadMagic => write!(f, "not a snapheap journal (bad magic)"),
             HeaderError::UnsupportedVersion(v) => {
-                write!(
-                    f,
-                    "journal format version {v}, this build reads version {VERSION}"
-                )
+                write!(f, "journal format version {v}, this build reads version {VERSION}")
             }
             HeaderError::BadHeaderLen(n) => write!(f, "header length {n}, expected {HEADER_LEN}"),
             HeaderError::BadChecksum { stored, computed } => write!(
@@ -310,9 +307,7 @@ impl RecordHeader {
             });
         }
         if self.synced > at {
-            return Err(ContextError::SyncedBeyondRecord {
-                synced: self.synced,
-            });
+            return Err(ContextError::SyncedBeyondRecord { synced: self.synced });
         }
         if self.kind == KIND_PAGES {
             if self.arg % PAGE_SIZE != 0 {
@@ -406,9 +401,7 @@ pub(crate) fn seal_record(rec: &mut [u8], salt: u64) {
 /// payload (`RECORD_HEADER_LEN + len` bytes); a shorter slice never verifies.
 pub(crate) fn verify_record_crc(rec: &[u8], salt: u64) -> bool {
     match rec.get(REC_KIND_OFFSET..) {
-        Some(body) if rec.len() >= RECORD_HEADER_LEN => {
-            get_u32(rec, REC_CRC_OFFSET) == record_crc(salt, body)
-        }
+        Some(body) if rec.len() >= RECORD_HEADER_LEN => get_u32(rec, REC_CRC_OFFSET) == record_crc(salt, body),
         _ => false,
     }
 }
@@ -452,10 +445,7 @@ mod tests {
             ],
             [4, 6, 8, 12, 16]
         );
-        assert_eq!(
-            [REC_ARG_OFFSET, REC_SYNCED_OFFSET, RECORD_HEADER_LEN],
-            [24, 32, 40]
-        );
+        assert_eq!([REC_ARG_OFFSET, REC_SYNCED_OFFSET, RECORD_HEADER_LEN], [24, 32, 40]);
         assert_eq!(MAX_PAGES_PER_RECORD, 256);
     }
 
@@ -520,10 +510,7 @@ mod tests {
         h.encode(&mut rec);
         seal_record(&mut rec, 99);
         assert!(verify_record_crc(&rec, 99));
-        assert!(
-            !verify_record_crc(&rec, 98),
-            "another file's salt must not verify"
-        );
+        assert!(!verify_record_crc(&rec, 98), "another file's salt must not verify");
         let d = RecordHeader::decode(&rec).unwrap();
         assert_eq!(RecordHeader { crc: d.crc, ..h }, d);
         for i in 0..rec.len() {
@@ -541,24 +528,9 @@ mod tests {
         assert_eq!(pages(MAX_PAGES_PER_RECORD).check_shape(), Ok(()));
         assert!(pages(0).check_shape().is_err());
         assert!(pages(MAX_PAGES_PER_RECORD + 1).check_shape().is_err());
-        assert!(RecordHeader {
-            len: 4095,
-            ..pages(1)
-        }
-        .check_shape()
-        .is_err());
-        assert!(RecordHeader {
-            flags: 1,
-            ..pages(1)
-        }
-        .check_shape()
-        .is_err());
-        assert!(RecordHeader {
-            kind: 3,
-            ..pages(1)
-        }
-        .check_shape()
-        .is_err());
+        assert!(RecordHeader { len: 4095, ..pages(1) }.check_shape().is_err());
+        assert!(RecordHeader { flags: 1, ..pages(1) }.check_shape().is_err());
+        assert!(RecordHeader { kind: 3, ..pages(1) }.check_shape().is_err());
         let commit = RecordHeader {
             kind: KIND_COMMIT,
             len: 0,
@@ -578,10 +550,7 @@ mod tests {
         assert_eq!(h.check_context(8192, 5), Ok(()));
         assert!(matches!(
             h.check_context(8192, 6),
-            Err(ContextError::Seq {
-                expected: 6,
-                found: 5
-            })
+            Err(ContextError::Seq { expected: 6, found: 5 })
         ));
         assert!(matches!(
             h.check_context(4000, 5),

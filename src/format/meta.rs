@@ -126,10 +126,7 @@ impl Meta {
             return Err(corrupt(b.len(), "meta header is truncated"));
         }
         if b[MAGIC_OFFSET..MAGIC_OFFSET + 8] != MAGIC {
-            return Err(corrupt(
-                MAGIC_OFFSET,
-                "bad magic number (not a snapheap heap)",
-            ));
+            return Err(corrupt(MAGIC_OFFSET, "bad magic number (not a snapheap heap)"));
         }
         if get_u32(b, CRC_OFFSET) != crc32fast::hash(&b[..CRC_OFFSET]) {
             return Err(corrupt(CRC_OFFSET, "meta header checksum mismatch"));
@@ -154,10 +151,7 @@ impl Meta {
         let name_len = usize::from(get_u16(b, NAME_LEN_OFFSET));
         let schema_len = usize::from(get_u16(b, SCHEMA_LEN_OFFSET));
         if name_len > NAME_MAX {
-            return Err(corrupt(
-                NAME_LEN_OFFSET,
-                "root type name length out of range",
-            ));
+            return Err(corrupt(NAME_LEN_OFFSET, "root type name length out of range"));
         }
         if schema_len > SCHEMA_MAX {
             return Err(corrupt(SCHEMA_LEN_OFFSET, "schema length out of range"));
@@ -216,10 +210,7 @@ mod tests {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut b = good;
                 b[i] ^= mask;
-                assert!(
-                    Meta::decode(&b).is_err(),
-                    "byte {i} mask {mask:#x} accepted"
-                );
+                assert!(Meta::decode(&b).is_err(), "byte {i} mask {mask:#x} accepted");
             }
         }
     }

@@ -83,11 +83,7 @@ impl SnapHeader {
         put_u32(
             &mut b,
             STATE_OFFSET,
-            if self.valid {
-                STATE_VALID
-            } else {
-                STATE_INVALID
-            },
+            if self.valid { STATE_VALID } else { STATE_INVALID },
         );
         put_u64(&mut b, HEAP_ID_OFFSET, self.heap_id);
         put_u64(&mut b, GENERATION_OFFSET, self.generation);
@@ -103,11 +99,7 @@ impl SnapHeader {
 
     /// Decodes a header. `Err((offset, what))` for damage; a well-formed header whose state is
     /// not valid decodes with `valid == false`. Never panics.
-    pub(crate) fn decode(
-        b: &[u8],
-        heap_id: u64,
-        max_size: u64,
-    ) -> Result<SnapHeader, (u64, String)> {
+    pub(crate) fn decode(b: &[u8], heap_id: u64, max_size: u64) -> Result<SnapHeader, (u64, String)> {
         let bad = |off: usize, what: &str| Err((off as u64, what.to_string()));
         if b.len() < HEADER_LEN {
             return bad(b.len(), "snapshot header is truncated");
@@ -138,10 +130,7 @@ impl SnapHeader {
             return bad(EXTENT_OFFSET, "extent out of range");
         }
         if h.dirty_len != dirty_len_for(h.extent) {
-            return bad(
-                DIRTY_LEN_OFFSET,
-                "dirty bitmap length does not match the extent",
-            );
+            return bad(DIRTY_LEN_OFFSET, "dirty bitmap length does not match the extent");
         }
         Ok(h)
     }

@@ -71,9 +71,6 @@ impl Vfs for OsVfs {
         Ok(out)
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
     }
 }

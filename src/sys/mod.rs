@@ -56,10 +56,7 @@ pub fn reserve(addr: usize, len: usize) -> io::Result<()> {
             addr as *mut libc::c_void,
             len,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -111,12 +108,7 @@ pub unsafe fn map_anon_fixed(addr: usize, len: usize) -> io::Result<()> {
 /// - no reference points into the range;
 /// - the file is at least `offset + len` bytes long for as long as the mapping exists
 ///   (otherwise touching the tail raises SIGBUS).
-pub unsafe fn map_file_private_fixed(
-    addr: usize,
-    len: usize,
-    fd: RawFd,
-    offset: u64,
-) -> io::Result<()> {
+pub unsafe fn map_file_private_fixed(addr: usize, len: usize, fd: RawFd, offset: u64) -> io::Result<()> {
     debug_assert!(addr % OS_PAGE == 0 && len % OS_PAGE == 0 && offset % OS_PAGE as u64 == 0);
     // SAFETY: as for map_anon_fixed; the file length is the caller's promise.
     let p = unsafe {
@@ -335,13 +327,7 @@ pub fn exit_immediately(code: i32) -> ! {
 pub fn die_with_parent() -> libc::pid_t {
     // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
         libc::getppid()
     }
 }
@@ -441,7 +427,10 @@ fn close_range(lo: libc::c_uint, hi: libc::c_uint) {
     let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
     if r != 0 {
         // SAFETY: getrlimit writes one struct rlimit into valid storage.
-        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
             rl.rlim_cur.min(1 << 20) as libc::c_uint
         } else {

@@ -221,8 +221,7 @@ impl Uffd {
             ioctls: 0,
         };
         // SAFETY: `reg` is a valid, writable `struct uffdio_register` that outlives the call.
-        cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_REGISTER as libc::Ioctl, &mut reg) })
-            .map(drop)
+        cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_REGISTER as libc::Ioctl, &mut reg) }).map(drop)
     }
 
     /// `UFFDIO_UNREGISTER` of `[start, start + len)`; this also clears write-protection there.
@@ -232,8 +231,7 @@ impl Uffd {
             len: len as u64,
         };
         // SAFETY: `range` is a valid `struct uffdio_range` that outlives the call.
-        cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_UNREGISTER as libc::Ioctl, &range) })
-            .map(drop)
+        cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_UNREGISTER as libc::Ioctl, &range) }).map(drop)
     }
 
     /// `UFFDIO_WRITEPROTECT` of `[start, start + len)`: sets (`protect`) or clears the uffd-wp
@@ -245,21 +243,11 @@ impl Uffd {
                 start: start as u64,
                 len: len as u64,
             },
-            mode: if protect {
-                UFFDIO_WRITEPROTECT_MODE_WP
-            } else {
-                0
-            },
+            mode: if protect { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
         };
         loop {
             // SAFETY: `wp` is a valid `struct uffdio_writeprotect` that outlives the call.
-            let r = unsafe {
-                libc::ioctl(
-                    self.0.as_raw_fd(),
-                    UFFDIO_WRITEPROTECT as libc::Ioctl,
-                    &mut wp,
-                )
-            };
+            let r = unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_WRITEPROTECT as libc::Ioctl, &mut wp) };
             match cvt(r) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 other => return other.map(drop),
@@ -364,10 +352,7 @@ impl ScratchMap {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let map = ScratchMap {
-            addr: p as usize,
-            len,
-        };
+        let map = ScratchMap { addr: p as usize, len };
         // Advisory: a kernel without THP rejects it and then has no huge pages to blur anyway.
         let _ = super::no_huge_pages(map.addr, len);
         Ok(map)
