@@ -130,10 +130,8 @@ impl<T> Heap<T> {
     pub fn read(&self) -> ReadGuard<'_, T> {
         let g = self.lock.read().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the root is a valid T for the heap's lifetime; the read lock excludes writers.
-        ReadGuard {
-            _g: g,
-            root: unsafe { self.root.as_ref() },
-        }
+        let root = unsafe { self.root.as_ref() };
+        ReadGuard { _g: g, root }
     }
 
     /// Exclusive access to the root. Blocks while other guards exist.

@@ -128,11 +128,6 @@ impl Region {
         self.base
     }
 
-    /// Size of the reservation for data.
-    pub(crate) fn max_size(&self) -> usize {
-        self.max_size
-    }
-
     /// Bytes from `base` that are mapped read-write.
     pub(crate) fn extent(&self) -> usize {
         self.extent

@@ -32,6 +32,8 @@ pub struct Stats {
     pub mapped_bytes: u64,
     /// The dirty-page tracking mechanism in use: `"uffd-wp"` or `"all-dirty"`.
     pub track_mode: &'static str,
+    /// Why tracking fell back to `"all-dirty"` (the failed step and OS error), if it did.
+    pub track_fallback: Option<std::string::String>,
     /// Pages replayed from the journal when the heap was opened.
     pub replayed_pages: u64,
     /// Bytes reclaimed at open (blocks unreachable from the roots).

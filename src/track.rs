@@ -252,6 +252,7 @@ impl Tracker {
     }
 
     /// The same report as [`collect`](Self::collect), without re-protecting (for verification).
+    #[allow(dead_code)] // used by the unit tests and examples/track_cost.rs
     pub(crate) fn peek(&mut self, start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> io::Result<()> {
         self.report(start, end, false, out)
     }
@@ -487,11 +488,13 @@ impl DirtySet {
     }
 
     /// The first byte of the region.
+    #[cfg(test)]
     pub(crate) fn base(&self) -> usize {
         self.base
     }
 
     /// The number of pages the set can hold.
+    #[cfg(test)]
     pub(crate) fn max_pages(&self) -> usize {
         self.max_pages
     }
@@ -536,6 +539,7 @@ impl DirtySet {
     }
 
     /// Whether the page containing `addr` is in the set (false outside the region).
+    #[cfg(test)]
     pub(crate) fn contains(&self, addr: usize) -> bool {
         if addr < self.base || addr >= self.limit() {
             return false;
@@ -565,16 +569,19 @@ impl DirtySet {
     }
 
     /// Empties the set, keeping its storage.
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.words.clear();
     }
 
     /// The number of pages in the set.
+    #[cfg(test)]
     pub(crate) fn count(&self) -> usize {
         self.bits().count_ones()
     }
 
     /// Whether the set holds no page.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.words.iter().all(|&w| w == 0)
     }
@@ -585,6 +592,7 @@ impl DirtySet {
     }
 
     /// Whether every page of `self` is in `other`.
+    #[cfg(test)]
     pub(crate) fn is_subset_of(&self, other: &DirtySet) -> bool {
         if other.base != self.base {
             return self

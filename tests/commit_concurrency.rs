@@ -71,7 +71,7 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
     let dir = Scratch::new("commit-conc");
     let mut root_blocks = 0;
     {
-        let heap = Heap::open(dir.heap(), |a| Root::new_in(a)).unwrap();
+        let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
         let a = heap.alloc();
         let stop = Arc::new(AtomicBool::new(false));
         let swap = Arc::new(std::sync::Mutex::new(std::vec::Vec::new()));
@@ -99,7 +99,7 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
         println!("{ops} worker operations during 300 commits");
         drop(heap); // no final commit: the last commit happened while the workers ran
     }
-    let heap = Heap::open(dir.heap(), |a| Root::new_in(a)).unwrap();
+    let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
     heap.verify().unwrap();
     let a = heap.alloc();
     let mut spans: std::vec::Vec<(usize, usize)> = std::vec::Vec::new();

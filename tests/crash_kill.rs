@@ -28,7 +28,7 @@ fn options() -> OpenOptions {
 fn open_retrying(dir: &std::path::Path) -> Heap<Log> {
     let start = Instant::now();
     loop {
-        match options().open(dir, |a| Log::new_in(a)) {
+        match options().open(dir, Log::new_in) {
             Ok(h) => return h,
             Err(Error::Locked { .. }) if start.elapsed() < Duration::from_secs(20) => {
                 std::thread::sleep(Duration::from_millis(1))

@@ -7,7 +7,7 @@ use snapheap::collections::Vec;
 use snapheap::{Error, Heap, OpenOptions};
 
 fn open_vec(dir: &std::path::Path) -> snapheap::Result<Heap<Vec<u64>>> {
-    Heap::open(dir, |a| Vec::new_in(a))
+    Heap::open(dir, Vec::new_in)
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn second_process_is_locked() {
 fn other_root_type_is_incompatible() {
     let dir = Scratch::new("other-type");
     open_vec(&dir.heap()).unwrap().close().unwrap();
-    let r = Heap::open(dir.heap(), |a| Vec::<u32>::new_in(a));
+    let r = Heap::open(dir.heap(), Vec::<u32>::new_in);
     match r {
         Err(Error::Incompatible { what }) => assert!(what.contains("root type"), "{what}"),
         other => panic!("expected Incompatible, got {:?}", other.err()),
@@ -63,20 +63,17 @@ fn other_schema_is_incompatible() {
     let dir = Scratch::new("other-schema");
     OpenOptions::new()
         .schema("v1")
-        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+        .open(dir.heap(), Vec::<u64>::new_in)
         .unwrap()
         .close()
         .unwrap();
-    match OpenOptions::new()
-        .schema("v2")
-        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
-    {
+    match OpenOptions::new().schema("v2").open(dir.heap(), Vec::<u64>::new_in) {
         Err(Error::Incompatible { what }) => assert!(what.contains("schema") && what.contains("v1"), "{what}"),
         other => panic!("expected Incompatible, got {:?}", other.err()),
     }
     OpenOptions::new()
         .schema("v1")
-        .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+        .open(dir.heap(), Vec::<u64>::new_in)
         .unwrap();
 }
 

@@ -131,27 +131,27 @@ fn init_runs_only_on_creation() {
 fn uncommitted_changes_are_discarded_by_drop_and_kept_by_close() {
     let dir = Scratch::new("drop-vs-close");
     {
-        let heap = Heap::open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+        let heap = Heap::open(dir.heap(), Vec::<u64>::new_in).unwrap();
         heap.write().push(1);
         heap.commit().unwrap();
         heap.write().push(2); // never committed
         drop(heap);
     }
     {
-        let heap = Heap::open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+        let heap = Heap::open(dir.heap(), Vec::<u64>::new_in).unwrap();
         assert_eq!(&heap.read()[..], &[1]);
         heap.write().push(3);
         heap.close().unwrap(); // close commits
     }
-    let heap = Heap::open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+    let heap = Heap::open(dir.heap(), Vec::<u64>::new_in).unwrap();
     assert_eq!(&heap.read()[..], &[1, 3]);
 }
 
 #[test]
 fn two_heaps_work_side_by_side_in_one_process() {
     let dir = Scratch::new("two-heaps");
-    let h1 = Heap::open(dir.path().join("one"), |a| HashMap::<u64, u64>::new_in(a)).unwrap();
-    let h2 = Heap::open(dir.path().join("two"), |a| HashMap::<u64, u64>::new_in(a)).unwrap();
+    let h1 = Heap::open(dir.path().join("one"), HashMap::<u64, u64>::new_in).unwrap();
+    let h2 = Heap::open(dir.path().join("two"), HashMap::<u64, u64>::new_in).unwrap();
     for i in 0..10_000 {
         h1.write().insert(i, i * 2);
         h2.write().insert(i, i * 3);
@@ -160,8 +160,8 @@ fn two_heaps_work_side_by_side_in_one_process() {
     h2.commit().unwrap();
     h1.close().unwrap();
     h2.close().unwrap();
-    let h1 = Heap::open(dir.path().join("one"), |a| HashMap::<u64, u64>::new_in(a)).unwrap();
-    let h2 = Heap::open(dir.path().join("two"), |a| HashMap::<u64, u64>::new_in(a)).unwrap();
+    let h1 = Heap::open(dir.path().join("one"), HashMap::<u64, u64>::new_in).unwrap();
+    let h2 = Heap::open(dir.path().join("two"), HashMap::<u64, u64>::new_in).unwrap();
     assert_eq!(h1.read()[&9_999], 19_998);
     assert_eq!(h2.read()[&9_999], 29_997);
 }

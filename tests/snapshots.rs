@@ -54,7 +54,7 @@ fn touch_pages(heap: &Heap<Blocks>, rng: &mut Rng, n: usize, stamp: u8) {
 #[test]
 fn snapshot_rounds_write_only_the_pages_changed_in_the_last_two_intervals() {
     let dir = Scratch::new("snap-diff");
-    let heap = OpenOptions::new().open(dir.heap(), |a| Blocks::new_in(a)).unwrap();
+    let heap = OpenOptions::new().open(dir.heap(), Blocks::new_in).unwrap();
     fill(&heap, 128 << 20, 1 << 20);
     heap.commit().unwrap();
     heap.snapshot().unwrap();
@@ -98,7 +98,7 @@ fn disk_use_stays_bounded_over_400_commits() {
     let threshold = 4u64 << 20;
     let heap = OpenOptions::new()
         .snapshot_after_journal_bytes(threshold)
-        .open(dir.heap(), |a| Blocks::new_in(a))
+        .open(dir.heap(), Blocks::new_in)
         .unwrap();
     fill(&heap, 16 << 20, 256 << 10);
     heap.commit().unwrap();
@@ -125,7 +125,7 @@ fn twenty_snapshot_restart_cycles_keep_contents_identical() {
     let mut rng = Rng::new(3);
     let mut expected;
     {
-        let heap = Heap::open(dir.heap(), |a| Blocks::new_in(a)).unwrap();
+        let heap = Heap::open(dir.heap(), Blocks::new_in).unwrap();
         fill(&heap, 8 << 20, 64 << 10);
         heap.commit().unwrap();
         expected = checksum(&heap.read());
@@ -180,7 +180,7 @@ fn a_snapshot_writer_stopped_after_any_step_leaves_the_last_commit_recoverable()
             let heap = OpenOptions::new()
                 .test_snapshot_stop_after(if phase == 2 { Some(step) } else { None })
                 .snapshot_on_close(false)
-                .open(dir.heap(), |a| Vec::<u64>::new_in(a))
+                .open(dir.heap(), Vec::<u64>::new_in)
                 .unwrap();
             assert_eq!(heap.read().len() as u64, want, "step {step} phase {phase}");
             for i in 0..500 {
@@ -201,7 +201,7 @@ fn a_snapshot_writer_stopped_after_any_step_leaves_the_last_commit_recoverable()
             }
             drop(heap); // no close: as if the process died here
         }
-        let heap = Heap::open(dir.heap(), |a| Vec::<u64>::new_in(a)).unwrap();
+        let heap = Heap::open(dir.heap(), Vec::<u64>::new_in).unwrap();
         assert_eq!(heap.read().len() as u64, want, "step {step}: lost commits");
         assert_eq!(heap.read()[1000], 2000, "step {step}");
         heap.verify().unwrap();

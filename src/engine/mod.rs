@@ -197,6 +197,7 @@ impl Engine {
             allocated_bytes: self.arena.allocated_bytes() as u64,
             mapped_bytes: lock(&self.grow.region).extent() as u64,
             track_mode: lock(&self.grow.tracker).mode().name(),
+            track_fallback: lock(&self.grow.tracker).fallback_reason().map(|f| f.to_string()),
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
         }

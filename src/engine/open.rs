@@ -24,7 +24,7 @@ use crate::sys;
 use crate::track::{DirtySet, Tracker};
 use crate::{SysBox, SysVec};
 use std::alloc::System;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -94,6 +94,13 @@ impl Engine {
     /// Opens (or creates) the heap in `dir`. Returns the engine and whether the heap has no
     /// committed root yet (a new heap, or one whose creation never committed).
     pub(crate) fn open(dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<SysBox<Engine>> {
+        if sys::page_size() != sys::OS_PAGE {
+            return Err(Error::incompatible(format!(
+                "the system page size is {} bytes; snapheap needs {}-byte pages",
+                sys::page_size(),
+                sys::OS_PAGE
+            )));
+        }
         let vfs = opts.vfs.clone();
         vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let dir = dir.to_path_buf();
@@ -309,7 +316,7 @@ impl Engine {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             counters,
-            lock_file: lock_file,
+            lock_file,
             closed: AtomicBool::new(false),
         };
         let engine = SysBox::new_in(engine, System);
@@ -324,7 +331,7 @@ impl Engine {
 
 /// Creates `meta` for a new heap (removing leftovers of an earlier creation that never
 /// completed) and reserves its address range.
-fn create_meta(vfs: &dyn Vfs, dir: &PathBuf, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
+fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
     let max_size = opts.max_size.div_ceil(SEGMENT as u64) * SEGMENT as u64;
     if max_size == 0 || max_size > crate::format::meta::MAX_MAX_SIZE {
         return Err(Error::invalid(format!("max_size {} is out of range", opts.max_size)));

@@ -33,6 +33,10 @@ pub trait VFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file has no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// The OS file descriptor, when this is a real file (needed for `mmap` and for the forked
     /// snapshot child, which writes with raw syscalls).
     fn raw_fd(&self) -> Option<RawFd>;

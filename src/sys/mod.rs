@@ -235,6 +235,7 @@ pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// # Safety
 ///
 /// `[addr, addr + len)` is writable memory that no Rust reference aliases.
+#[cfg(test)]
 pub unsafe fn pread_into(fd: RawFd, addr: usize, len: usize, offset: u64) -> io::Result<usize> {
     // SAFETY: the caller guarantees the range is writable and unaliased.
     let buf = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
@@ -431,6 +432,7 @@ fn close_range(lo: libc::c_uint, hi: libc::c_uint) {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        // SAFETY: rl is valid writable storage for one struct rlimit.
         let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
             rl.rlim_cur.min(1 << 20) as libc::c_uint
         } else {

@@ -378,6 +378,7 @@ impl ScratchMap {
     }
 
     /// Reads the byte at `offset` (volatile, so the load really happens).
+    #[cfg(test)]
     pub fn read(&self, offset: usize) -> u8 {
         assert!(offset < self.len, "ScratchMap::read out of bounds");
         // SAFETY: as for `write`; a concurrent `write` would need `&mut self`.
