@@ -182,6 +182,10 @@ impl Engine {
         let c = &self.counters;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (last_seq, durable_seq) = self.durable.seqs();
+        let (track_mode, track_fallback) = {
+            let t = lock(&self.grow.tracker);
+            (t.mode().name(), t.fallback_reason().map(|f| f.to_string()))
+        };
         Stats {
             commit_seq: last_seq,
             durable_seq,
@@ -196,8 +200,8 @@ impl Engine {
             snapshot_generation: ld(&c.snapshot_generation),
             allocated_bytes: self.arena.allocated_bytes() as u64,
             mapped_bytes: lock(&self.grow.region).extent() as u64,
-            track_mode: lock(&self.grow.tracker).mode().name(),
-            track_fallback: lock(&self.grow.tracker).fallback_reason().map(|f| f.to_string()),
+            track_mode,
+            track_fallback,
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
         }
