@@ -1,7 +1,7 @@
 //! The commit journal files: their names, the [`JournalWriter`] that appends one commit
 //! *group* per commit, and [`scan_journal`], which validates a journal for recovery and
 //! decides where its valid prefix ends. The byte layout is in [`crate::format::journal`];
-//! the rules are in `docs/journal-format.md`.
+//! the rules are in `docs/design.md ("Journal files")`.
 //!
 //! # Invariants
 //!
@@ -114,7 +114,7 @@ impl JournalScan {
     }
 }
 
-/// Reads and validates a whole journal (see `docs/journal-format.md` for the rules),
+/// Reads and validates a whole journal (see `docs/design.md ("Journal files")` for the rules),
 /// streaming it through a window of at most [`WINDOW_LEN`] bytes.
 ///
 /// `is_last` says whether this is the newest journal of the heap: only that one may end in

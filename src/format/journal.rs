@@ -1,5 +1,5 @@
 //! The commit journal's byte layout: the file header and the record header, their checksums
-//! and the checks that need no context beyond one record. See `docs/journal-format.md`
+//! and the checks that need no context beyond one record. See `docs/design.md ("Journal files")`
 //! (merged into `docs/design.md`) for the diagrams; every offset there is a constant here.
 //!
 //! A journal file is a 4096-byte header area followed by records. A commit *group* is zero
@@ -23,7 +23,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"SNAPJRNL";
 /// The format version this code writes and reads.
 pub(crate) const VERSION: u32 = 1;
 
-// File header, chained offsets (see the diagram in docs/journal-format.md).
+// File header, chained offsets (see the diagram in docs/design.md ("Journal files")).
 /// Offset of `magic` (`[u8; 8]`).
 pub(crate) const MAGIC_OFFSET: usize = 0;
 /// Offset of `version` (`u32`).
