@@ -2,6 +2,9 @@
 //! preserving contents (in place where the design promises it), exact zeroing, exhaustion,
 //! two arenas side by side, and collections on `HeapAlloc`.
 
+mod common;
+use common::{assert_disjoint, Rng};
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::NonNull;
 
@@ -11,19 +14,6 @@ use snapheap::HeapAlloc;
 
 const MIB: usize = 1 << 20;
 const ALIGNS: [usize; 14] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 65536];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Fills `[p, p + n)` with a pattern derived from `seed` (position dependent).
 unsafe fn fill(p: *mut u8, n: usize, seed: u64) {
@@ -64,19 +54,6 @@ unsafe fn check_tag(p: *const u8, n: usize, seed: u64) -> bool {
     s[..k] == w[..k] && (n < 16 || s[n - k..] == w[..k]) && (n <= 16 || s[n / 2] == seed as u8)
 }
 
-fn assert_disjoint(mut blocks: Vec<(usize, usize)>) {
-    blocks.sort_unstable();
-    for w in blocks.windows(2) {
-        assert!(
-            w[0].0 + w[0].1 <= w[1].0,
-            "blocks {:#x}+{} and {:#x} overlap",
-            w[0].0,
-            w[0].1,
-            w[1].0
-        );
-    }
-}
-
 fn sweep_sizes() -> Vec<usize> {
     let mut sizes: Vec<usize> = (0..=4096).collect();
     let mut rng = Rng(0x1234_5678);
@@ -84,7 +61,7 @@ fn sweep_sizes() -> Vec<usize> {
     while s < 5.0 * MIB as f64 {
         s *= 1.09;
         sizes.push(s as usize);
-        sizes.push(s as usize + 1 + rng.below(4096));
+        sizes.push(s as usize + 1 + rng.index(4096));
     }
     sizes.push(5 * MIB);
     sizes.push(64 << 10);
@@ -141,7 +118,7 @@ fn realloc_preserves_contents_across_grow_and_shrink_for_all_alignments() {
     for &align in &ALIGNS {
         for i in (1..sizes.len()).step_by(7) {
             let s0 = sizes[i].max(1);
-            let s1 = sizes[rng.below(sizes.len())].max(1);
+            let s1 = sizes[rng.index(sizes.len())].max(1);
             let l0 = Layout::from_size_align(s0, align).unwrap();
             let seed = (i as u64) << 16 | align as u64;
             unsafe {

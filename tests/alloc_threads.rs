@@ -1,5 +1,8 @@
 //! Multi-threaded allocator behaviour: cross-thread frees, thread exit, and pause exclusion.
 
+mod common;
+use common::Rng;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -7,19 +10,6 @@ use std::sync::Arc;
 
 use snapheap::alloc_testing::TestRegion;
 use snapheap::HeapAlloc;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// A block in flight: address, size, and the tag its bytes were filled with.
 #[derive(Clone, Copy)]
@@ -69,10 +59,10 @@ fn verify_and_free(a: HeapAlloc, b: Block) {
 }
 
 fn random_size(rng: &mut Rng) -> usize {
-    match rng.below(100) {
-        0 => 8 + rng.below(300_000),
-        1..=4 => 8 + rng.below(40_000),
-        _ => 8 + rng.below(4089),
+    match rng.index(100) {
+        0 => 8 + rng.index(300_000),
+        1..=4 => 8 + rng.index(40_000),
+        _ => 8 + rng.index(4089),
     }
 }
 
@@ -105,7 +95,7 @@ fn three_threads_with_cross_thread_frees_keep_blocks_intact_and_return_to_baseli
                             Err(_) => break,
                         }
                     }
-                    if live.is_empty() || (live.len() < 2000 && rng.below(100) < 52) {
+                    if live.is_empty() || (live.len() < 2000 && rng.index(100) < 52) {
                         let size = random_size(&mut rng);
                         let p = unsafe { a.alloc(layout(size)) };
                         assert!(!p.is_null());
@@ -117,8 +107,8 @@ fn three_threads_with_cross_thread_frees_keep_blocks_intact_and_return_to_baseli
                         fill(&b);
                         live.push(b);
                     } else {
-                        let b = live.swap_remove(rng.below(live.len()));
-                        if rng.below(3) == 0 {
+                        let b = live.swap_remove(rng.index(live.len()));
+                        if rng.index(3) == 0 {
                             tx.send(Some(b)).unwrap();
                         } else {
                             verify_and_free(a, b);
@@ -244,7 +234,7 @@ fn pause_excludes_every_allocator_call() {
                 let mut live: Vec<Block> = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if live.len() < 500 && rng.below(2) == 0 {
+                    if live.len() < 500 && rng.index(2) == 0 {
                         let size = random_size(&mut rng);
                         let p = unsafe { a.alloc(layout(size)) };
                         assert!(!p.is_null());
@@ -256,8 +246,8 @@ fn pause_excludes_every_allocator_call() {
                         fill(&b);
                         live.push(b);
                     } else if !live.is_empty() {
-                        let b = live.swap_remove(rng.below(live.len()));
-                        if rng.below(4) == 0 {
+                        let b = live.swap_remove(rng.index(live.len()));
+                        if rng.index(4) == 0 {
                             let new_size = if b.size < 100_000 { b.size * 2 } else { b.size / 3 };
                             let q = unsafe { a.realloc(b.addr as *mut u8, layout(b.size), new_size) };
                             assert!(!q.is_null());

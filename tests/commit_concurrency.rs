@@ -125,16 +125,7 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
         spans.push((p as usize, len));
         fresh.push((p, len));
     }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        assert!(
-            w[0].0 + w[0].1 <= w[1].0,
-            "blocks {:#x}+{} and {:#x} overlap",
-            w[0].0,
-            w[0].1,
-            w[1].0
-        );
-    }
+    assert_disjoint(spans.clone());
     for (p, len) in fresh {
         // SAFETY (test): allocated above with this layout.
         unsafe { a.dealloc(p, Layout::from_size_align(len, 8).unwrap()) };

@@ -94,4 +94,22 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+    /// A value in `[0, n)` as an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+}
+
+/// Asserts that no two of the `(address, length)` blocks overlap.
+pub fn assert_disjoint(mut blocks: Vec<(usize, usize)>) {
+    blocks.sort_unstable();
+    for w in blocks.windows(2) {
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "blocks {:#x}+{} and {:#x} overlap",
+            w[0].0,
+            w[0].1,
+            w[1].0
+        );
+    }
 }
