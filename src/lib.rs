@@ -28,6 +28,7 @@ pub mod collections;
 mod engine;
 mod error;
 mod format;
+mod global;
 mod heap;
 pub mod io;
 mod journal;
@@ -40,6 +41,7 @@ mod track;
 
 pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
+pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;

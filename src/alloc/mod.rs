@@ -33,6 +33,7 @@ mod size_class;
 mod slab;
 pub mod testing;
 mod thread_heap;
+mod walk;
 
 #[allow(unused_imports)]
 pub(crate) use arena::{Arena, GrowFn, CTRL_SIZE};
@@ -41,5 +42,6 @@ pub use check::ArenaReport;
 pub use handle::HeapAlloc;
 #[allow(unused_imports)]
 pub use pause::PauseGuard;
+pub(crate) use pause::backoff;
 #[allow(unused_imports)]
 pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE};
