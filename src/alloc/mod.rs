@@ -44,4 +44,5 @@ pub use handle::HeapAlloc;
 pub use pause::PauseGuard;
 pub(crate) use pause::backoff;
 #[allow(unused_imports)]
-pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE};
+pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+pub(crate) use size_class::MEDIUM_MAX;

@@ -91,6 +91,37 @@ impl Arena {
     }
 }
 
+impl Arena {
+    /// Bytes from `p` to the end of the block that contains it: for a slab block the rest of
+    /// its block size, for a span the rest of its slices, for a huge block the rest of its
+    /// segments. 0 for an address in no allocated run.
+    ///
+    /// # Safety
+    ///
+    /// `p` lies inside a live block of this arena (so its descriptors are stable).
+    pub(crate) unsafe fn usable_size(&self, p: usize) -> usize {
+        let seg = p & !(SEGMENT - 1);
+        let mut d = super::slab::desc_of(p);
+        // SAFETY: p is a live block (contract): its segment header and descriptors are mapped
+        // and immutable while it lives.
+        unsafe {
+            if (*d).kind == D_CONT {
+                d = d.sub(((*d).slices as usize).min((p - seg) >> SLICE_SHIFT));
+            }
+            match (*d).kind {
+                D_SLAB => {
+                    let start = slab_start(d);
+                    let bs = (*d).block_size as usize;
+                    start + (p - start) / bs * bs + bs - p
+                }
+                D_SPAN => slab_start(d) + (*d).slices as usize * SLICE - p,
+                D_HUGE => seg + (*(seg as *const SegmentHeader)).huge_segments as usize * SEGMENT - p,
+                _ => 0,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::TestRegion;
@@ -122,6 +153,8 @@ mod tests {
         for ((p, size), (q, len)) in live.iter().zip(&seen) {
             assert_eq!(p, q);
             assert!(len >= size);
+            // SAFETY: p is a live block.
+            assert_eq!(unsafe { a.usable_size(*p) }, *len, "usable size of the block at {p:#x}");
         }
     }
 }
