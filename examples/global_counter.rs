@@ -29,7 +29,8 @@ fn main() {
         let when = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        s.runs.push(format!("run {} at unix time {when}, args {args:?}", s.runs.len() + 1));
+        s.runs
+            .push(format!("run {} at unix time {when}, args {args:?}", s.runs.len() + 1));
         for a in &args {
             *s.words.entry(a.clone()).or_default() += 1;
         }

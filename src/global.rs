@@ -279,7 +279,9 @@ impl GlobalHeap {
         let engine = loop {
             match Engine::open(dir, &opts, &fp) {
                 Ok(e) => break e,
-                Err(Error::Locked { .. }) if started.elapsed() < LOCK_WAIT => std::thread::sleep(Duration::from_millis(5)),
+                Err(Error::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 Err(e) => open_failed(dir, &e),
             }
         };
@@ -346,7 +348,10 @@ impl GlobalHeap {
         let (hash, size, align) = (fnv1a(name.as_bytes()), size_of::<T>() as u64, align_of::<T>() as u64);
         // SAFETY: the registry is a live block of the heap, accessed only under `roots`.
         let reg = unsafe { &mut *reg };
-        let found = reg.entries[..reg.len as usize].iter().find(|e| e.type_hash == hash).copied();
+        let found = reg.entries[..reg.len as usize]
+            .iter()
+            .find(|e| e.type_hash == hash)
+            .copied();
         let ptr = match found {
             Some(e) => {
                 assert!(
@@ -359,7 +364,10 @@ impl GlobalHeap {
                 e.ptr as *mut T
             }
             None => {
-                assert!((reg.len as usize) < MAX_ROOTS, "snapheap: more than {MAX_ROOTS} root types");
+                assert!(
+                    (reg.len as usize) < MAX_ROOTS,
+                    "snapheap: more than {MAX_ROOTS} root types"
+                );
                 let value = init();
                 let layout = Layout::new::<T>();
                 let p = if layout.size() == 0 {
@@ -509,7 +517,10 @@ fn registry_at(arena: &Arena, word: u64) -> std::result::Result<Option<*mut Regi
     // SAFETY: [p, p + size) lies inside the mapped extent.
     let reg = unsafe { &*(p as *const Registry) };
     if reg.magic != REGISTRY_MAGIC || reg.len as usize > MAX_ROOTS {
-        return Err(format!("root registry at {p:#x} is damaged (magic {:#x}, {} roots)", reg.magic, reg.len));
+        return Err(format!(
+            "root registry at {p:#x} is damaged (magic {:#x}, {} roots)",
+            reg.magic, reg.len
+        ));
     }
     for (i, e) in reg.entries[..reg.len as usize].iter().enumerate() {
         let ok_align = e.align.is_power_of_two() && e.ptr % e.align == 0;

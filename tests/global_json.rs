@@ -26,7 +26,9 @@ fn document() -> String {
         if i > 0 {
             s.push(',');
         }
-        let tags: Vec<String> = (0..rng.below(6)).map(|k| format!("\"tag-{}-{k}\"", rng.below(1000))).collect();
+        let tags: Vec<String> = (0..rng.below(6))
+            .map(|k| format!("\"tag-{}-{k}\"", rng.below(1000)))
+            .collect();
         s.push_str(&format!(
             "{{\"id\":{i},\"name\":\"item number {i} of the document\",\"score\":{}.{},\"ok\":{},\"none\":null,\
              \"tags\":[{}],\"nested\":{{\"depth\":{},\"values\":[{},{},{}],\"label\":\"{}\"}}}}",
@@ -75,7 +77,10 @@ fn restart() {
 
 fn field(out: &str, key: &str) -> u64 {
     // libtest may print "test <name> ... " on the same line before the child's output.
-    let line = out.lines().find_map(|l| l.find("ALLOC ").map(|i| &l[i..])).expect("ALLOC line");
+    let line = out
+        .lines()
+        .find_map(|l| l.find("ALLOC ").map(|i| &l[i..]))
+        .expect("ALLOC line");
     let mut it = line.split_whitespace();
     while let Some(k) = it.next() {
         if k == key {
@@ -92,7 +97,10 @@ fn json_root_survives_five_restarts_and_reclaim_keeps_allocation_flat() {
         Some("restart") => return restart(),
         _ => {}
     }
-    assert!(!HEAP.is_persistent(), "the test harness itself runs on the volatile heap");
+    assert!(
+        !HEAP.is_persistent(),
+        "the test harness itself runs on the volatile heap"
+    );
     let dir = Scratch::new("global-json");
     let heap = dir.heap();
     let env = [("SNAPHEAP_DIR", heap.to_str().unwrap())];

@@ -35,7 +35,11 @@ impl State {
     fn check(&self) -> Result<(), String> {
         for t in 0..3 {
             if self.logs[t].len() as u64 != self.counts[t] {
-                return Err(format!("thread {t}: {} log entries, count {}", self.logs[t].len(), self.counts[t]));
+                return Err(format!(
+                    "thread {t}: {} log entries, count {}",
+                    self.logs[t].len(),
+                    self.counts[t]
+                ));
             }
             for (i, l) in self.logs[t].iter().enumerate() {
                 if *l != format!("t{t}-{i}") {
@@ -54,7 +58,10 @@ impl State {
         for t in 0..3u8 {
             let n = self.index.values().filter(|&&v| v == t).count() as u64;
             if n != self.counts[t as usize] {
-                return Err(format!("index has {n} entries of thread {t}, count {}", self.counts[t as usize]));
+                return Err(format!(
+                    "index has {n} entries of thread {t}, count {}",
+                    self.counts[t as usize]
+                ));
             }
         }
         Ok(())
@@ -151,7 +158,10 @@ fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
             }
         }
         let total = ready.unwrap();
-        assert!(total >= acked, "round {round}: acknowledged total {acked} lost, heap has {total}");
+        assert!(
+            total >= acked,
+            "round {round}: acknowledged total {acked} lost, heap has {total}"
+        );
         assert!(total >= seen, "round {round}: heap went back from {seen} to {total}");
         seen = total;
         if round == kills {
@@ -163,7 +173,9 @@ fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
         let want = 1 + rng.below(25);
         let mut n = 0;
         while n < want {
-            let line = rx.recv_timeout(Duration::from_secs(60)).expect("child stopped acknowledging");
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("child stopped acknowledging");
             if let Some(v) = value(&line, "ACK ") {
                 acked = acked.max(v);
                 n += 1;

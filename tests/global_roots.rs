@@ -3,6 +3,9 @@
 //! refused unless explicitly allowed; a persistent heap that cannot be opened aborts with a
 //! clear message instead of running volatile.
 
+// `Vec<Box<T>>` is one of the shapes the issue asks to persist.
+#![allow(clippy::vec_box)]
+
 mod common;
 
 use common::*;
@@ -39,7 +42,9 @@ fn expected_map(run: u64) -> HashMap<String, Vec<u64>> {
 }
 
 fn expected_tree(run: u64) -> BTreeMap<u64, String> {
-    (0..=run).flat_map(|r| (0..1000).map(move |k| (r * 1000 + k, format!("v{r}.{k}")))).collect()
+    (0..=run)
+        .flat_map(|r| (0..1000).map(move |k| (r * 1000 + k, format!("v{r}.{k}"))))
+        .collect()
 }
 
 fn expected_string(run: u64) -> String {
@@ -130,10 +135,13 @@ const BUILD_TEST: &str = "a_heap_from_another_build_is_refused_unless_allowed";
 #[test]
 fn a_heap_from_another_build_is_refused_unless_allowed() {
     if let Some(r) = role() {
-        let n = HEAP.with_root(|| 0u64, |n| {
-            *n += 1;
-            *n
-        });
+        let n = HEAP.with_root(
+            || 0u64,
+            |n| {
+                *n += 1;
+                *n
+            },
+        );
         HEAP.commit().expect("commit");
         println!("COUNT {n} {r}");
         return;
@@ -141,10 +149,18 @@ fn a_heap_from_another_build_is_refused_unless_allowed() {
     let dir = Scratch::new("global-build");
     let heap = dir.heap();
     let h = heap.to_str().unwrap();
-    run_child(BUILD_TEST, "first", &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "abc")]);
-    let out = child(BUILD_TEST, "other", &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "def")])
-        .output()
-        .unwrap();
+    run_child(
+        BUILD_TEST,
+        "first",
+        &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "abc")],
+    );
+    let out = child(
+        BUILD_TEST,
+        "other",
+        &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "def")],
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "another build must not open the heap");
     assert!(stderr.contains("another build"), "{stderr}");
@@ -152,11 +168,19 @@ fn a_heap_from_another_build_is_refused_unless_allowed() {
     let out = run_child(
         BUILD_TEST,
         "allowed",
-        &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "def"), ("SNAPHEAP_ALLOW_OTHER_BUILD", "1")],
+        &[
+            ("SNAPHEAP_DIR", h),
+            ("SNAPHEAP_TEST_BUILD_ID", "def"),
+            ("SNAPHEAP_ALLOW_OTHER_BUILD", "1"),
+        ],
     );
     assert!(out.contains("COUNT 2 allowed"), "{out}");
     // The allowed run recorded the new build, which now opens the heap without the override.
-    let out = run_child(BUILD_TEST, "again", &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "def")]);
+    let out = run_child(
+        BUILD_TEST,
+        "again",
+        &[("SNAPHEAP_DIR", h), ("SNAPHEAP_TEST_BUILD_ID", "def")],
+    );
     assert!(out.contains("COUNT 3 again"), "{out}");
     // The real executable id differs from the fake one.
     let out = child(BUILD_TEST, "real", &[("SNAPHEAP_DIR", h)]).output().unwrap();
@@ -179,7 +203,11 @@ fn an_unopenable_persistent_heap_aborts_with_a_message() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("RAN VOLATILE"));
     assert!(stderr.contains("cannot open the persistent heap"), "{stderr}");
     assert!(stderr.contains("not-a-directory"), "{stderr}");

@@ -40,9 +40,9 @@ pub(crate) use arena::{Arena, GrowFn, CTRL_SIZE};
 #[allow(unused_imports)]
 pub use check::ArenaReport;
 pub use handle::HeapAlloc;
+pub(crate) use pause::backoff;
 #[allow(unused_imports)]
 pub use pause::PauseGuard;
-pub(crate) use pause::backoff;
 #[allow(unused_imports)]
 pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE, SLICES_PER_SEGMENT};
 pub(crate) use size_class::MEDIUM_MAX;

@@ -62,7 +62,11 @@ impl Arena {
                     D_SPAN => f(seg as usize + i * SLICE, d.block_size as usize),
                     _ => {}
                 }
-                i += if d.kind == D_FREE { 1 } else { (d.slices as usize).max(1) };
+                i += if d.kind == D_FREE {
+                    1
+                } else {
+                    (d.slices as usize).max(1)
+                };
             }
             s += 1;
         }
@@ -75,7 +79,9 @@ impl Arena {
         let bs = d.block_size as usize;
         let reserved = d.reserved as usize;
         if bs == 0 || reserved > d.capacity as usize || reserved > 128 * 64 {
-            return Err(format!("segment {s} slice {i}: slab with block size {bs}, {reserved} blocks carved"));
+            return Err(format!(
+                "segment {s} slice {i}: slab with block size {bs}, {reserved} blocks carved"
+            ));
         }
         let mut free = [0u64; 128];
         walk_list(d, start, d.free, &mut free, "free")?;
@@ -133,7 +139,12 @@ mod tests {
         let h = t.alloc();
         let a = h.arena();
         let mut live = Vec::new();
-        for (i, size) in [8usize, 24, 100, 3000, 20_000, 200_000, 5 << 20].iter().cycle().take(70).enumerate() {
+        for (i, size) in [8usize, 24, 100, 3000, 20_000, 200_000, 5 << 20]
+            .iter()
+            .cycle()
+            .take(70)
+            .enumerate()
+        {
             let l = Layout::from_size_align(*size, 8).unwrap();
             let p = a.alloc(l) as usize;
             assert_ne!(p, 0);
@@ -147,7 +158,10 @@ mod tests {
         let mut seen = Vec::new();
         let _g = a.pause();
         a.for_each_block(|p, len| seen.push((p, len))).unwrap();
-        assert!(seen.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "sorted and disjoint");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+            "sorted and disjoint"
+        );
         assert_eq!(seen.len(), live.len());
         live.sort();
         for ((p, size), (q, len)) in live.iter().zip(&seen) {

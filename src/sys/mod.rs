@@ -560,7 +560,7 @@ pub mod process {
         if unsafe { libc::stat(c"/proc/self/exe".as_ptr(), &mut st) } != 0 {
             return None;
         }
-        let mut h = crate::format::meta::fnv1a(&(st.st_size as u64).to_le_bytes());
+        let mut h = fnv1a(&(st.st_size as u64).to_le_bytes());
         for v in [st.st_mtime as u64, st.st_mtime_nsec as u64, st.st_ino, st.st_dev] {
             h = (h ^ v).wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -569,7 +569,11 @@ pub mod process {
 
     /// `dl_iterate_phdr` callback: looks for `NT_GNU_BUILD_ID` in the PT_NOTE segments of the
     /// first object (the main program) and stops.
-    unsafe extern "C" fn build_id_cb(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn build_id_cb(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         const NT_GNU_BUILD_ID: u32 = 3;
         // SAFETY: the loader passes a valid dl_phdr_info and our `data` pointer.
         let (info, out) = unsafe { (&*info, &mut *(data as *mut u64)) };
@@ -585,7 +589,11 @@ pub mod process {
                 // SAFETY: [p, p + 12) lies inside the loaded, readable note segment.
                 let (namesz, descsz, ty) = unsafe {
                     let w = p as *const u32;
-                    (w.read_unaligned() as usize, w.add(1).read_unaligned() as usize, w.add(2).read_unaligned())
+                    (
+                        w.read_unaligned() as usize,
+                        w.add(1).read_unaligned() as usize,
+                        w.add(2).read_unaligned(),
+                    )
                 };
                 let name = p + 12;
                 let desc = name + namesz.next_multiple_of(4);
@@ -601,13 +609,24 @@ pub mod process {
                     )
                 };
                 if ty == NT_GNU_BUILD_ID && n == b"GNU\0" && !d.is_empty() {
-                    *out = crate::format::meta::fnv1a(d) | 1;
+                    *out = fnv1a(d) | 1;
                     return 1;
                 }
                 p = next;
             }
         }
         1
+    }
+
+    /// FNV-1a over `bytes` (the same function as the heap format's; repeated here because
+    /// this module is also compiled alone by the examples).
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
     }
 
     /// Ends the process with `SIGABRT` (`abort(3)`), without unwinding or allocating.
