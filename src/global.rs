@@ -40,7 +40,14 @@
 //! go to the heap's arena. `dealloc` and `realloc` route by address: a pointer inside the
 //! heap's reserved range belongs to the arena, any other to `System` (the reserved range is
 //! never handed out by `System`, so the test is exact). A `realloc` of a `System` block after
-//! initialisation moves it into the heap.
+//! initialisation moves it into the heap. While a thread runs an engine call (`commit`,
+//! `snapshot`, `stats`, `verify`) its own allocations go to `System` too: the engine pauses the
+//! arena inside those calls, and the pausing thread must not wait for its own pause.
+//!
+//! Every heap block is handed out entirely zeroed (slab blocks with a `memset` of their block
+//! size, spans and huge blocks only when their memory is not fresh), so that no stale word of
+//! an earlier user survives in a live block's slack to mislead the reclaim (see below). This is
+//! the main cost over the plain arena; `benches/RESULTS-global.md` measures it.
 //!
 //! # Roots and commits
 //!
@@ -58,7 +65,12 @@
 //! conservative mark phase treats every 8-byte word of a reachable block that points into an
 //! allocated block (anywhere inside it) as a reference. What earlier runs left behind (std's
 //! buffers, thread-locals, leaked temporaries, values dropped after the last commit) does not
-//! accumulate. Conservative means a stale word can keep garbage alive, never the reverse.
+//! accumulate. Conservative means a stale word can keep garbage alive, never the reverse:
+//! blocks are zeroed when handed out, but a live structure may still hold bytes its owner no
+//! longer uses (a `Vec` after `pop`, removed slots of a `BTreeMap` node or hash table), and an
+//! integer that happens to look like a heap address keeps its target. Pointers stored in
+//! other forms than a plain address inside the target (tagged, compressed, XOR-ed, or only one
+//! past the end) are not seen: such types must not be the only owners of heap blocks in roots.
 //!
 //! # What must not be stored in roots
 //!
@@ -101,6 +113,7 @@ use crate::stats::Stats;
 use crate::sys::process;
 use crate::{SysBox, SysVec};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -145,6 +158,35 @@ struct Registry {
     magic: u64,
     len: u64,
     entries: [RootEntry; MAX_ROOTS],
+}
+
+thread_local! {
+    /// Set while this thread runs an engine call (commit, snapshot, stats, verify): its
+    /// allocations then go to `System`. The engine pauses the arena inside those calls, and an
+    /// allocation (or a free of a heap block) by the pausing thread itself would wait for its
+    /// own pause to end; error paths that format messages while paused would deadlock.
+    static ENGINE_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is inside an engine call (see [`ENGINE_CALL`]).
+#[inline(always)]
+fn in_engine_call() -> bool {
+    ENGINE_CALL.try_with(|c| c.get()).unwrap_or(false)
+}
+
+/// Marks the calling thread as inside an engine call until dropped.
+struct EngineCall(bool);
+
+impl EngineCall {
+    fn enter() -> EngineCall {
+        EngineCall(ENGINE_CALL.try_with(|c| c.replace(true)).unwrap_or(false))
+    }
+}
+
+impl Drop for EngineCall {
+    fn drop(&mut self) {
+        let _ = ENGINE_CALL.try_with(|c| c.set(self.0));
+    }
 }
 
 /// Tunables fixed in the `static`.
@@ -406,6 +448,7 @@ impl GlobalHeap {
             None => Ok(0),
             Some(e) => {
                 let _g = lock(&self.roots);
+                let _c = EngineCall::enter();
                 e.commit()
             }
         }
@@ -419,6 +462,7 @@ impl GlobalHeap {
             None => Ok(()),
             Some(e) => {
                 let _g = lock(&self.roots);
+                let _c = EngineCall::enter();
                 e.snapshot()
             }
         }
@@ -428,6 +472,7 @@ impl GlobalHeap {
     /// volatile heap only `allocated_bytes` and `mapped_bytes` are set (`track_mode` "none").
     pub fn stats(&self) -> Stats {
         let a = self.ready();
+        let _c = EngineCall::enter();
         let mut s = match self.engine() {
             Some(e) => e.stats(),
             None => {
@@ -450,6 +495,7 @@ impl GlobalHeap {
     pub fn verify(&self) -> Result<String> {
         let a = self.ready();
         let _g = lock(&self.roots);
+        let _c = EngineCall::enter();
         let mut report = match (self.engine(), unsafe_arena(a)) {
             (Some(e), _) => e.verify()?,
             (None, Some(a)) => {
@@ -659,7 +705,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let a = self.arena.load(Acquire);
-        if !a.is_null() {
+        if !a.is_null() && !in_engine_call() {
             // SAFETY: a non-null arena lives forever (module Safety); nonzero size (contract).
             return unsafe { zeroed_block(&*a, layout) };
         }
@@ -673,7 +719,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
         // System fallback is asked for zeroed memory below.
         unsafe {
             let a = self.arena.load(Acquire);
-            if !a.is_null() {
+            if !a.is_null() && !in_engine_call() {
                 return zeroed_block(&*a, layout);
             }
             let p = self.alloc_cold(layout);
@@ -707,7 +753,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
         // SAFETY: as in dealloc; new_size satisfies realloc's contract (forwarded), so the
         // new layout is valid; ptr is live for layout.size() bytes.
         unsafe {
-            if a.is_null() {
+            if a.is_null() || (in_engine_call() && !(*a).contains(ptr)) {
                 return System.realloc(ptr, layout, new_size);
             }
             let arena = &*a;
@@ -721,7 +767,11 @@ unsafe impl GlobalAlloc for GlobalHeap {
                 }
             }
             let new = Layout::from_size_align_unchecked(new_size, layout.align());
-            let q = zeroed_block(arena, new);
+            let q = if in_engine_call() {
+                System.alloc(new)
+            } else {
+                zeroed_block(arena, new)
+            };
             if !q.is_null() {
                 std::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
                 self.dealloc(ptr, layout);
@@ -744,6 +794,10 @@ unsafe impl GlobalAlloc for GlobalHeap {
 #[inline(always)]
 unsafe fn zeroed_block(arena: &Arena, layout: Layout) -> *mut u8 {
     let size = layout.size();
+    if layout.align() > SLICE {
+        // SAFETY: forwarded contract.
+        return unsafe { overaligned(layout) };
+    }
     if size <= MEDIUM_MAX {
         let p = arena.alloc(layout);
         if !p.is_null() {
@@ -764,6 +818,18 @@ unsafe fn zeroed_block(arena: &Arena, layout: Layout) -> *mut u8 {
     }
 }
 
+/// Alignments above a slice are beyond the arena; such (rare) blocks come from `System` and
+/// are therefore not persistent.
+///
+/// # Safety
+///
+/// `layout.size() > 0`.
+#[cold]
+unsafe fn overaligned(layout: Layout) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { System.alloc_zeroed(layout) }
+}
+
 impl GlobalHeap {
     /// Allocation before `READY`: initialises on the first call; while initialising (on any
     /// thread) and in the fallback, serves from `System` (not zeroed).
@@ -775,6 +841,7 @@ impl GlobalHeap {
     #[inline(never)]
     unsafe fn alloc_cold(&self, layout: Layout) -> *mut u8 {
         let a = match self.state.load(Acquire) {
+            READY if in_engine_call() => std::ptr::null(),
             READY => self.arena.load(Acquire) as *const Arena,
             UNINIT => self.try_init().unwrap_or(std::ptr::null()),
             _ => std::ptr::null(),
