@@ -860,3 +860,89 @@ impl GlobalHeap {
         unsafe_arena(self.arena.load(Acquire)).is_some_and(|a| a.contains(p))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A volatile heap used as an ordinary value (the lib tests do not set SNAPHEAP_DIR).
+    static H: GlobalHeap = GlobalHeap::new().max_size(64 << 20);
+
+    #[test]
+    fn reused_blocks_are_handed_out_entirely_zeroed() {
+        if std::env::var_os("SNAPHEAP_DIR").is_some() {
+            return;
+        }
+        let a = {
+            H.ready();
+            unsafe_arena(H.arena.load(Acquire)).unwrap()
+        };
+        for size in [8usize, 20, 100, 3000, 70_000, 200_000] {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            let n = (2_000_000 / size).clamp(4, 3000);
+            // SAFETY: nonzero layout; blocks are written within their usable size and freed
+            // once.
+            unsafe {
+                let first: Vec<usize> = (0..n).map(|_| H.alloc(l) as usize).collect();
+                for &p in &first {
+                    assert_ne!(p, 0);
+                    std::ptr::write_bytes(p as *mut u8, 0xAB, a.usable_size(p));
+                }
+                for &p in &first {
+                    H.dealloc(p as *mut u8, l);
+                }
+                let second: Vec<usize> = (0..n).map(|_| H.alloc(l) as usize).collect();
+                let reused = second.iter().filter(|p| first.contains(p)).count();
+                assert!(reused > 0, "size {size}: no block was reused");
+                for &q in &second {
+                    let bytes = std::slice::from_raw_parts(q as *const u8, a.usable_size(q));
+                    assert!(bytes.iter().all(|&b| b == 0), "a block of {size} bytes came back dirty");
+                    H.dealloc(q as *mut u8, l);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn realloc_moves_system_blocks_into_the_heap_and_keeps_heap_blocks_in_place_when_they_fit() {
+        if std::env::var_os("SNAPHEAP_DIR").is_some() {
+            return;
+        }
+        H.ready();
+        let a = unsafe_arena(H.arena.load(Acquire)).unwrap();
+        let l = Layout::from_size_align(100, 8).unwrap();
+        // SAFETY: valid layouts; every block is freed once through the allocator that owns it
+        // (H routes by address).
+        unsafe {
+            let s = System.alloc(l);
+            std::ptr::write_bytes(s, 7, 100);
+            let q = H.realloc(s, l, 300);
+            assert!(a.contains(q), "a System block moves into the heap");
+            assert!(std::slice::from_raw_parts(q, 100).iter().all(|&b| b == 7));
+            let l3 = Layout::from_size_align(300, 8).unwrap();
+            let r = H.realloc(q, l3, 290);
+            assert_eq!(r, q, "a size that still fits the block stays in place");
+            let l2 = Layout::from_size_align(290, 8).unwrap();
+            let big = H.realloc(r, l2, 5000);
+            assert!(a.contains(big) && big != r);
+            assert!(std::slice::from_raw_parts(big, 100).iter().all(|&b| b == 7));
+            H.dealloc(big, Layout::from_size_align(5000, 8).unwrap());
+        }
+    }
+
+    #[test]
+    fn roots_are_kept_per_type_and_created_once() {
+        if std::env::var_os("SNAPHEAP_DIR").is_some() {
+            return;
+        }
+        assert!(!H.is_persistent());
+        H.with_root(|| 1u64, |v| *v += 1);
+        H.with_root(|| 10u32, |v| *v += 1);
+        H.with_root(|| unreachable!("created once"), |v: &mut u64| assert_eq!(*v, 2));
+        assert_eq!(H.with_root(|| 0u32, |v| *v), 11);
+        H.with_root(Vec::<String>::new, |v| v.push("x".repeat(1000)));
+        assert!(H.verify().unwrap().contains("roots"));
+        assert_eq!(H.commit().unwrap(), 0);
+        assert!(H.stats().allocated_bytes > 1000);
+    }
+}
