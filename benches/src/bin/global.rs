@@ -133,6 +133,13 @@ fn child() {
             let t = Instant::now();
             HEAP.commit().expect("commit");
             println!("RESULT commit-after-{phase} {:.1}", t.elapsed().as_secs_f64() * 1e3);
+            let st = HEAP.stats();
+            println!(
+                "INFO commit-after-{phase}: {} pages ({} MiB), journal {} MiB",
+                st.last_commit_pages,
+                st.last_commit_pages * 4096 >> 20,
+                st.journal_bytes >> 20
+            );
         }
     };
     // Phase 1: build a BTreeMap<u64, String> of 1M entries.
