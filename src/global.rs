@@ -24,6 +24,7 @@
 //! - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
 //!   "What must not be stored"). Risky: only when the heap holds no pointers into the
 //!   executable.
+//! - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
 //! - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
 //!   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
 //!
@@ -86,7 +87,12 @@
 //!   the heap was initialised);
 //! - no OS handles (`File`, sockets, thread ids, `Instant`s);
 //! - no locks that might be held at a commit (a `Mutex` captured locked stays locked), and no
-//!   `Rc`/`Arc` shared with non-root memory you expect to be freed.
+//!   `Rc`/`Arc` shared with non-root memory you expect to be freed;
+//! - values whose alignment exceeds 64 KiB (the arena cannot place them).
+//!
+//! A child made with a bare `fork()` that keeps running Rust code shares the heap's lock and
+//! journal with its parent: it must not commit (exec'ing children, as `std::process::Command`
+//! makes them, are fine).
 //!
 //! # Invariants
 //!
@@ -388,6 +394,10 @@ impl GlobalHeap {
         let reg = self.registry(word);
         let name = std::any::type_name::<T>();
         let (hash, size, align) = (fnv1a(name.as_bytes()), size_of::<T>() as u64, align_of::<T>() as u64);
+        assert!(
+            align as usize <= SLICE,
+            "snapheap: roots aligned to more than {SLICE} bytes are not supported (`{name}`)"
+        );
         // SAFETY: the registry is a live block of the heap, accessed only under `roots`.
         let reg = unsafe { &mut *reg };
         let found = reg.entries[..reg.len as usize]
@@ -611,6 +621,7 @@ fn reclaim(arena: &Arena, root: Option<usize>) -> std::result::Result<u64, Strin
         let _p = arena.pause();
         arena.for_each_block(|p, len| blocks.push((p, len)))?;
     }
+    debug_assert!(blocks.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "walk order");
     let n = blocks.len();
     let mut marks: SysVec<u64> = SysVec::new_in(System);
     marks.resize(n.div_ceil(64), 0);

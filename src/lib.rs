@@ -11,6 +11,8 @@
 //! # Layers (top to bottom)
 //!
 //! - [`Heap`], [`OpenOptions`], [`collections`]: the typed API (`heap.rs`, `options.rs`).
+//! - [`GlobalHeap`]: the whole process's heap as `#[global_allocator]`, roots of plain std
+//!   types, reclaim of unreachable blocks at open (`global.rs`).
 //! - `engine`: one open heap: region, allocator, tracker, journal, snapshots, recovery.
 //! - `alloc`: the size-class allocator whose state lives inside the region.
 //! - `track`: which pages were written since the last commit (userfaultfd + `PAGEMAP_SCAN`).
