@@ -805,6 +805,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
 #[inline(always)]
 unsafe fn zeroed_block(arena: &Arena, layout: Layout) -> *mut u8 {
     let size = layout.size();
+    debug_assert!(size > 0);
     if layout.align() > SLICE {
         // SAFETY: forwarded contract.
         return unsafe { overaligned(layout) };
@@ -851,6 +852,7 @@ impl GlobalHeap {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_cold(&self, layout: Layout) -> *mut u8 {
+        debug_assert!(layout.size() > 0);
         let a = match self.state.load(Acquire) {
             READY if in_engine_call() => std::ptr::null(),
             READY => self.arena.load(Acquire) as *const Arena,

@@ -106,6 +106,7 @@ impl Arena {
     ///
     /// `p` lies inside a live block of this arena (so its descriptors are stable).
     pub(crate) unsafe fn usable_size(&self, p: usize) -> usize {
+        debug_assert!(self.contains(p as *const u8));
         let seg = p & !(SEGMENT - 1);
         let mut d = super::slab::desc_of(p);
         // SAFETY: p is a live block (contract): its segment header and descriptors are mapped

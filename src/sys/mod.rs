@@ -569,6 +569,10 @@ pub mod process {
 
     /// `dl_iterate_phdr` callback: looks for `NT_GNU_BUILD_ID` in the PT_NOTE segments of the
     /// first object (the main program) and stops.
+    ///
+    /// # Safety
+    ///
+    /// Called by `dl_iterate_phdr` with a valid `dl_phdr_info` and `data` pointing to a `u64`.
     unsafe extern "C" fn build_id_cb(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
