@@ -944,6 +944,40 @@ mod tests {
     }
 
     #[test]
+    fn reclaim_frees_exactly_the_blocks_unreachable_from_the_root() {
+        let t = crate::alloc_testing::TestRegion::new(64 << 20);
+        let h = t.alloc();
+        let a = h.arena();
+        let l = |n: usize| Layout::from_size_align(n, 8).unwrap();
+        // root -> b (by an interior pointer, like a hash table's control pointer) -> d (in a
+        // huge block, by its start); c and e are garbage; e points to d but is unreachable.
+        let root = a.alloc_zeroed(l(64)) as usize;
+        let b = a.alloc_zeroed(l(4096)) as usize;
+        let c = a.alloc_zeroed(l(100)) as usize;
+        let d = a.alloc_zeroed(l(5 << 20)) as usize;
+        let e = a.alloc_zeroed(l(300_000)) as usize;
+        // SAFETY: all five are live, zeroed blocks of the sizes written below.
+        unsafe {
+            *((root + 8) as *mut usize) = b + 1000;
+            *((b + 2048) as *mut usize) = d;
+            *(e as *mut usize) = d;
+            *((c + 8) as *mut usize) = root;
+        }
+        let mut before = Vec::new();
+        a.for_each_block(|p, _| before.push(p)).unwrap();
+        assert_eq!(before.len(), 5);
+        let freed = reclaim(a, Some(root)).unwrap();
+        let mut after = Vec::new();
+        a.for_each_block(|p, _| after.push(p)).unwrap();
+        let mut want = vec![root, b, d];
+        want.sort();
+        assert_eq!(after, want);
+        // c is a 112-byte slab block, e a 5-slice span.
+        assert_eq!(freed, 112 + 5 * SLICE as u64, "one 112-byte block and one 5-slice span");
+        a.check_invariants().unwrap();
+    }
+
+    #[test]
     fn roots_are_kept_per_type_and_created_once() {
         if std::env::var_os("SNAPHEAP_DIR").is_some() {
             return;
