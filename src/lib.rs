@@ -11,6 +11,8 @@
 //! # Layers (top to bottom)
 //!
 //! - [`Heap`], [`OpenOptions`], [`collections`]: the typed API (`heap.rs`, `options.rs`).
+//! - [`GlobalHeap`]: the whole process's heap as `#[global_allocator]`, roots of plain std
+//!   types, reclaim of unreachable blocks at open (`global.rs`).
 //! - `engine`: one open heap: region, allocator, tracker, journal, snapshots, recovery.
 //! - `alloc`: the size-class allocator whose state lives inside the region.
 //! - `track`: which pages were written since the last commit (userfaultfd + `PAGEMAP_SCAN`).
@@ -28,6 +30,7 @@ pub mod collections;
 mod engine;
 mod error;
 mod format;
+mod global;
 mod heap;
 pub mod io;
 mod journal;
@@ -40,6 +43,7 @@ mod track;
 
 pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
+pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;

@@ -181,7 +181,13 @@ fn validate_normal(s: usize, sh: &SegmentHeader) -> Result<(), String> {
 }
 
 /// Walks a free list of slab `d`, marking blocks in `seen`. Returns its length.
-fn walk_list(d: &SlabDesc, start: usize, head: usize, seen: &mut [u64; 128], what: &str) -> Result<usize, String> {
+pub(super) fn walk_list(
+    d: &SlabDesc,
+    start: usize,
+    head: usize,
+    seen: &mut [u64; 128],
+    what: &str,
+) -> Result<usize, String> {
     let bs = d.block_size as usize;
     let end = start + d.reserved as usize * bs;
     let mut p = head;

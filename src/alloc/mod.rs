@@ -33,13 +33,16 @@ mod size_class;
 mod slab;
 pub mod testing;
 mod thread_heap;
+mod walk;
 
 #[allow(unused_imports)]
 pub(crate) use arena::{Arena, GrowFn, CTRL_SIZE};
 #[allow(unused_imports)]
 pub use check::ArenaReport;
 pub use handle::HeapAlloc;
+pub(crate) use pause::backoff;
 #[allow(unused_imports)]
 pub use pause::PauseGuard;
 #[allow(unused_imports)]
-pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE};
+pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+pub(crate) use size_class::MEDIUM_MAX;

@@ -510,3 +510,132 @@ pub mod thread_exit_hook {
         unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<u8>().cast()) == 0 }
     }
 }
+
+/// Process-level helpers for [`GlobalHeap`](crate::GlobalHeap): they run inside the global
+/// allocator's first call, so none of them allocates.
+pub mod process {
+    use std::ffi::CStr;
+
+    /// The value of environment variable `name` (`getenv(3)`, which does not allocate), or
+    /// `None` when unset. The bytes stay valid as long as nobody modifies the environment.
+    pub fn getenv(name: &CStr) -> Option<&'static [u8]> {
+        // SAFETY: name is NUL-terminated; getenv returns null or a NUL-terminated string in
+        // the environment block.
+        let p = unsafe { libc::getenv(name.as_ptr()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p is a NUL-terminated string that lives in the environment block, which is
+        // not freed while the process runs (modifying the environment is the caller's risk,
+        // as with `std::env::set_var`).
+        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+    }
+
+    /// Writes `buf` to standard error (`write(2)` on descriptor 2), ignoring failures.
+    pub fn write_stderr(mut buf: &[u8]) {
+        while !buf.is_empty() {
+            // SAFETY: buf is valid for reads of buf.len() bytes.
+            let r = unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                return;
+            }
+            buf = &buf[r as usize..];
+        }
+    }
+
+    /// An identity of the running executable: a 64-bit hash of its GNU build-id note (found
+    /// with `dl_iterate_phdr`), or, when it has none, of the size, modification time, inode
+    /// and device of `/proc/self/exe`. Never 0. `None` when neither is available.
+    pub fn executable_id() -> Option<u64> {
+        let mut id = 0u64;
+        // SAFETY: the callback only reads the program headers the loader passes it and writes
+        // `id`, whose address it receives as `data`.
+        unsafe { libc::dl_iterate_phdr(Some(build_id_cb), (&mut id as *mut u64).cast()) };
+        if id != 0 {
+            return Some(id);
+        }
+        // SAFETY: an all-zero stat is a valid value for the out-parameter.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the path is NUL-terminated and st is valid writable storage.
+        if unsafe { libc::stat(c"/proc/self/exe".as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let mut h = fnv1a(&(st.st_size as u64).to_le_bytes());
+        for v in [st.st_mtime as u64, st.st_mtime_nsec as u64, st.st_ino, st.st_dev] {
+            h = (h ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Some(h | 1)
+    }
+
+    /// `dl_iterate_phdr` callback: looks for `NT_GNU_BUILD_ID` in the PT_NOTE segments of the
+    /// first object (the main program) and stops.
+    ///
+    /// # Safety
+    ///
+    /// Called by `dl_iterate_phdr` with a valid `dl_phdr_info` and `data` pointing to a `u64`.
+    unsafe extern "C" fn build_id_cb(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        const NT_GNU_BUILD_ID: u32 = 3;
+        // SAFETY: the loader passes a valid dl_phdr_info and our `data` pointer.
+        let (info, out) = unsafe { (&*info, &mut *(data as *mut u64)) };
+        for i in 0..info.dlpi_phnum as usize {
+            // SAFETY: dlpi_phdr has dlpi_phnum entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type != libc::PT_NOTE {
+                continue;
+            }
+            let mut p = info.dlpi_addr as usize + ph.p_vaddr as usize;
+            let end = p + ph.p_memsz as usize;
+            while p + 12 <= end {
+                // SAFETY: [p, p + 12) lies inside the loaded, readable note segment.
+                let (namesz, descsz, ty) = unsafe {
+                    let w = p as *const u32;
+                    (
+                        w.read_unaligned() as usize,
+                        w.add(1).read_unaligned() as usize,
+                        w.add(2).read_unaligned(),
+                    )
+                };
+                let name = p + 12;
+                let desc = name + namesz.next_multiple_of(4);
+                let next = desc + descsz.next_multiple_of(4);
+                if next > end {
+                    break;
+                }
+                // SAFETY: name and desc lie inside the note segment (checked against end).
+                let (n, d) = unsafe {
+                    (
+                        std::slice::from_raw_parts(name as *const u8, namesz),
+                        std::slice::from_raw_parts(desc as *const u8, descsz),
+                    )
+                };
+                if ty == NT_GNU_BUILD_ID && n == b"GNU\0" && !d.is_empty() {
+                    *out = fnv1a(d) | 1;
+                    return 1;
+                }
+                p = next;
+            }
+        }
+        1
+    }
+
+    /// FNV-1a over `bytes` (the same function as the heap format's; repeated here because
+    /// this module is also compiled alone by the examples).
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
+    /// Ends the process with `SIGABRT` (`abort(3)`), without unwinding or allocating.
+    pub fn abort() -> ! {
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() }
+    }
+}
