@@ -90,6 +90,9 @@ fn read_file(vfs: &dyn Vfs, path: &Path, max: usize) -> Result<Option<Vec<u8>>> 
     Ok(Some(buf))
 }
 
+/// How many times (2 ms apart) a taken heap lock is tried again before `Error::Locked`.
+const LOCK_RETRIES: u32 = 50;
+
 impl Engine {
     /// Opens (or creates) the heap in `dir`. Returns the engine and whether the heap has no
     /// committed root yet (a new heap, or one whose creation never committed).
@@ -107,8 +110,16 @@ impl Engine {
         let lock_path = dir.join("lock");
         let lock_file = vfs.open(&lock_path, true).map_err(io_err("open", &lock_path))?;
         if let Some(fd) = lock_file.raw_fd() {
-            if !sys::try_lock_exclusive(fd).map_err(io_err("flock", &lock_path))? {
-                return Err(Error::Locked { path: lock_path });
+            // A lock found taken is tried again for a short while: another thread of this
+            // process that is spawning a program holds a copy of every descriptor between its
+            // fork and exec (O_CLOEXEC closes them only at exec), and with it our lock.
+            let mut tries = 0;
+            while !sys::try_lock_exclusive(fd).map_err(io_err("flock", &lock_path))? {
+                tries += 1;
+                if tries > LOCK_RETRIES {
+                    return Err(Error::Locked { path: lock_path });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }
 
