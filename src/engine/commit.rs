@@ -41,7 +41,12 @@ impl Engine {
 
     /// Steps 2-4 of the commit path, with the commit lock held by the caller.
     pub(super) fn commit_locked(&self, cs: &mut CommitState, force_snapshot: bool) -> Result<u64> {
-        self.reap(cs, false);
+        // Back-pressure: if the journal has grown to twice the snapshot threshold while the
+        // snapshot writer still runs, wait for it, so that disk use stays bounded by two
+        // snapshot files and about three thresholds of journal however slow the writer is.
+        let journal_bytes = cs.journal.end() - crate::format::journal::FIRST_RECORD_OFFSET;
+        let block = cs.pending.is_some() && journal_bytes >= self.opts.snapshot_after_journal_bytes.saturating_mul(2);
+        self.reap(cs, block);
         let base = self.base();
         let mut forked = false;
         let mut pages = 0u64;
