@@ -34,8 +34,13 @@ pub fn fill(heap: &Heap<Chunks>, bytes: usize, commit_every: usize) {
     let mut since = 0;
     while done < bytes {
         let n = CHUNK.min(bytes - done);
-        let mut v = HVec::with_capacity_in(n, a);
-        v.resize(n, 1u8);
+        let mut v: HVec<u8> = HVec::with_capacity_in(n, a);
+        // Vec::resize of allocator_api2 writes byte by byte; fill with one memset instead.
+        // SAFETY: the capacity is at least n, and all n bytes are initialised before set_len.
+        unsafe {
+            std::ptr::write_bytes(v.as_mut_ptr(), 1, n);
+            v.set_len(n);
+        }
         g.chunks.push(v);
         done += n;
         since += n;

@@ -153,8 +153,10 @@ fn eventual(max_gib: usize, reps: usize) {
         "Median of {reps} commits per cell (after one warm-up); wall time / thread CPU time \
          (CLOCK_THREAD_CPUTIME_ID) of `commit()`; budget = 1 ms per GiB of heap + 2 us per dirty page.\n"
     );
-    println!("| heap (data) | mapped | dirty pages | journal bytes | wall | CPU | budget | CPU / budget | wall / budget |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| heap (data) | mapped | dirty pages | journal bytes | wall | CPU | CPU per dirty page | budget | CPU / budget | wall / budget | raw floor: pwritev of the same pages from a plain buffer (CPU); commit / raw |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: Vec<usize> = [1usize << 20, 16 << 20, 256 << 20, 1 << 30, 4 << 30]
         .into_iter()
         .filter(|&s| s <= max_gib << 30)
@@ -167,13 +169,35 @@ fn eventual(max_gib: usize, reps: usize) {
         let fill_time = t.elapsed();
         let total = fill::data_pages(&heap.read());
         let mapped = heap.stats().mapped_bytes;
+        // The floor any buffered journal pays: gathering the same dirty pages from memory into
+        // the page cache, appended to a growing file in the same directory (one copy, no
+        // checksum, no tracking), from a plain buffer of the heap's size.
+        let raw_file = File::create(dir.0.join("raw-append")).expect("create raw file");
+        let mut raw_src = vec![1u8; size];
+        let mut raw_off = 0u64;
         for k in [0usize, 1, 10, 100, 1000, 10_000] {
             if k > total {
-                println!("| {} | | {k} | | n/a (heap has {total} pages) | | | | |", size_name(size));
+                println!(
+                    "| {} | | {k} | | n/a (heap has {total} pages) | | | | | | |",
+                    size_name(size)
+                );
                 continue;
             }
-            let (mut walls, mut cpus, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let (mut walls, mut cpus, mut raws, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
             for r in 0..=reps {
+                // The raw floor alternates before and after the commit (noisy shared machine).
+                let mut raw_cpu = Duration::ZERO;
+                let mut raw = |off: &mut u64| {
+                    // Dirty the same spread of pages of a plain buffer as the commit's, then
+                    // gather them into the file with pwritev (batches of IOV_MAX).
+                    touch_raw(&mut raw_src, k, r);
+                    let c0 = thread_cpu();
+                    *off += pwritev_pages(&raw_file, &raw_src, k, r, *off);
+                    thread_cpu() - c0
+                };
+                if r % 2 == 1 && k > 0 {
+                    raw_cpu = raw(&mut raw_off);
+                }
                 let mut g = heap.write();
                 if k > 0 {
                     touch_spread(&mut g, total, k, r * 13, r as u8);
@@ -186,15 +210,34 @@ fn eventual(max_gib: usize, reps: usize) {
                 let c = thread_cpu() - c0;
                 drop(g);
                 bytes = heap.stats().journal_bytes - j0;
+                if r % 2 == 0 && k > 0 {
+                    raw_cpu = raw(&mut raw_off);
+                }
                 if r > 0 {
                     walls.push(w);
                     cpus.push(c);
+                    raws.push(raw_cpu);
                 }
             }
-            let (w, c) = (quantile(&walls, 0.5), quantile(&cpus, 0.5));
+            let (w, c, rc) = (quantile(&walls, 0.5), quantile(&cpus, 0.5), quantile(&raws, 0.5));
             let budget = Duration::from_secs_f64(size as f64 / (1u64 << 30) as f64 * 1e-3 + k as f64 * 2e-6);
+            let per_page = if k > 0 {
+                format!("{:.2} us", us(c) / k as f64)
+            } else {
+                "-".to_string()
+            };
+            let vs_raw = if k > 0 {
+                format!(
+                    "{:.0} us ({:.2} us/page); {:.2}x",
+                    us(rc),
+                    us(rc) / k as f64,
+                    us(c) / us(rc)
+                )
+            } else {
+                "-".to_string()
+            };
             println!(
-                "| {} | {} | {k} | {bytes} | {:.0} us | {:.0} us | {:.0} us | {:.2} | {:.2} |",
+                "| {} | {} | {k} | {bytes} | {:.0} us | {:.0} us | {per_page} | {:.0} us | {:.2} | {:.2} | {vs_raw} |",
                 size_name(size),
                 size_name(mapped as usize),
                 us(w),
@@ -211,6 +254,41 @@ fn eventual(max_gib: usize, reps: usize) {
     println!();
 }
 
+/// Writes one byte into `k` pages of `buf` spread like [`touch_spread`] with shift `r * 13`.
+fn touch_raw(buf: &mut [u8], k: usize, r: usize) {
+    let total = buf.len() / PAGE;
+    let stride = total / k;
+    for i in 0..k {
+        let p = (i * stride + (r * 13) % stride.max(1)) % total;
+        buf[p * PAGE + (r % 64) * 8] ^= (r as u8) | 1;
+    }
+}
+
+/// Appends the `k` pages [`touch_raw`] dirtied to `f` at `off` with `pwritev`; returns the bytes
+/// written.
+fn pwritev_pages(f: &File, buf: &[u8], k: usize, r: usize, off: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let total = buf.len() / PAGE;
+    let stride = total / k;
+    let iov: Vec<libc::iovec> = (0..k)
+        .map(|i| {
+            let p = (i * stride + (r * 13) % stride.max(1)) % total;
+            libc::iovec {
+                iov_base: buf[p * PAGE..].as_ptr() as *mut libc::c_void,
+                iov_len: PAGE,
+            }
+        })
+        .collect();
+    let mut done = 0u64;
+    for batch in iov.chunks(1024) {
+        // SAFETY: every iovec points into `buf`, which outlives the call; the fd is open.
+        let n = unsafe { libc::pwritev(f.as_raw_fd(), batch.as_ptr(), batch.len() as i32, (off + done) as i64) };
+        assert_eq!(n as usize, batch.len() * PAGE, "pwritev");
+        done += n as u64;
+    }
+    done
+}
+
 fn bytes64() {
     println!("## Journal bytes written by a commit that changes 64 bytes\n");
     let dir = Scratch::new("commit-64");
@@ -218,7 +296,10 @@ fn bytes64() {
     fill(&heap, 1 << 20, usize::MAX);
     println!("| change | pages captured | journal bytes |");
     println!("|---|---:|---:|");
-    for (what, off) in [("64 bytes inside one page", 128usize), ("64 bytes across a page boundary", PAGE - 32)] {
+    for (what, off) in [
+        ("64 bytes inside one page", 128usize),
+        ("64 bytes across a page boundary", PAGE - 32),
+    ] {
         let mut g = heap.write();
         let j0 = heap.stats().journal_bytes;
         let c = &mut g.chunks[0];
@@ -237,8 +318,42 @@ fn bytes64() {
     g.commit().expect("commit");
     drop(g);
     let s = heap.stats();
-    println!("| 1 byte inside one page | {} | {} |", s.last_commit_pages, s.journal_bytes - j0);
+    println!(
+        "| 1 byte inside one page | {} | {} |",
+        s.last_commit_pages,
+        s.journal_bytes - j0
+    );
     println!();
+}
+
+/// A long loop of Eventual commits of `SNAPHEAP_PROFILE_PAGES` (default 1,000) spread pages
+/// in a 256 MiB heap, to run under `perf record`. Not part of the default set.
+fn profile() {
+    let k: usize = std::env::var("SNAPHEAP_PROFILE_PAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = Scratch::new("commit-prof");
+    let heap = open(&dir, Durability::Eventual);
+    fill(&heap, 256 << 20, usize::MAX);
+    let total = fill::data_pages(&heap.read());
+    let rounds = 20_000_000 / k.max(1) / 100;
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let mut g = heap.write();
+        touch_spread(&mut g, total, k, r * 13, r as u8);
+        let c0 = thread_cpu();
+        let t = Instant::now();
+        g.commit().expect("commit");
+        walls.push(t.elapsed());
+        cpus.push(thread_cpu() - c0);
+    }
+    println!(
+        "{rounds} commits of {k} pages: wall median {:.0} us, CPU median {:.0} us ({:.2} us/page)",
+        us(quantile(&walls, 0.5)),
+        us(quantile(&cpus, 0.5)),
+        us(quantile(&cpus, 0.5)) / k as f64
+    );
 }
 
 fn main() {
@@ -260,6 +375,7 @@ fn main() {
             "immediate" => immediate(1000),
             "eventual" => eventual(max_gib, 7),
             "bytes" => bytes64(),
+            "profile" => profile(),
             other => panic!("unknown part {other:?} (immediate, eventual, bytes)"),
         }
     }
