@@ -637,5 +637,15 @@ pub mod process {
     pub fn abort() -> ! {
         // SAFETY: abort has no preconditions.
         unsafe { libc::abort() }
+
+/// `posix_fadvise(POSIX_FADV_WILLNEED)`: starts reading `[offset, offset + len)` of the file
+/// into the page cache and returns without waiting. Advisory: an error only means no prefetch.
+pub fn prefetch(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: posix_fadvise reads only its integer arguments; a bad fd is reported as EBADF.
+    let r = unsafe { libc::posix_fadvise(fd, offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
     }
 }
