@@ -641,7 +641,7 @@ impl JournalWriter {
                     }
                 };
                 let take = rest.len().min(MAX - len);
-                self.buf.extend_from_slice(&rest[..take]);
+                crate::extend_bytes(&mut self.buf, &rest[..take]);
                 open = Some((at, start, len + take));
                 off += take as u64;
                 rest = &rest[take..];

@@ -41,7 +41,7 @@ impl String {
 
     /// Appends `s`.
     pub fn push_str(&mut self, s: &str) {
-        self.bytes.extend_from_slice(s.as_bytes());
+        crate::extend_bytes(&mut self.bytes, s.as_bytes());
     }
 
     /// Appends one character.

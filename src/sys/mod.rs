@@ -637,6 +637,8 @@ pub mod process {
     pub fn abort() -> ! {
         // SAFETY: abort has no preconditions.
         unsafe { libc::abort() }
+    }
+}
 
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`: starts reading `[offset, offset + len)` of the file
 /// into the page cache and returns without waiting. Advisory: an error only means no prefetch.
