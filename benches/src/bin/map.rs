@@ -46,10 +46,31 @@ fn workload(n: usize, seed: u64) -> Vec<(u64, [u8; 32])> {
         .collect()
 }
 
+/// Bytes this process has passed to write-like syscalls (`wchar` of `/proc/self/io`; the
+/// snapshot children of snapheap are not counted).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// What one side measured.
 struct Run {
     elapsed: Duration,
     detail: String,
+}
+
+impl Run {
+    fn skipped() -> Run {
+        Run {
+            elapsed: Duration::from_secs(1_000_000),
+            detail: "skipped".to_string(),
+        }
+    }
 }
 
 fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, d: Durability) -> Run {
@@ -57,6 +78,7 @@ fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, 
         .durability(d)
         .open::<Root>(dir.join("map.heap"), HashMap::new_in)
         .expect("open heap");
+    let w0 = written_bytes();
     let t = Instant::now();
     {
         let mut g = heap.write();
@@ -71,20 +93,27 @@ fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, 
         }
     }
     let elapsed = t.elapsed();
+    let wrote = written_bytes() - w0;
     let st = heap.stats();
     // Spot-check that the data is there.
     {
         let r = heap.read();
-        assert_eq!(r.len(), items.iter().map(|x| x.0).collect::<std::collections::HashSet<_>>().len());
+        assert_eq!(
+            r.len(),
+            items
+                .iter()
+                .map(|x| x.0)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        );
         for (k, _) in items.iter().step_by(997) {
             assert!(r.get(k).is_some());
         }
     }
     let detail = format!(
-        "commits {}, journal {:.1} MiB ({:.0} B/commit), snapshots {}, track {}",
+        "{} commits, {:.0} KiB written per commit, {} snapshots, tracking {}",
         st.commits,
-        st.journal_bytes as f64 / (1 << 20) as f64,
-        st.journal_bytes as f64 / st.commits.max(1) as f64,
+        wrote as f64 / 1024.0 / st.commits.max(1) as f64,
         st.snapshots,
         st.track_mode
     );
@@ -94,6 +123,7 @@ fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, 
 
 fn redb_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, durable: bool) -> Run {
     let db = Database::create(dir.join("map.redb")).expect("create redb");
+    let w0 = written_bytes();
     let t = Instant::now();
     for chunk in items.chunks(every) {
         let mut tx = db.begin_write().expect("begin_write");
@@ -109,6 +139,7 @@ fn redb_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, dura
         tx.commit().expect("commit");
     }
     let elapsed = t.elapsed();
+    let wrote = written_bytes() - w0;
     {
         let r = db.begin_read().expect("begin_read");
         let table = r.open_table(TABLE).expect("open_table");
@@ -119,7 +150,12 @@ fn redb_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, dura
     let size = std::fs::metadata(dir.join("map.redb")).map(|m| m.len()).unwrap_or(0);
     Run {
         elapsed,
-        detail: format!("file {:.1} MiB", size as f64 / (1 << 20) as f64),
+        detail: format!(
+            "{} commits, {:.0} KiB written per commit, file {:.1} MiB",
+            items.len().div_ceil(every),
+            wrote as f64 / 1024.0 / items.len().div_ceil(every) as f64,
+            size as f64 / (1 << 20) as f64
+        ),
     }
 }
 
@@ -128,6 +164,7 @@ fn main() {
     let n_each = env_usize("MAP_N_EACH", 20_000);
     let skip_nosync = env_usize("MAP_SKIP_NOSYNC", 0) != 0;
     let only = std::env::var("MAP_ONLY").ok(); // a substring of the case name, for profiling
+    let side = std::env::var("MAP_SIDE").ok(); // "snapheap" or "redb" runs one side only, for profiling
 
     println!("snapheap map benchmark: random u64 -> [u8; 32] inserts, equal durability");
     println!("(commit-every-insert cases use {n_each} inserts, set by MAP_N_EACH; batch cases {n_batch}, MAP_N_BATCH)");
@@ -149,14 +186,22 @@ fn main() {
             continue;
         }
         let items = workload(n, 7 + n as u64);
-        let s = {
+        let s = if side.as_deref() != Some("redb") {
             let scratch = Scratch::new("map-snapheap");
-            let d = if durable { Durability::Immediate } else { Durability::Eventual };
+            let d = if durable {
+                Durability::Immediate
+            } else {
+                Durability::Eventual
+            };
             snapheap_run(&scratch.0, &items, every, d)
+        } else {
+            Run::skipped()
         };
-        let r = {
+        let r = if side.as_deref() != Some("snapheap") {
             let scratch = Scratch::new("map-redb");
             redb_run(&scratch.0, &items, every, durable)
+        } else {
+            Run::skipped()
         };
         let (sr, rr) = (n as f64 / s.elapsed.as_secs_f64(), n as f64 / r.elapsed.as_secs_f64());
         println!("{name:<44} {n:>8} {sr:>12.0} {rr:>12.0} {:>7.2}x", sr / rr);
