@@ -30,7 +30,7 @@ use super::arena::Arena;
 use super::pause::SpinLock;
 use super::segment::{SegmentHeader, SlabDesc, DESC_OFFSET, D_CONT, D_SLAB, SEGMENT, SLICE};
 use super::size_class::{block_size, capacity, slab_slices, NUM_CLASSES};
-use super::thread_heap::{empty_desc, ThreadHeap};
+use super::thread_heap::{empty_desc, ThreadHeap, RETAIN};
 
 /// `thread_free` state: current slab of some heap.
 pub(crate) const OWNED: usize = 0;
@@ -228,13 +228,25 @@ impl Arena {
                 if refill(d) {
                     return Some((pop(d), d));
                 }
-                if !self.retire_full(h, d) {
-                    // A remote free raced with retiring: the slab is still ours.
-                    if refill(d) {
-                        return Some((pop(d), d));
+                // d is full. Keep owning it among the retained slabs (frees into it by this
+                // thread stay on the fast path), switching to a retained slab that has free
+                // blocks again, or else evicting the oldest retained slab to the pools.
+                let slots = &mut (*h).retained[c];
+                for slot in slots.iter_mut() {
+                    let r = *slot;
+                    if !r.is_null() && refill(r) {
+                        *slot = d;
+                        (*h).current[c] = r;
+                        return Some((pop(r), r));
                     }
                 }
+                let i = (*h).retain_next[c] as usize % RETAIN;
+                (*h).retain_next[c] = ((i + 1) % RETAIN) as u8;
+                let old = std::mem::replace(&mut slots[i], d);
                 (*h).current[c] = empty_desc();
+                if !old.is_null() {
+                    self.release_owned(old);
+                }
             }
             while let Some(d) = self.pool_pop(c) {
                 self.claim(h, d);
@@ -430,7 +442,11 @@ impl Arena {
                 return Some(r);
             }
         }
-        if self.pooled.load(Relaxed) == 0 {
+        // Last resort: this heap's retained slabs (empty ones go back to their segments,
+        // the rest to the pools), then the pools' empty slabs.
+        // SAFETY: forwarded contract.
+        let released = unsafe { self.release_retained(h) };
+        if self.pooled.load(Relaxed) == 0 && !released {
             return None;
         }
         // SAFETY: forwarded contract.
@@ -526,6 +542,29 @@ impl Arena {
         }
     }
 
+    /// Lets go of every retained slab of `h` (to its segment, a pool, or abandoned). Returns
+    /// whether there was any.
+    ///
+    /// # Safety
+    ///
+    /// `h` is the caller's heap (or the exiting thread's); inside an allocator call.
+    pub(crate) unsafe fn release_retained(&self, h: *mut ThreadHeap) -> bool {
+        let mut any = false;
+        // SAFETY: retained slabs are owned by h, whose thread is the caller (contract).
+        unsafe {
+            for c in 0..NUM_CLASSES {
+                for i in 0..RETAIN {
+                    let d = std::mem::replace(&mut (*h).retained[c][i], std::ptr::null_mut());
+                    if !d.is_null() {
+                        any = true;
+                        self.release_owned(d);
+                    }
+                }
+            }
+        }
+        any
+    }
+
     /// Abandons every current slab of `h` and frees the heap for reuse (thread exit).
     ///
     /// # Safety
@@ -544,6 +583,7 @@ impl Arena {
                     self.release_owned(d);
                 }
             }
+            self.release_retained(h);
             (*h).busy.store(0, Release);
             (*h).claimed.store(false, Release);
         }
