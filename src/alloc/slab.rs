@@ -589,3 +589,83 @@ impl Arena {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::alloc::testing::TestRegion;
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::collections::BTreeSet;
+
+    const N: usize = 1000;
+
+    fn alloc_n(a: &crate::HeapAlloc, l: Layout) -> Vec<usize> {
+        (0..N)
+            .map(|i| {
+                // SAFETY: nonzero layout.
+                let p = unsafe { a.alloc(l) };
+                assert!(!p.is_null());
+                // SAFETY: fresh block of l.size() bytes.
+                unsafe { p.write_bytes(i as u8, l.size()) };
+                p as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_threads_frees_into_its_full_slabs_are_reused_before_new_slabs() {
+        let r = TestRegion::new(64 << 20);
+        let a = r.alloc();
+        let l = Layout::from_size_align(256, 8).unwrap();
+        let first = alloc_n(&a, l);
+        let slabs = r.check_invariants().unwrap().slabs;
+        assert!(slabs >= 4, "1,000 x 256 B fill several 64 KiB slabs ({slabs})");
+        for &p in &first {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        let report = r.check_invariants().unwrap();
+        assert_eq!(report.pooled, 0, "the frees kept the full slabs owned, none was pooled");
+        let second = alloc_n(&a, l);
+        let report = r.check_invariants().unwrap();
+        assert_eq!(report.slabs, slabs, "no new slab was carved");
+        let slab_of = |p: &usize| p & !(super::SLICE - 1);
+        let (s1, s2): (BTreeSet<_>, BTreeSet<_>) = (
+            first.iter().map(slab_of).collect(),
+            second.iter().map(slab_of).collect(),
+        );
+        assert!(s2.is_subset(&s1), "the second round used only the first round's slabs");
+        for &p in &second {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        assert_eq!(r.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn retained_slabs_of_an_exited_thread_are_reused_by_others() {
+        let r = TestRegion::new(64 << 20);
+        let a = r.alloc();
+        let l = Layout::from_size_align(256, 8).unwrap();
+        let blocks = std::thread::scope(|s| s.spawn(|| alloc_n(&a, l)).join().unwrap());
+        let slabs = r.check_invariants().unwrap().slabs;
+        for &p in &blocks {
+            // SAFETY: allocated by the other thread with l; remote frees are allowed.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        let again = alloc_n(&a, l);
+        let report = r.check_invariants().unwrap();
+        assert!(
+            report.slabs <= slabs,
+            "{} slabs after reuse, {slabs} before",
+            report.slabs
+        );
+        for &p in &again {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        assert_eq!(r.allocated_bytes(), 0);
+    }
+}
