@@ -27,11 +27,13 @@ use snapheap_benches::{geomean, time, Rng, Scratch};
 
 const NAMES: [&str; 4] = ["snapheap", "glibc", "mimalloc", "jemalloc"];
 
-/// One workload: a name and a function that runs it on an allocator and returns
-/// (elapsed, operations).
+/// Runs a workload on an allocator and returns (elapsed, operations).
+type RunFn = Box<dyn Fn(&dyn Runner) -> (Duration, usize)>;
+
+/// One workload: a name and how to run it.
 struct Workload {
     name: String,
-    run: Box<dyn Fn(&dyn Runner) -> (Duration, usize)>,
+    run: RunFn,
 }
 
 /// Dispatches a workload to a statically typed allocator (so each allocator's calls are

@@ -84,11 +84,11 @@ fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, 
         let mut g = heap.write();
         for (i, (k, v)) in items.iter().enumerate() {
             g.insert(*k, *v);
-            if (i + 1) % every == 0 {
+            if (i + 1).is_multiple_of(every) {
                 g.commit().expect("commit");
             }
         }
-        if items.len() % every != 0 {
+        if !items.len().is_multiple_of(every) {
             g.commit().expect("commit");
         }
     }
