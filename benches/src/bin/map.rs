@@ -74,8 +74,16 @@ impl Run {
 }
 
 fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, d: Durability) -> Run {
-    let heap = OpenOptions::new()
-        .durability(d)
+    let mut opts = OpenOptions::new();
+    opts.durability(d);
+    // MAP_SNAPSHOT_MIB overrides the journal volume that triggers a snapshot (for profiling).
+    if let Some(mib) = std::env::var("MAP_SNAPSHOT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        opts.snapshot_after_journal_bytes(mib << 20);
+    }
+    let heap = opts
         .open::<Root>(dir.join("map.heap"), HashMap::new_in)
         .expect("open heap");
     let w0 = written_bytes();
