@@ -6,7 +6,7 @@
 //! links are stored in the first word of each free block and always point to block starts.
 //!
 //! `thread_free` holds the list head in its high bits and the slab's state in its low two:
-//! [`OWNED`] (some heap's current slab), [`ABANDONED`] (full, unowned, in no list) or
+//! [`OWNED`] (some heap's current or retained slab), [`ABANDONED`] (full, unowned, in no list) or
 //! [`POOLED`] (unowned, on its class's pool). A remote free into an abandoned slab moves it
 //! to `POOLED` in the same CAS that pushes the block and then inserts it into the pool, so a
 //! slab is pooled exactly once without a second handshake.
@@ -32,7 +32,7 @@ use super::segment::{SegmentHeader, SlabDesc, DESC_OFFSET, D_CONT, D_SLAB, SEGME
 use super::size_class::{block_size, capacity, slab_slices, NUM_CLASSES};
 use super::thread_heap::{empty_desc, ThreadHeap, RETAIN};
 
-/// `thread_free` state: current slab of some heap.
+/// `thread_free` state: current or retained slab of some heap.
 pub(crate) const OWNED: usize = 0;
 /// `thread_free` state: full, unowned, in no list; the next remote free pools it.
 pub(crate) const ABANDONED: usize = 1;
