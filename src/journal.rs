@@ -45,6 +45,10 @@ const _: () = assert!(WINDOW_LEN as u64 >= MAX_RECORD_LEN + (512 << 10));
 /// Default step in which the writer pre-zeroes space ahead of the end (see
 /// [`JournalWriter::set_prezero_step`]).
 pub(crate) const DEFAULT_PREZERO_STEP: u64 = 4 << 20;
+/// Groups of this many bytes or more are written without pre-zeroing ahead of them
+/// (measured on the map benchmark: 1,000-insert commits of about 4 MiB wrote 6.1 MiB each with
+/// pre-zeroing and 4.0 MiB without, and ran 1.2x-2x faster).
+const PREZERO_MAX_GROUP: usize = 1 << 20;
 /// Size of the zero buffer used for pre-zeroing.
 const ZERO_CHUNK: usize = 256 << 10;
 /// Capacity of the encode buffer kept after writing an unusually large group.
@@ -678,7 +682,11 @@ impl JournalWriter {
             return Err(Error::invalid("write_encoded without an encoded group"));
         };
         let new_end = self.end + self.buf.len() as u64;
-        if self.prezero_step > 0 && new_end > self.zeroed_end {
+        // Pre-zeroing pays off for small groups, whose sync then skips a metadata commit. A
+        // large group would have about its size in zeros written (and synced) first,
+        // doubling its I/O for a saving that is small next to writing it.
+        let small = self.buf.len() < PREZERO_MAX_GROUP;
+        if self.prezero_step > 0 && new_end > self.zeroed_end && small {
             let target = (new_end / self.prezero_step + 1) * self.prezero_step;
             self.write_zeros(self.zeroed_end.max(new_end), target)?;
             self.zeroed_end = target;
@@ -1444,6 +1452,24 @@ mod tests {
         append(&mut w, &specs[..1], PREVIOUS_SYNCED, &mut ends2);
         assert!(vfs.bytes(&jpath()).len() as u64 > *ends2.last().unwrap());
         assert_eq!(scan(&vfs, false).unwrap().groups.len(), 5);
+    }
+
+    #[test]
+    fn large_group_is_written_without_zeros_ahead_and_small_groups_still_prezero() {
+        let vfs = MemVfs::default();
+        let mut w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
+        w.set_prezero_step(TEST_PREZERO);
+        let big = vec![7u8; PREZERO_MAX_GROUP];
+        w.encode_group(START + 1, 1 << 30, FIRST_RECORD_OFFSET, &[(0, &big)]);
+        let end = w.write_encoded().unwrap();
+        assert_eq!(vfs.bytes(&jpath()).len() as u64, end, "no zeros after a large group");
+        let small = vec![9u8; P];
+        w.encode_group(START + 2, 1 << 30, FIRST_RECORD_OFFSET, &[(0, &small)]);
+        let end = w.write_encoded().unwrap();
+        let len = vfs.bytes(&jpath()).len() as u64;
+        assert!(len > end && len % TEST_PREZERO == 0, "{len} after {end}");
+        let s = scan(&vfs, true).unwrap();
+        assert_eq!((s.groups.len(), s.valid_end), (2, end));
     }
 
     #[test]

@@ -451,10 +451,14 @@ impl Arena {
             return std::ptr::null_mut();
         };
         let mut r = self.alloc_huge(&self.seg_lock.lock(), n);
-        if r.is_none() && self.pooled.load(Relaxed) != 0 {
+        if r.is_none() {
             // SAFETY: forwarded contract.
-            unsafe { self.sweep_pools(h) };
-            r = self.alloc_huge(&self.seg_lock.lock(), n);
+            let released = unsafe { self.release_retained(h) };
+            if released || self.pooled.load(Relaxed) != 0 {
+                // SAFETY: forwarded contract.
+                unsafe { self.sweep_pools(h) };
+                r = self.alloc_huge(&self.seg_lock.lock(), n);
+            }
         }
         let Some((first, fresh)) = r else {
             return std::ptr::null_mut();

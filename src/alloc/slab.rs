@@ -6,7 +6,7 @@
 //! links are stored in the first word of each free block and always point to block starts.
 //!
 //! `thread_free` holds the list head in its high bits and the slab's state in its low two:
-//! [`OWNED`] (some heap's current slab), [`ABANDONED`] (full, unowned, in no list) or
+//! [`OWNED`] (some heap's current or retained slab), [`ABANDONED`] (full, unowned, in no list) or
 //! [`POOLED`] (unowned, on its class's pool). A remote free into an abandoned slab moves it
 //! to `POOLED` in the same CAS that pushes the block and then inserts it into the pool, so a
 //! slab is pooled exactly once without a second handshake.
@@ -30,9 +30,9 @@ use super::arena::Arena;
 use super::pause::SpinLock;
 use super::segment::{SegmentHeader, SlabDesc, DESC_OFFSET, D_CONT, D_SLAB, SEGMENT, SLICE};
 use super::size_class::{block_size, capacity, slab_slices, NUM_CLASSES};
-use super::thread_heap::{empty_desc, ThreadHeap};
+use super::thread_heap::{empty_desc, ThreadHeap, RETAIN};
 
-/// `thread_free` state: current slab of some heap.
+/// `thread_free` state: current or retained slab of some heap.
 pub(crate) const OWNED: usize = 0;
 /// `thread_free` state: full, unowned, in no list; the next remote free pools it.
 pub(crate) const ABANDONED: usize = 1;
@@ -228,13 +228,25 @@ impl Arena {
                 if refill(d) {
                     return Some((pop(d), d));
                 }
-                if !self.retire_full(h, d) {
-                    // A remote free raced with retiring: the slab is still ours.
-                    if refill(d) {
-                        return Some((pop(d), d));
+                // d is full. Keep owning it among the retained slabs (frees into it by this
+                // thread stay on the fast path), switching to a retained slab that has free
+                // blocks again, or else evicting the oldest retained slab to the pools.
+                let slots = &mut (*h).retained[c];
+                for slot in slots.iter_mut() {
+                    let r = *slot;
+                    if !r.is_null() && refill(r) {
+                        *slot = d;
+                        (*h).current[c] = r;
+                        return Some((pop(r), r));
                     }
                 }
+                let i = (*h).retain_next[c] as usize % RETAIN;
+                (*h).retain_next[c] = ((i + 1) % RETAIN) as u8;
+                let old = std::mem::replace(&mut slots[i], d);
                 (*h).current[c] = empty_desc();
+                if !old.is_null() {
+                    self.release_owned(old);
+                }
             }
             while let Some(d) = self.pool_pop(c) {
                 self.claim(h, d);
@@ -430,7 +442,11 @@ impl Arena {
                 return Some(r);
             }
         }
-        if self.pooled.load(Relaxed) == 0 {
+        // Last resort: this heap's retained slabs (empty ones go back to their segments,
+        // the rest to the pools), then the pools' empty slabs.
+        // SAFETY: forwarded contract.
+        let released = unsafe { self.release_retained(h) };
+        if self.pooled.load(Relaxed) == 0 && !released {
             return None;
         }
         // SAFETY: forwarded contract.
@@ -526,6 +542,29 @@ impl Arena {
         }
     }
 
+    /// Lets go of every retained slab of `h` (to its segment, a pool, or abandoned). Returns
+    /// whether there was any.
+    ///
+    /// # Safety
+    ///
+    /// `h` is the caller's heap (or the exiting thread's); inside an allocator call.
+    pub(crate) unsafe fn release_retained(&self, h: *mut ThreadHeap) -> bool {
+        let mut any = false;
+        // SAFETY: retained slabs are owned by h, whose thread is the caller (contract).
+        unsafe {
+            for c in 0..NUM_CLASSES {
+                for i in 0..RETAIN {
+                    let d = std::mem::replace(&mut (*h).retained[c][i], std::ptr::null_mut());
+                    if !d.is_null() {
+                        any = true;
+                        self.release_owned(d);
+                    }
+                }
+            }
+        }
+        any
+    }
+
     /// Abandons every current slab of `h` and frees the heap for reuse (thread exit).
     ///
     /// # Safety
@@ -544,8 +583,89 @@ impl Arena {
                     self.release_owned(d);
                 }
             }
+            self.release_retained(h);
             (*h).busy.store(0, Release);
             (*h).claimed.store(false, Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::alloc::testing::TestRegion;
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::collections::BTreeSet;
+
+    const N: usize = 1000;
+
+    fn alloc_n(a: &crate::HeapAlloc, l: Layout) -> Vec<usize> {
+        (0..N)
+            .map(|i| {
+                // SAFETY: nonzero layout.
+                let p = unsafe { a.alloc(l) };
+                assert!(!p.is_null());
+                // SAFETY: fresh block of l.size() bytes.
+                unsafe { p.write_bytes(i as u8, l.size()) };
+                p as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_threads_frees_into_its_full_slabs_are_reused_before_new_slabs() {
+        let r = TestRegion::new(64 << 20);
+        let a = r.alloc();
+        let l = Layout::from_size_align(256, 8).unwrap();
+        let first = alloc_n(&a, l);
+        let slabs = r.check_invariants().unwrap().slabs;
+        assert!(slabs >= 4, "1,000 x 256 B fill several 64 KiB slabs ({slabs})");
+        for &p in &first {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        let report = r.check_invariants().unwrap();
+        assert_eq!(report.pooled, 0, "the frees kept the full slabs owned, none was pooled");
+        let second = alloc_n(&a, l);
+        let report = r.check_invariants().unwrap();
+        assert_eq!(report.slabs, slabs, "no new slab was carved");
+        let slab_of = |p: &usize| p & !(super::SLICE - 1);
+        let (s1, s2): (BTreeSet<_>, BTreeSet<_>) = (
+            first.iter().map(slab_of).collect(),
+            second.iter().map(slab_of).collect(),
+        );
+        assert!(s2.is_subset(&s1), "the second round used only the first round's slabs");
+        for &p in &second {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        assert_eq!(r.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn retained_slabs_of_an_exited_thread_are_reused_by_others() {
+        let r = TestRegion::new(64 << 20);
+        let a = r.alloc();
+        let l = Layout::from_size_align(256, 8).unwrap();
+        let blocks = std::thread::scope(|s| s.spawn(|| alloc_n(&a, l)).join().unwrap());
+        let slabs = r.check_invariants().unwrap().slabs;
+        for &p in &blocks {
+            // SAFETY: allocated by the other thread with l; remote frees are allowed.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        let again = alloc_n(&a, l);
+        let report = r.check_invariants().unwrap();
+        assert!(
+            report.slabs <= slabs,
+            "{} slabs after reuse, {slabs} before",
+            report.slabs
+        );
+        for &p in &again {
+            // SAFETY: allocated above with l.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        r.check_invariants().unwrap();
+        assert_eq!(r.allocated_bytes(), 0);
     }
 }

@@ -17,12 +17,14 @@
 //!
 //! - `TLS[slot].heap` always points to a live `ThreadHeap` (initially [`DUMMY_HEAP`]).
 //! - `TLS[slot].key == arena.key` ⇒ the heap is claimed by this thread and on the arena's list.
-//! - A heap's `current[c]` is [`EMPTY_DESC`] or a slab of class `c` owned by that heap.
+//! - A heap's `current[c]` is [`EMPTY_DESC`] or a slab of class `c` owned by that heap;
+//!   each `retained[c][i]` is null or a slab of class `c` owned by that heap; no slab
+//!   appears twice among them.
 //! - Registry slot `s` holds `(arena, key)` of at most one open arena.
 //!
 //! # Safety
 //!
-//! `current[c]` pointers are only dereferenced by the heap's thread (or by the exit hook of
+//! `current[c]` and `retained[c][i]` pointers are only dereferenced by the heap's thread (or by the exit hook of
 //! that thread), inside an allocator call (`busy == 1`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -38,6 +40,9 @@ use crate::sys;
 /// How many arenas may be open in one process at once.
 pub(crate) const MAX_ARENAS: usize = 64;
 
+/// Full slabs a heap keeps owning per class besides its current one (see `alloc_block`).
+pub(crate) const RETAIN: usize = 4;
+
 /// Per-(thread, arena) allocation state. Process-local.
 #[repr(C)]
 pub(crate) struct ThreadHeap {
@@ -47,6 +52,11 @@ pub(crate) struct ThreadHeap {
     pub key: u32,
     /// Per class: the slab this thread allocates from, or `EMPTY_DESC`.
     pub current: [*mut SlabDesc; NUM_CLASSES],
+    /// Per class: slabs this heap filled and still owns (null = empty slot), so that its own
+    /// frees into them stay on the non-atomic fast path and it can allocate from them again.
+    pub retained: [[*mut SlabDesc; RETAIN]; NUM_CLASSES],
+    /// Per class: the `retained` slot to evict next (round robin).
+    pub retain_next: [u8; NUM_CLASSES],
     /// Next heap on the arena's list (immutable once pushed).
     pub next_heap: *mut ThreadHeap,
     /// Held by a live thread.
@@ -90,6 +100,8 @@ pub(crate) static DUMMY_HEAP: Shared<ThreadHeap> = Shared(ThreadHeap {
     busy: AtomicU32::new(0),
     key: 0,
     current: [&EMPTY_DESC.0 as *const SlabDesc as *mut SlabDesc; NUM_CLASSES],
+    retained: [[std::ptr::null_mut(); RETAIN]; NUM_CLASSES],
+    retain_next: [0; NUM_CLASSES],
     next_heap: std::ptr::null_mut(),
     claimed: AtomicBool::new(true),
 });
@@ -266,6 +278,8 @@ impl Arena {
                 busy: AtomicU32::new(0),
                 key: self.key,
                 current: [empty_desc(); NUM_CLASSES],
+                retained: [[std::ptr::null_mut(); RETAIN]; NUM_CLASSES],
+                retain_next: [0; NUM_CLASSES],
                 next_heap: std::ptr::null_mut(),
                 claimed: AtomicBool::new(true),
             });
