@@ -13,13 +13,14 @@
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};
 use crate::format::snapshot::{dirty_len_for, SnapHeader};
-use crate::io::VFile;
+use crate::io::{VFile, Vfs};
 use crate::journal::{parse_journal_file_name, JournalWriter};
 use crate::snapshot::{self as writer, Plan, Step};
 use crate::sys;
 use crate::track::DirtySet;
 use crate::SysVec;
 use std::alloc::System;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -207,7 +208,19 @@ impl Engine {
                 c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
-                self.delete_journals_before(p.header.journal_id);
+                if block {
+                    delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
+                } else {
+                    // Unlinking a large journal can take tens of milliseconds (the file system
+                    // frees its blocks): do it off the commit path when nobody waits for it.
+                    let (vfs, dir, id) = (self.vfs.clone(), self.dir.clone(), p.header.journal_id);
+                    let spawned = std::thread::Builder::new()
+                        .name("snapheap-journal-gc".into())
+                        .spawn(move || delete_journals_before(&*vfs, &dir, id));
+                    if spawned.is_err() {
+                        delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
+                    }
+                }
                 None
             }
             failed => {
@@ -219,24 +232,6 @@ impl Engine {
                     _ => "in-process snapshot write failed".to_string(),
                 })
             }
-        }
-    }
-
-    /// Removes journals that the newest snapshot covers. Failures are harmless (recovery
-    /// ignores and removes them later), so they are not reported.
-    pub(super) fn delete_journals_before(&self, first_needed: u64) {
-        let Ok(names) = self.vfs.list(&self.dir) else {
-            return;
-        };
-        let mut removed = false;
-        for name in names {
-            let Some(s) = name.to_str() else { continue };
-            if parse_journal_file_name(s).is_some_and(|id| id < first_needed) {
-                removed |= self.vfs.remove(&self.dir.join(&name)).is_ok();
-            }
-        }
-        if removed {
-            let _ = self.vfs.sync_dir(&self.dir);
         }
     }
 
@@ -285,5 +280,24 @@ fn describe_status(s: libc::c_int) -> String {
         format!("writer killed by signal {}", libc::WTERMSIG(s))
     } else {
         format!("writer ended with wait status {s:#x}")
+    }
+}
+
+/// Removes the journals of `dir` with an id below `first_needed` (the newest snapshot covers
+/// them). Failures are harmless (recovery ignores and removes them later), so they are not
+/// reported; a concurrent call for the same or a lower id only finds fewer files.
+fn delete_journals_before(vfs: &dyn Vfs, dir: &Path, first_needed: u64) {
+    let Ok(names) = vfs.list(dir) else {
+        return;
+    };
+    let mut removed = false;
+    for name in names {
+        let Some(s) = name.to_str() else { continue };
+        if parse_journal_file_name(s).is_some_and(|id| id < first_needed) {
+            removed |= vfs.remove(&dir.join(&name)).is_ok();
+        }
+    }
+    if removed {
+        let _ = vfs.sync_dir(dir);
     }
 }
