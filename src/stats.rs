@@ -26,7 +26,10 @@ pub struct Stats {
     pub last_snapshot_micros: u64,
     /// Generation of the newest durable snapshot (0 if none).
     pub snapshot_generation: u64,
-    /// Bytes handed out by the allocator and not yet freed.
+    /// Bytes handed out by the allocator and not yet freed. Computing it walks the allocator's
+    /// structures with allocation paused (the same walk as `Heap::verify`), so `stats()` costs
+    /// time proportional to the heap's slabs and free blocks: fine for monitoring, not for a
+    /// hot loop.
     pub allocated_bytes: u64,
     /// Bytes of the region mapped read-write (the used part).
     pub mapped_bytes: u64,
