@@ -42,6 +42,8 @@ pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+#[doc(hidden)]
+pub use options::PlantedBug;
 pub use stats::Stats;
 
 #[doc(hidden)]

@@ -101,6 +101,7 @@ impl Engine {
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
+            header_first: self.opts.test_planted_bug == Some(crate::PlantedBug::SnapshotHeaderFirst),
         };
         (target, plan)
     }
