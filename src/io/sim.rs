@@ -31,9 +31,10 @@
 //!
 //! # Invariants
 //!
-//! - For every inode: `durable.len() == durable_len`; every sector whose written and durable
-//!   bytes may differ (below `max(len, durable_len)`) is in `dirty`, except sectors whose new
-//!   bytes were lost by a failed sync.
+//! - For every inode: `durable == None` implies `dirty` is empty (the durable bytes are the
+//!   written bytes); otherwise every sector whose written and durable bytes may differ (below
+//!   `max(data.len(), durable.len())`) is in `dirty`, except sectors whose new bytes were lost
+//!   by a failed sync.
 //! - `durable_names` = `names` with the queued directory operations (`pending_dir`) undone;
 //!   `sync_dir` empties `pending_dir`.
 //! - Counters only grow; a fault with `nth = k` on writes fires at the write whose 1-based
@@ -118,22 +119,67 @@ impl TraceOp {
     }
 }
 
+/// A set of sector numbers (a bitset).
+#[derive(Clone, Default)]
+struct Sectors(Vec<u64>);
+
+impl Sectors {
+    fn insert_range(&mut self, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let words = to.div_ceil(64) as usize;
+        if self.0.len() < words {
+            self.0.resize(words, 0);
+        }
+        for s in from..to {
+            self.0[(s / 64) as usize] |= 1 << (s % 64);
+        }
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+    /// The sectors in increasing order.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros() as u64;
+                w &= w - 1;
+                Some(i as u64 * 64 + b)
+            })
+        })
+    }
+}
+
 #[derive(Clone, Default)]
 struct Inode {
     data: Vec<u8>,
-    durable: Vec<u8>,
-    dirty: BTreeSet<u64>,
+    /// The durable bytes; `None` while they equal `data` (nothing written since a crash).
+    durable: Option<Vec<u8>>,
+    dirty: Sectors,
 }
 
 impl Inode {
+    fn durable(&self) -> &[u8] {
+        self.durable.as_deref().unwrap_or(&self.data)
+    }
+    /// Called before `data` changes: the durable image must stop sharing it.
+    fn split(&mut self) {
+        if self.durable.is_none() {
+            self.durable = Some(self.data.clone());
+        }
+    }
     fn mark(&mut self, from: u64, to: u64) {
         if from < to {
-            for s in from / SECTOR..to.div_ceil(SECTOR) {
-                self.dirty.insert(s);
-            }
+            self.dirty.insert_range(from / SECTOR, to.div_ceil(SECTOR));
         }
     }
     fn write(&mut self, off: u64, buf: &[u8]) {
+        self.split();
         let end = off as usize + buf.len();
         if end > self.data.len() {
             self.data.resize(end, 0);
@@ -142,6 +188,7 @@ impl Inode {
         self.mark(off, end as u64);
     }
     fn set_len(&mut self, len: u64) {
+        self.split();
         let old = self.data.len() as u64;
         if len < old {
             // The cut bytes may survive a crash until the new length is synced.
@@ -149,37 +196,46 @@ impl Inode {
         }
         self.data.resize(len as usize, 0);
     }
+    fn allocate(&mut self, len: u64) {
+        if len > self.data.len() as u64 {
+            self.split();
+            self.data.resize(len as usize, 0);
+        }
+    }
     fn sync(&mut self) {
-        self.durable.resize(self.data.len(), 0);
+        let Some(durable) = self.durable.as_mut() else { return };
+        durable.resize(self.data.len(), 0);
         let len = self.data.len() as u64;
-        for &s in &self.dirty {
+        for s in self.dirty.iter() {
             let a = s * SECTOR;
             if a >= len {
                 break;
             }
             let b = (a + SECTOR).min(len);
-            self.durable[a as usize..b as usize].copy_from_slice(&self.data[a as usize..b as usize]);
+            durable[a as usize..b as usize].copy_from_slice(&self.data[a as usize..b as usize]);
         }
         self.dirty.clear();
     }
     fn sync_failed(&mut self) {
         // Linux marks the pages clean after a writeback error: their new bytes stay visible in
-        // the page cache but will never reach the disk. The length is kept as it was durable.
+        // the page cache but will never reach the disk.
         self.dirty.clear();
     }
     fn crashed(&self, mode: CrashMode, rng: &mut u64) -> Inode {
         // Start from the durable bytes; every dirty sector then keeps its old bytes or gets
         // its new ones. Sectors lost by a failed sync are not dirty, so they stay old.
+        let durable = self.durable();
         let len = match mode {
-            CrashMode::DropUnsynced => self.durable.len(),
+            CrashMode::DropUnsynced => durable.len(),
             CrashMode::KeepUnsynced => self.data.len(),
             CrashMode::Torn(_) if next(rng) & 1 == 0 => self.data.len(),
-            CrashMode::Torn(_) => self.durable.len(),
+            CrashMode::Torn(_) => durable.len(),
         };
-        let mut out = vec![0u8; len];
-        let common = len.min(self.durable.len());
-        out[..common].copy_from_slice(&self.durable[..common]);
-        for &s in &self.dirty {
+        let mut out = Vec::with_capacity(len);
+        let common = len.min(durable.len());
+        out.extend_from_slice(&durable[..common]);
+        out.resize(len, 0);
+        for s in self.dirty.iter() {
             let a = (s * SECTOR) as usize;
             if a >= len {
                 break;
@@ -199,9 +255,9 @@ impl Inode {
             }
         }
         Inode {
-            durable: out.clone(),
             data: out,
-            dirty: BTreeSet::new(),
+            durable: None,
+            dirty: Sectors::default(),
         }
     }
 }
@@ -271,12 +327,7 @@ impl State {
             }
             TraceOp::Write(ino, off, b) => self.inode(*ino).write(*off, b),
             TraceOp::SetLen(ino, len) => self.inode(*ino).set_len(*len),
-            TraceOp::Allocate(ino, len) => {
-                let i = self.inode(*ino);
-                if *len > i.data.len() as u64 {
-                    i.data.resize(*len as usize, 0);
-                }
-            }
+            TraceOp::Allocate(ino, len) => self.inode(*ino).allocate(*len),
             TraceOp::Sync(ino) => self.inode(*ino).sync(),
             TraceOp::SyncFailed(ino) => self.inode(*ino).sync_failed(),
             TraceOp::SyncDir => {
@@ -451,8 +502,8 @@ impl SimVfs {
             ino,
             Inode {
                 data: bytes.to_vec(),
-                durable: bytes.to_vec(),
-                dirty: BTreeSet::new(),
+                durable: None,
+                dirty: Sectors::default(),
             },
         );
     }
