@@ -40,6 +40,7 @@ mod track;
 
 pub use alloc::HeapAlloc;
 pub use error::{Error, Result};
+pub use engine::{SnapshotFileState, VerifyReport};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 #[doc(hidden)]
