@@ -339,8 +339,8 @@ impl Engine {
                     }
                 }
             }
-            disk_img.clear();
-            disk_img.extend_from_slice(&snap_img);
+            disk_img.resize(len, 0);
+            disk_img.copy_from_slice(&snap_img);
             for &(jid, run) in src.runs.iter() {
                 let (ra, rb) = (run.region_offset as usize, (run.region_offset + run.len) as usize);
                 let (a, b) = (ra.max(at), rb.min(at + len));
