@@ -15,8 +15,11 @@ use std::time::Instant;
 
 fn report(name: &str, tally: &Tally, started: Instant) {
     println!(
-        "{name}: {} crash points checked, {} lost or inconsistent states, {:.1} s",
+        "{name}: {} crash points checked ({} of them second crashes of {} recoveries), {} lost or inconsistent \
+         states, {:.1} s",
         tally.points,
+        tally.points_in_double,
+        tally.double,
         tally.failures.len(),
         started.elapsed().as_secs_f64()
     );
@@ -26,7 +29,14 @@ fn report(name: &str, tally: &Tally, started: Instant) {
 }
 
 /// Runs one seeded random workload of `len` operations and crashes it everywhere.
-fn random_workload(seed: u64, len: usize, random_writes: usize, bug: Option<PlantedBug>, tally: &mut Tally) {
+fn random_workload(
+    seed: u64,
+    len: usize,
+    random_writes: usize,
+    double_every: usize,
+    bug: Option<PlantedBug>,
+    tally: &mut Tally,
+) {
     let mut run = Run::create(seed, bug);
     for _ in 0..len {
         let op = Op::random(&mut run.rng);
@@ -34,7 +44,7 @@ fn random_workload(seed: u64, len: usize, random_writes: usize, bug: Option<Plan
     }
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
     let (trace, model) = run.finish();
-    crash_everywhere(&trace, &model, 0, random_writes, true, &mut rng, bug, tally);
+    crash_everywhere(&trace, &model, 0, random_writes, true, double_every, &mut rng, bug, tally);
 }
 
 #[test]
@@ -45,7 +55,7 @@ fn random_workloads_recover_a_committed_state_at_every_crash_point() {
     let mut tally = Tally::default();
     let mut seed = first_seed;
     while tally.points < target {
-        random_workload(seed, 40, 30, None, &mut tally);
+        random_workload(seed, 40, 30, 10, None, &mut tally);
         seed += 1;
     }
     report(
@@ -91,7 +101,7 @@ fn every_sequence_of_up_to_three_operations_recovers_at_every_sync_point() {
         let (trace, model) = run.finish();
         let mut rng = Rng::new(n as u64 + 7);
         let before = tally.failures.len();
-        crash_everywhere(&trace, &model, from, 0, all_modes, &mut rng, None, &mut tally);
+        crash_everywhere(&trace, &model, from, 0, all_modes, 0, &mut rng, None, &mut tally);
         for f in &mut tally.failures[before..] {
             *f = format!("{seq:?}: {f}");
         }
@@ -107,7 +117,7 @@ fn planted_bug_skipped_journal_sync_is_detected() {
     let started = Instant::now();
     let mut tally = Tally::default();
     for seed in 1..=3 {
-        random_workload(seed, 25, 0, Some(PlantedBug::SkipJournalSync), &mut tally);
+        random_workload(seed, 25, 0, 0, Some(PlantedBug::SkipJournalSync), &mut tally);
     }
     report("planted bug: journal sync skipped", &tally, started);
     assert!(
@@ -128,7 +138,17 @@ fn planted_bug_snapshot_header_before_pages_is_detected() {
     }
     let (trace, model) = run.finish();
     let mut rng = Rng::new(5);
-    crash_everywhere(&trace, &model, 0, 0, true, &mut rng, Some(PlantedBug::SnapshotHeaderFirst), &mut tally);
+    crash_everywhere(
+        &trace,
+        &model,
+        0,
+        0,
+        true,
+        0,
+        &mut rng,
+        Some(PlantedBug::SnapshotHeaderFirst),
+        &mut tally,
+    );
     report("planted bug: snapshot header before pages", &tally, started);
     assert!(
         !tally.failures.is_empty(),

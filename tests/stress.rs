@@ -12,7 +12,7 @@ use common::*;
 use snapheap::{Heap, HeapAlloc, OpenOptions};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 struct Root {

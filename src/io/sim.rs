@@ -290,6 +290,8 @@ struct State {
     syncs: u64,
     faults: Vec<Fault>,
     trace: Option<Vec<TraceOp>>,
+    /// The disk when the trace started (boxed: a state holding its own base).
+    trace_base: Option<Box<State>>,
 }
 
 fn apply_dir(names: &mut BTreeMap<PathBuf, u64>, op: &DirOp) {
@@ -403,6 +405,7 @@ impl State {
             syncs: 0,
             faults: Vec::new(),
             trace: None,
+            trace_base: None,
         }
     }
 }
@@ -430,11 +433,14 @@ impl SimVfs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts recording a trace of every mutating operation (see [`SimTrace`]). The disk must
-    /// be empty, so that replaying the trace from an empty disk rebuilds it.
+    /// Starts recording a trace of every mutating operation (see [`SimTrace`]); replaying it
+    /// starts from the disk as it is now.
     pub fn start_trace(&self) {
         let mut s = self.lock();
-        assert!(s.names.is_empty() && s.inodes.is_empty(), "start_trace on a non-empty disk");
+        let mut base = s.clone();
+        base.trace = None;
+        base.trace_base = None;
+        s.trace_base = Some(Box::new(base));
         s.trace = Some(Vec::new());
     }
 
@@ -445,8 +451,10 @@ impl SimVfs {
 
     /// The trace recorded since [`Self::start_trace`].
     pub fn trace(&self) -> SimTrace {
+        let s = self.lock();
         SimTrace {
-            ops: self.lock().trace.clone().unwrap_or_default(),
+            base: s.trace_base.clone(),
+            ops: s.trace.clone().unwrap_or_default(),
         }
     }
 
@@ -516,19 +524,26 @@ impl SimVfs {
 
 /// A recorded sequence of mutating operations; [`SimTrace::replay`] walks it and yields the
 /// disk after every prefix, so every point of a run can be crashed without re-running it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct SimTrace {
+    base: Option<Box<State>>,
     /// The operations in order.
     pub ops: Vec<TraceOp>,
 }
 
+impl std::fmt::Debug for SimTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SimTrace({} operations)", self.ops.len())
+    }
+}
+
 impl SimTrace {
-    /// A replayer positioned before the first operation (an empty disk).
+    /// A replayer positioned before the first operation (the disk when the trace started).
     pub fn replay(&self) -> Replayer<'_> {
         Replayer {
             ops: &self.ops,
             pos: 0,
-            state: State::default(),
+            state: self.base.as_deref().cloned().unwrap_or_default(),
         }
     }
 }

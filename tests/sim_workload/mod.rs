@@ -245,26 +245,90 @@ impl Run {
     }
 }
 
-/// Checks that `heap` holds a version in `lo..=hi` with exactly the model's blocks, and that
-/// its invariants hold. Returns the version.
-pub fn check_state(heap: &Heap<Root>, model: &Model, lo: u64, hi: u64) -> Result<u64, String> {
+/// Checks that the heap's blocks are exactly `want`.
+fn blocks_equal(heap: &Heap<Root>, want: &[Vec<u64>]) -> Result<(), String> {
     let r = heap.read();
     let v = r.version;
-    if v < lo || v > hi {
-        return Err(format!("recovered version {v}, allowed {lo}..={hi}"));
-    }
-    let want = &model.committed[v as usize];
     if r.blocks.len() != want.len() {
         return Err(format!("version {v}: {} blocks, expected {}", r.blocks.len(), want.len()));
     }
     for (i, (b, w)) in r.blocks.iter().zip(want).enumerate() {
-        if &b[..] != &w[..] {
+        if b[..] != w[..] {
             return Err(format!("version {v}: block {i} differs"));
         }
     }
-    drop(r);
+    Ok(())
+}
+
+/// Checks that `heap` holds a version in `lo..=hi` with exactly the model's blocks, and that
+/// its invariants hold. Returns the version.
+pub fn check_state(heap: &Heap<Root>, model: &Model, lo: u64, hi: u64) -> Result<u64, String> {
+    let v = heap.read().version;
+    if v < lo || v > hi {
+        return Err(format!("recovered version {v}, allowed {lo}..={hi}"));
+    }
+    blocks_equal(heap, &model.committed[v as usize])?;
     heap.verify().map_err(|e| format!("version {v}: verify: {e}"))?;
     Ok(v)
+}
+
+/// The commit every check makes after recovering: one more block, version `u64::MAX`.
+fn commit_after_recovery(heap: &Heap<Root>) -> Result<(), String> {
+    let mut w = heap.write();
+    let mut b = HVec::with_capacity_in(3, w.alloc());
+    b.extend_from_slice(&[1, 2, 3]);
+    w.blocks.push(b);
+    w.version = u64::MAX;
+    w.commit().map(drop).map_err(|e| format!("commit after recovery: {e}"))
+}
+
+/// Recovers a crash image with tracing on, commits once more, then crashes that recovery and
+/// commit at each of their sync points (one random mode each): every second recovery must
+/// give the first recovery's state, or the new commit once it had started (and always once it
+/// was acknowledged). Catches recoveries that are not themselves crash-safe. Returns the
+/// number of recoveries checked.
+pub fn double_crash(disk: &SimVfs, model: &Model, k: usize, rng: &mut Rng, bug: Option<PlantedBug>) -> Result<u64, String> {
+    disk.start_trace();
+    let (lo, hi) = model.allowed(k);
+    let heap = options(disk, bug)
+        .open(DIR, init)
+        .map_err(|e| format!("open failed: {e}"))?;
+    let v1 = check_state(&heap, model, lo, hi)?;
+    let start = disk.trace_len();
+    commit_after_recovery(&heap)?;
+    let ack = disk.trace_len();
+    drop(heap);
+    let mut extra = model.committed[v1 as usize].clone();
+    extra.push(vec![1, 2, 3]);
+    let trace = disk.trace();
+    let mut replay = trace.replay();
+    let mut n = 1;
+    for k2 in 0..=trace.ops.len() {
+        if k2 < trace.ops.len() && !trace.ops[k2].is_sync() {
+            continue;
+        }
+        let mode = match rng.below(3) {
+            0 => CrashMode::DropUnsynced,
+            1 => CrashMode::KeepUnsynced,
+            _ => CrashMode::Torn(rng.next()),
+        };
+        replay.advance_to(k2);
+        let d2 = replay.crash(mode);
+        n += 1;
+        let what = format!("second crash after op {k2}/{} of the recovery ({mode:?})", trace.ops.len());
+        let heap = options(&d2, bug)
+            .open(DIR, init)
+            .map_err(|e| format!("{what}: open failed: {e}"))?;
+        let v2 = heap.read().version;
+        let ok = (v2 == v1 && k2 < ack) || (v2 == u64::MAX && k2 > start);
+        if !ok {
+            return Err(format!("{what}: recovered version {v2}, first recovery gave {v1}"));
+        }
+        let want = if v2 == v1 { &model.committed[v1 as usize] } else { &extra };
+        blocks_equal(&heap, want).map_err(|e| format!("{what}: {e}"))?;
+        heap.verify().map_err(|e| format!("{what}: verify: {e}"))?;
+    }
+    Ok(n)
 }
 
 /// Recovers `disk` and checks the result against the model for a crash after `k` traced
@@ -275,34 +339,34 @@ pub fn check_recovery(disk: &SimVfs, model: &Model, k: usize, bug: Option<Plante
         .open(DIR, init)
         .map_err(|e| format!("open failed: {e}"))?;
     let v = check_state(&heap, model, lo, hi)?;
-    {
-        let mut w = heap.write();
-        let mut b = HVec::with_capacity_in(3, w.alloc());
-        b.extend_from_slice(&[1, 2, 3]);
-        w.blocks.push(b);
-        w.version = u64::MAX;
-        w.commit().map_err(|e| format!("commit after recovery: {e}"))?;
-    }
+    commit_after_recovery(&heap)?;
     Ok(v)
 }
 
 /// What a crash campaign found.
 #[derive(Default, Debug)]
 pub struct Tally {
+    /// Recoveries checked (each a crash point).
     pub points: u64,
+    /// Crash points whose recovery was itself crashed at each of its sync points.
+    pub double: u64,
+    /// Recoveries of those second crashes (included in `points`).
+    pub points_in_double: u64,
     pub failures: Vec<String>,
 }
 
 /// Crashes the traced run at every sync boundary from trace position `from` on (and at its
 /// end) in each crash mode (or, without `all_modes`, in one mode picked at random per
 /// boundary), and after `random_writes` randomly chosen writes (kept or torn),
-/// recovering and checking each.
+/// recovering and checking each; every `double_every`-th point (0: none) also crashes its
+/// own recovery everywhere ([`double_crash`]).
 pub fn crash_everywhere(
     trace: &SimTrace,
     model: &Model,
     from: usize,
     random_writes: usize,
     all_modes: bool,
+    double_every: usize,
     rng: &mut Rng,
     bug: Option<PlantedBug>,
     tally: &mut Tally,
@@ -337,11 +401,21 @@ pub fn crash_everywhere(
     }
     points.sort_by_key(|p| p.0);
     let mut replay = trace.replay();
-    for (k, mode) in points {
+    for (i, (k, mode)) in points.into_iter().enumerate() {
         replay.advance_to(k);
         let disk = replay.crash(mode);
-        tally.points += 1;
-        if let Err(e) = check_recovery(&disk, model, k, bug) {
+        let r = if double_every > 0 && i % double_every == 0 {
+            double_crash(&disk, model, k, rng, bug).map(|n| {
+                tally.points += n;
+                tally.double += 1;
+                tally.points_in_double += n - 1;
+            })
+        } else {
+            tally.points += 1;
+            check_recovery(&disk, model, k, bug).map(drop)
+        };
+        if let Err(e) = r {
+            tally.points += 1;
             tally.failures.push(format!("crash after op {k}/{} ({mode:?}): {e}", ops.len()));
         }
     }
