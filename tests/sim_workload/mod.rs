@@ -411,8 +411,7 @@ pub fn crash_everywhere(
                 tally.points_in_double += n - 1;
             })
         } else {
-            tally.points += 1;
-            check_recovery(&disk, model, k, bug).map(drop)
+            check_recovery(&disk, model, k, bug).map(|_| tally.points += 1)
         };
         if let Err(e) = r {
             tally.points += 1;
