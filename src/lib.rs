@@ -39,12 +39,12 @@ mod sys;
 mod track;
 
 pub use alloc::HeapAlloc;
-pub use error::{Error, Result};
 pub use engine::{SnapshotFileState, VerifyReport};
+pub use error::{Error, Result};
 pub use heap::{Heap, ReadGuard, WriteGuard};
-pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 #[doc(hidden)]
 pub use options::PlantedBug;
+pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 
 #[doc(hidden)]

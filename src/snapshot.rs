@@ -156,7 +156,8 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
     step!(Step::Allocate, sink.allocate(plan.header.file_len()));
     if plan.header_first {
         // Planted bug (tests only): the file claims to be valid before its pages are durable.
-        sink.write_at(&plan.header.encode(), 0).map_err(|e| (Step::WriteHeader, e))?;
+        sink.write_at(&plan.header.encode(), 0)
+            .map_err(|e| (Step::WriteHeader, e))?;
         sink.sync().map_err(|e| (Step::SyncHeader, e))?;
     }
     step!(Step::WritePages, {

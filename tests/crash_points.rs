@@ -9,7 +9,7 @@
 
 mod sim_workload;
 
-use sim_workload::{crash_everywhere, env_count, Op, Rng, Run, Tally, ALL_OPS};
+use sim_workload::{crash_everywhere, env_count, Op, Plan, Rng, Run, Tally, ALL_OPS};
 use snapheap::PlantedBug;
 use std::time::Instant;
 
@@ -40,11 +40,19 @@ fn random_workload(
     let mut run = Run::create(seed, bug);
     for _ in 0..len {
         let op = Op::random(&mut run.rng);
-        run.step(op).unwrap_or_else(|e| panic!("seed {seed}: {op:?} failed without faults: {e}"));
+        run.step(op)
+            .unwrap_or_else(|e| panic!("seed {seed}: {op:?} failed without faults: {e}"));
     }
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
     let (trace, model) = run.finish();
-    crash_everywhere(&trace, &model, 0, random_writes, true, double_every, &mut rng, bug, tally);
+    let plan = Plan {
+        random_writes,
+        all_modes: true,
+        double_every,
+        bug,
+        ..Plan::default()
+    };
+    crash_everywhere(&trace, &model, plan, &mut rng, tally);
 }
 
 #[test]
@@ -63,7 +71,11 @@ fn random_workloads_recover_a_committed_state_at_every_crash_point() {
         &tally,
         started,
     );
-    assert!(tally.failures.is_empty(), "{:#?}", &tally.failures[..tally.failures.len().min(20)]);
+    assert!(
+        tally.failures.is_empty(),
+        "{:#?}",
+        &tally.failures[..tally.failures.len().min(20)]
+    );
 }
 
 #[test]
@@ -96,18 +108,28 @@ fn every_sequence_of_up_to_three_operations_recovers_at_every_sync_point() {
         // SNAPHEAP_SEQ_ALL_MODES=1.
         let all_modes = seq.is_empty() || env_count("SNAPHEAP_SEQ_ALL_MODES", 0) != 0;
         for &op in seq {
-            run.step(op).unwrap_or_else(|e| panic!("{seq:?}: {op:?} failed without faults: {e}"));
+            run.step(op)
+                .unwrap_or_else(|e| panic!("{seq:?}: {op:?} failed without faults: {e}"));
         }
         let (trace, model) = run.finish();
         let mut rng = Rng::new(n as u64 + 7);
         let before = tally.failures.len();
-        crash_everywhere(&trace, &model, from, 0, all_modes, 0, &mut rng, None, &mut tally);
+        let plan = Plan {
+            from,
+            all_modes,
+            ..Plan::default()
+        };
+        crash_everywhere(&trace, &model, plan, &mut rng, &mut tally);
         for f in &mut tally.failures[before..] {
             *f = format!("{seq:?}: {f}");
         }
     }
     report("sequences of up to 3 operations", &tally, started);
-    assert!(tally.failures.is_empty(), "{:#?}", &tally.failures[..tally.failures.len().min(20)]);
+    assert!(
+        tally.failures.is_empty(),
+        "{:#?}",
+        &tally.failures[..tally.failures.len().min(20)]
+    );
 }
 
 /// The harness is not blind: with the journal sync skipped, acknowledged commits are lost at
@@ -133,22 +155,25 @@ fn planted_bug_snapshot_header_before_pages_is_detected() {
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut run = Run::create(99, Some(PlantedBug::SnapshotHeaderFirst));
-    for op in [Op::Alloc, Op::Alloc, Op::Commit, Op::Snapshot, Op::Write, Op::Alloc, Op::Snapshot] {
+    for op in [
+        Op::Alloc,
+        Op::Alloc,
+        Op::Commit,
+        Op::Snapshot,
+        Op::Write,
+        Op::Alloc,
+        Op::Snapshot,
+    ] {
         run.step(op).unwrap();
     }
     let (trace, model) = run.finish();
     let mut rng = Rng::new(5);
-    crash_everywhere(
-        &trace,
-        &model,
-        0,
-        0,
-        true,
-        0,
-        &mut rng,
-        Some(PlantedBug::SnapshotHeaderFirst),
-        &mut tally,
-    );
+    let plan = Plan {
+        all_modes: true,
+        bug: Some(PlantedBug::SnapshotHeaderFirst),
+        ..Plan::default()
+    };
+    crash_everywhere(&trace, &model, plan, &mut rng, &mut tally);
     report("planted bug: snapshot header before pages", &tally, started);
     assert!(
         !tally.failures.is_empty(),

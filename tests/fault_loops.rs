@@ -97,7 +97,11 @@ fn report(name: &str, cases: u64, tally: &Tally, started: Instant) {
         tally.failures.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(tally.failures.is_empty(), "{:#?}", &tally.failures[..tally.failures.len().min(20)]);
+    assert!(
+        tally.failures.is_empty(),
+        "{:#?}",
+        &tally.failures[..tally.failures.len().min(20)]
+    );
 }
 
 #[test]

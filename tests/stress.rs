@@ -121,7 +121,10 @@ fn threads_allocating_and_freeing_during_commits_and_snapshots_keep_every_invari
         }
         stop.store(true, Ordering::Relaxed);
         let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-        println!("{ops} allocator operations during {} commits", commits.load(Ordering::Relaxed));
+        println!(
+            "{ops} allocator operations during {} commits",
+            commits.load(Ordering::Relaxed)
+        );
         assert!(ops > 0);
     });
     let report = heap.verify().unwrap();

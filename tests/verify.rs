@@ -11,14 +11,26 @@ fn journal_path(run: &Run) -> std::path::PathBuf {
     run.disk
         .files()
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("journal-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("journal-"))
+        })
         .max()
         .expect("a journal")
 }
 
 fn healthy() -> Run {
     let mut run = Run::create(5, None);
-    for op in [Op::Alloc, Op::Alloc, Op::Commit, Op::Snapshot, Op::Alloc, Op::Write, Op::Commit, Op::Write] {
+    for op in [
+        Op::Alloc,
+        Op::Alloc,
+        Op::Commit,
+        Op::Snapshot,
+        Op::Alloc,
+        Op::Write,
+        Op::Commit,
+        Op::Write,
+    ] {
         run.step(op).unwrap();
     }
     run
@@ -29,7 +41,10 @@ fn verify_reports_checked_files_and_uncommitted_pages_of_a_healthy_heap() {
     let run = healthy();
     let r = run.heap().verify().unwrap();
     assert!(r.segments >= 1 && r.used_bytes > 0);
-    assert!(matches!(r.snapshots[0], SnapshotFileState::Valid { .. }) || matches!(r.snapshots[1], SnapshotFileState::Valid { .. }));
+    assert!(
+        matches!(r.snapshots[0], SnapshotFileState::Valid { .. })
+            || matches!(r.snapshots[1], SnapshotFileState::Valid { .. })
+    );
     assert_eq!(r.journals, 1);
     assert!(r.journal_groups >= 1);
     assert_eq!(r.last_seq, run.heap().stats().commit_seq);
@@ -37,10 +52,16 @@ fn verify_reports_checked_files_and_uncommitted_pages_of_a_healthy_heap() {
     assert!(r.kernel_written_pages >= r.pages_uncommitted);
     assert!(r.pages_since_snapshot >= r.pages_uncommitted);
     let text = r.to_string();
-    assert!(text.contains("allocator: ok") && text.contains("checksums ok"), "{text}");
+    assert!(
+        text.contains("allocator: ok") && text.contains("checksums ok"),
+        "{text}"
+    );
     run.heap().commit().unwrap();
     let r = run.heap().verify().unwrap();
-    assert_eq!(r.pages_uncommitted, 0, "after a commit memory equals the image on disk: {r}");
+    assert_eq!(
+        r.pages_uncommitted, 0,
+        "after a commit memory equals the image on disk: {r}"
+    );
 }
 
 #[test]
@@ -71,7 +92,10 @@ fn verify_catches_a_page_that_differs_from_disk_without_being_tracked() {
     run.disk.write_file(&snap, &bytes);
     let e = run.heap().verify().unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("escaped tracking") || msg.contains("neither in the dirty set"), "{msg}");
+    assert!(
+        msg.contains("escaped tracking") || msg.contains("neither in the dirty set"),
+        "{msg}"
+    );
 }
 
 #[test]

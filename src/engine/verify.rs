@@ -272,7 +272,11 @@ impl Engine {
         for (k, &id) in ids.iter().enumerate() {
             let path = self.dir.join(journal_file_name(id));
             if id != first + k as u64 {
-                return Err(Error::corrupt(&path, 0, format!("journal {} is missing", first + k as u64)));
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!("journal {} is missing", first + k as u64),
+                ));
             }
             let scan = scan_journal(&*self.vfs, &path, self.meta.heap_id, id, k + 1 == ids.len())?;
             if scan.header.start_seq != expect_seq {
@@ -301,7 +305,10 @@ impl Engine {
             return Err(Error::corrupt(
                 self.dir.join(journal_file_name(current)),
                 0,
-                format!("the journal ends at commit {expect_seq}, the heap wrote {}", cs.last_seq),
+                format!(
+                    "the journal ends at commit {expect_seq}, the heap wrote {}",
+                    cs.last_seq
+                ),
             ));
         }
         Ok((ids.len() as u64, groups, sources))
@@ -335,7 +342,11 @@ impl Engine {
                         .read_at(&mut snap_img[..n], DATA_OFFSET + at as u64)
                         .map_err(|e| Error::io("read", &path, e))?;
                     if got != n {
-                        return Err(Error::corrupt(&path, DATA_OFFSET + at as u64, "snapshot file too short"));
+                        return Err(Error::corrupt(
+                            &path,
+                            DATA_OFFSET + at as u64,
+                            "snapshot file too short",
+                        ));
                     }
                 }
             }

@@ -419,7 +419,13 @@ pub struct SimVfs {
 impl std::fmt::Debug for SimVfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.lock();
-        write!(f, "SimVfs({} files, {} writes, {} syncs)", s.names.len(), s.writes, s.syncs)
+        write!(
+            f,
+            "SimVfs({} files, {} writes, {} syncs)",
+            s.names.len(),
+            s.writes,
+            s.syncs
+        )
     }
 }
 
@@ -634,7 +640,10 @@ impl VFile for SimFile {
 }
 
 fn not_found(p: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such simulated file", p.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such simulated file", p.display()),
+    )
 }
 
 impl Vfs for SimVfs {

@@ -103,14 +103,19 @@ pub struct Model {
 impl Model {
     /// `(lo, hi)`: the versions a crash after `k` traced operations may recover.
     pub fn allowed(&self, k: usize) -> (u64, u64) {
-        let lo = (0..self.acks.len()).rev().find(|&v| self.acks[v].is_some_and(|a| a <= k));
+        let lo = (0..self.acks.len())
+            .rev()
+            .find(|&v| self.acks[v].is_some_and(|a| a <= k));
         let hi = (0..self.starts.len()).rev().find(|&v| self.starts[v] < k);
         (lo.unwrap_or(0) as u64, hi.unwrap_or(0) as u64)
     }
 
     /// The newest acknowledged version.
     pub fn last_acked(&self) -> u64 {
-        (0..self.acks.len()).rev().find(|&v| self.acks[v].is_some()).unwrap_or(0) as u64
+        (0..self.acks.len())
+            .rev()
+            .find(|&v| self.acks[v].is_some())
+            .unwrap_or(0) as u64
     }
 }
 
@@ -250,7 +255,11 @@ fn blocks_equal(heap: &Heap<Root>, want: &[Vec<u64>]) -> Result<(), String> {
     let r = heap.read();
     let v = r.version;
     if r.blocks.len() != want.len() {
-        return Err(format!("version {v}: {} blocks, expected {}", r.blocks.len(), want.len()));
+        return Err(format!(
+            "version {v}: {} blocks, expected {}",
+            r.blocks.len(),
+            want.len()
+        ));
     }
     for (i, (b, w)) in r.blocks.iter().zip(want).enumerate() {
         if b[..] != w[..] {
@@ -287,7 +296,13 @@ fn commit_after_recovery(heap: &Heap<Root>) -> Result<(), String> {
 /// give the first recovery's state, or the new commit once it had started (and always once it
 /// was acknowledged). Catches recoveries that are not themselves crash-safe. Returns the
 /// number of recoveries checked.
-pub fn double_crash(disk: &SimVfs, model: &Model, k: usize, rng: &mut Rng, bug: Option<PlantedBug>) -> Result<u64, String> {
+pub fn double_crash(
+    disk: &SimVfs,
+    model: &Model,
+    k: usize,
+    rng: &mut Rng,
+    bug: Option<PlantedBug>,
+) -> Result<u64, String> {
     disk.start_trace();
     let (lo, hi) = model.allowed(k);
     let heap = options(disk, bug)
@@ -315,7 +330,10 @@ pub fn double_crash(disk: &SimVfs, model: &Model, k: usize, rng: &mut Rng, bug: 
         replay.advance_to(k2);
         let d2 = replay.crash(mode);
         n += 1;
-        let what = format!("second crash after op {k2}/{} of the recovery ({mode:?})", trace.ops.len());
+        let what = format!(
+            "second crash after op {k2}/{} of the recovery ({mode:?})",
+            trace.ops.len()
+        );
         let heap = options(&d2, bug)
             .open(DIR, init)
             .map_err(|e| format!("{what}: open failed: {e}"))?;
@@ -324,7 +342,11 @@ pub fn double_crash(disk: &SimVfs, model: &Model, k: usize, rng: &mut Rng, bug: 
         if !ok {
             return Err(format!("{what}: recovered version {v2}, first recovery gave {v1}"));
         }
-        let want = if v2 == v1 { &model.committed[v1 as usize] } else { &extra };
+        let want = if v2 == v1 {
+            &model.committed[v1 as usize]
+        } else {
+            &extra
+        };
         blocks_equal(&heap, want).map_err(|e| format!("{what}: {e}"))?;
         heap.verify().map_err(|e| format!("{what}: verify: {e}"))?;
     }
@@ -355,22 +377,31 @@ pub struct Tally {
     pub failures: Vec<String>,
 }
 
-/// Crashes the traced run at every sync boundary from trace position `from` on (and at its
-/// end) in each crash mode (or, without `all_modes`, in one mode picked at random per
-/// boundary), and after `random_writes` randomly chosen writes (kept or torn),
-/// recovering and checking each; every `double_every`-th point (0: none) also crashes its
-/// own recovery everywhere ([`double_crash`]).
-pub fn crash_everywhere(
-    trace: &SimTrace,
-    model: &Model,
-    from: usize,
-    random_writes: usize,
-    all_modes: bool,
-    double_every: usize,
-    rng: &mut Rng,
-    bug: Option<PlantedBug>,
-    tally: &mut Tally,
-) {
+/// Where [`crash_everywhere`] crashes a trace.
+#[derive(Default, Clone, Copy)]
+pub struct Plan {
+    /// First trace position considered.
+    pub from: usize,
+    /// Extra crash points after randomly chosen writes (kept or torn).
+    pub random_writes: usize,
+    /// All three modes at every sync boundary (else one, picked at random).
+    pub all_modes: bool,
+    /// Every this many points (0: none) the recovery is itself crashed ([`double_crash`]).
+    pub double_every: usize,
+    /// The planted bug the heap runs with.
+    pub bug: Option<PlantedBug>,
+}
+
+/// Crashes the traced run as `plan` says: before every sync boundary from `plan.from` on (and
+/// at its end), and after random writes, recovering and checking each.
+pub fn crash_everywhere(trace: &SimTrace, model: &Model, plan: Plan, rng: &mut Rng, tally: &mut Tally) {
+    let Plan {
+        from,
+        random_writes,
+        all_modes,
+        double_every,
+        bug,
+    } = plan;
     let ops = &trace.ops;
     let mut points: Vec<(usize, CrashMode)> = Vec::new();
     for k in from..=ops.len() {
@@ -415,7 +446,9 @@ pub fn crash_everywhere(
         };
         if let Err(e) = r {
             tally.points += 1;
-            tally.failures.push(format!("crash after op {k}/{} ({mode:?}): {e}", ops.len()));
+            tally
+                .failures
+                .push(format!("crash after op {k}/{} ({mode:?}): {e}", ops.len()));
         }
     }
 }
