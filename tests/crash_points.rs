@@ -63,8 +63,17 @@ fn random_workloads_recover_a_committed_state_at_every_crash_point() {
     let mut tally = Tally::default();
     let mut seed = first_seed;
     while tally.points < target {
+        let before = tally.points;
         random_workload(seed, 40, 30, 10, None, &mut tally);
         seed += 1;
+        if tally.points / 10_000 != before / 10_000 {
+            println!(
+                "  ... {} crash points, {} failures, {:.0} s",
+                tally.points,
+                tally.failures.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     report(
         &format!("random workloads (seeds {first_seed}..{seed})"),

@@ -31,10 +31,11 @@
 //!
 //! # Invariants
 //!
-//! - For every inode: `durable == None` implies `dirty` is empty (the durable bytes are the
-//!   written bytes); otherwise every sector whose written and durable bytes may differ (below
-//!   `max(data.len(), durable.len())`) is in `dirty`, except sectors whose new bytes were lost
-//!   by a failed sync.
+//! - For every inode: `durable == None` implies `dirty` is empty and `!lost` (the durable
+//!   bytes are the written bytes); otherwise every sector whose written and durable bytes may
+//!   differ (below `max(data.len(), durable.len())`) is in `dirty`, except sectors whose new
+//!   bytes were lost by a failed sync (then `lost`).
+//! - File bytes are `Arc`-shared between clones of the disk and copied on first write.
 //! - `durable_names` = `names` with the queued directory operations (`pending_dir`) undone;
 //!   `sync_dir` empties `pending_dir`.
 //! - Counters only grow; a fault with `nth = k` on writes fires at the write whose 1-based
@@ -155,23 +156,30 @@ impl Sectors {
     }
 }
 
+/// A file's bytes, shared copy-on-write between clones of the disk (crash images, replays).
+type Bytes = Arc<Vec<u8>>;
+
 #[derive(Clone, Default)]
 struct Inode {
-    data: Vec<u8>,
-    /// The durable bytes; `None` while they equal `data` (nothing written since a crash).
-    durable: Option<Vec<u8>>,
+    data: Bytes,
+    /// The durable bytes; `None` while they equal `data`.
+    durable: Option<Bytes>,
     dirty: Sectors,
+    /// A failed sync lost sectors since `durable` split from `data` (so a later sync cannot
+    /// simply declare `data` durable).
+    lost: bool,
 }
 
 impl Inode {
     fn durable(&self) -> &[u8] {
         self.durable.as_deref().unwrap_or(&self.data)
     }
-    /// Called before `data` changes: the durable image must stop sharing it.
-    fn split(&mut self) {
+    /// Called before `data` changes: the durable image stops sharing it.
+    fn data_mut(&mut self) -> &mut Vec<u8> {
         if self.durable.is_none() {
-            self.durable = Some(self.data.clone());
+            self.durable = Some(Arc::clone(&self.data));
         }
+        Arc::make_mut(&mut self.data)
     }
     fn mark(&mut self, from: u64, to: u64) {
         if from < to {
@@ -179,31 +187,37 @@ impl Inode {
         }
     }
     fn write(&mut self, off: u64, buf: &[u8]) {
-        self.split();
+        let data = self.data_mut();
         let end = off as usize + buf.len();
-        if end > self.data.len() {
-            self.data.resize(end, 0);
+        if end > data.len() {
+            data.resize(end, 0);
         }
-        self.data[off as usize..end].copy_from_slice(buf);
+        data[off as usize..end].copy_from_slice(buf);
         self.mark(off, end as u64);
     }
     fn set_len(&mut self, len: u64) {
-        self.split();
-        let old = self.data.len() as u64;
+        let data = self.data_mut();
+        let old = data.len() as u64;
+        data.resize(len as usize, 0);
         if len < old {
             // The cut bytes may survive a crash until the new length is synced.
             self.mark(len, old);
         }
-        self.data.resize(len as usize, 0);
     }
     fn allocate(&mut self, len: u64) {
         if len > self.data.len() as u64 {
-            self.split();
-            self.data.resize(len as usize, 0);
+            self.data_mut().resize(len as usize, 0);
         }
     }
     fn sync(&mut self) {
+        if !self.lost {
+            // Every difference was in a dirty sector: now everything written is durable.
+            self.durable = None;
+            self.dirty.clear();
+            return;
+        }
         let Some(durable) = self.durable.as_mut() else { return };
+        let durable = Arc::make_mut(durable);
         durable.resize(self.data.len(), 0);
         let len = self.data.len() as u64;
         for s in self.dirty.iter() {
@@ -219,9 +233,19 @@ impl Inode {
     fn sync_failed(&mut self) {
         // Linux marks the pages clean after a writeback error: their new bytes stay visible in
         // the page cache but will never reach the disk.
+        if self.durable.is_some() {
+            self.lost = true;
+        }
         self.dirty.clear();
     }
     fn crashed(&self, mode: CrashMode, rng: &mut u64) -> Inode {
+        if self.durable.is_none() {
+            // Nothing unsynced: the crash image shares the bytes.
+            return Inode {
+                data: Arc::clone(&self.data),
+                ..Inode::default()
+            };
+        }
         // Start from the durable bytes; every dirty sector then keeps its old bytes or gets
         // its new ones. Sectors lost by a failed sync are not dirty, so they stay old.
         let durable = self.durable();
@@ -255,9 +279,8 @@ impl Inode {
             }
         }
         Inode {
-            data: out,
-            durable: None,
-            dirty: Sectors::default(),
+            data: Arc::new(out),
+            ..Inode::default()
         }
     }
 }
@@ -495,7 +518,7 @@ impl SimVfs {
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         let s = self.lock();
         let ino = s.names.get(path)?;
-        s.inodes.get(ino).map(|i| i.data.clone())
+        s.inodes.get(ino).map(|i| i.data.to_vec())
     }
 
     /// Replaces a file's contents (written and durable), creating it if needed; for corruption
@@ -515,9 +538,8 @@ impl SimVfs {
         s.inodes.insert(
             ino,
             Inode {
-                data: bytes.to_vec(),
-                durable: None,
-                dirty: Sectors::default(),
+                data: Arc::new(bytes.to_vec()),
+                ..Inode::default()
             },
         );
     }
