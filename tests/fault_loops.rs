@@ -77,6 +77,16 @@ fn loop_live(name: &str, act: fn(&mut Run) -> snapheap::Result<()>, tally: &mut 
                         other => tally.failures.push(format!("{what}: a later commit gave {other:?}")),
                     }
                 }
+                if r.is_ok() && fired && run.heap.is_some() {
+                    // The fault was absorbed (e.g. an automatic snapshot failed, or a best-effort
+                    // directory sync): later commits must still be durable when acknowledged.
+                    let after = run.step(Op::Alloc).and_then(|_| run.step(Op::Commit));
+                    if !forever && after.is_err() {
+                        tally
+                            .failures
+                            .push(format!("{what}: the next commit failed: {after:?}"));
+                    }
+                }
                 run.heap = None;
                 run.disk.clear_faults();
                 recover_everywhere(&run.disk, &run.model, &what, tally);
