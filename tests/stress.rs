@@ -159,6 +159,9 @@ fn forked_snapshots_under_allocator_contention_all_finish() {
             heap.write().counter = i;
             heap.snapshot().unwrap();
             let _ = progress.send(i);
+            if (i + 1) % 1000 == 0 {
+                println!("  ... {} snapshots, {:.0} s", i + 1, started.elapsed().as_secs_f64());
+            }
         }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
