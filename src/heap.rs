@@ -17,7 +17,7 @@
 //! undetectable, so bump the schema id when the meaning of the data changes.
 
 use crate::alloc::HeapAlloc;
-use crate::engine::{Engine, Fingerprint};
+use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
 use crate::options::OpenOptions;
 use crate::stats::Stats;
@@ -161,9 +161,13 @@ impl<T> Heap<T> {
         self.engine().stats()
     }
 
-    /// Checks the heap's internal invariants (allocator structures, extents); returns a
-    /// human-readable report, or [`Error::Corrupt`] describing the first violation.
-    pub fn verify(&self) -> Result<String> {
+    /// Checks the heap's invariants: allocator structures, the checksums of the snapshot
+    /// headers and journal records on disk, and that every page differing from the committed
+    /// image is known to the dirty-page tracking. Returns what was checked (a
+    /// [`VerifyReport`], which displays as a readable summary), or [`Error::Corrupt`]
+    /// describing the first violation. Costs O(heap): it compares every mapped page with the
+    /// files.
+    pub fn verify(&self) -> Result<VerifyReport> {
         let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
         self.engine().verify()
     }

@@ -42,9 +42,12 @@ mod sys;
 mod track;
 
 pub use alloc::HeapAlloc;
+pub use engine::{SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
+#[doc(hidden)]
+pub use options::PlantedBug;
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 

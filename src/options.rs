@@ -33,6 +33,18 @@ pub struct OpenOptions {
     pub(crate) force_all_dirty: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    pub(crate) test_planted_bug: Option<PlantedBug>,
+}
+
+/// Tests only: deliberately broken protocol steps, used by the reliability suite to prove that
+/// its crash harness detects lost or inconsistent states (`tests/crash_points.rs`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Acknowledge commits without syncing the journal (`engine/durable.rs`).
+    SkipJournalSync,
+    /// Write and sync the snapshot's valid header before its pages (`snapshot.rs`).
+    SnapshotHeaderFirst,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -67,6 +79,7 @@ impl Default for OpenOptions {
             force_all_dirty: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            test_planted_bug: None,
         }
     }
 }
@@ -146,6 +159,13 @@ impl OpenOptions {
     #[doc(hidden)]
     pub fn test_snapshot_stop_after(&mut self, step: Option<u8>) -> &mut Self {
         self.test_snapshot_stop_after = step;
+        self
+    }
+
+    /// Tests only: plant a known bug (see [`PlantedBug`]) to check that the tests catch it.
+    #[doc(hidden)]
+    pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
+        self.test_planted_bug = bug;
         self
     }
 

@@ -36,8 +36,10 @@ use std::os::fd::RawFd;
 use std::sync::Mutex;
 
 /// Reservations of closed heaps, kept so that stale `HeapAlloc` handles stay harmless and the
-/// same heap can be reopened in this process. `(start, len)`; `len == 0` marks a free slot.
-static RETAINED: Mutex<[(usize, usize); 64]> = Mutex::new([(0, 0); 64]);
+/// same heap can be reopened in this process. `(start, len)`. Unbounded: a reservation that
+/// was not recorded here could never be reused, and reopening its heap would fail with
+/// `AddressInUse` (the reliability tests open thousands of heaps in one process).
+static RETAINED: Mutex<Option<crate::SysVec<(usize, usize)>>> = Mutex::new(None);
 
 /// The lowest and highest base addresses a new heap may pick (inside x86-64's 47-bit user
 /// space, above typical executables and the brk heap, below mmap's top-down area).
@@ -205,19 +207,18 @@ impl Drop for Region {
 
 fn take_retained(start: usize, len: usize) -> bool {
     let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
-    for slot in t.iter_mut() {
-        if *slot == (start, len) {
-            *slot = (0, 0);
-            return true;
+    let Some(v) = t.as_mut() else { return false };
+    match v.iter().position(|&s| s == (start, len)) {
+        Some(i) => {
+            v.swap_remove(i);
+            true
         }
+        None => false,
     }
-    false
 }
 
 fn retain(start: usize, len: usize) {
     let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(slot) = t.iter_mut().find(|s| s.1 == 0) {
-        *slot = (start, len);
-    }
-    // With more than 64 closed heaps the reservation simply stays mapped PROT_NONE forever.
+    t.get_or_insert_with(|| crate::SysVec::new_in(std::alloc::System))
+        .push((start, len));
 }

@@ -82,6 +82,8 @@ pub(crate) struct Plan {
     pub bitmap: SysVec<u8>,
     /// Stop (as if crashed) right after this step; tests only.
     pub stop_after: Option<Step>,
+    /// Planted bug (tests only): write and sync the valid header before the pages.
+    pub header_first: bool,
 }
 
 impl Plan {
@@ -152,6 +154,12 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
     step!(Step::StampInvalid, sink.write_at(&plan.invalid_header, 0));
     step!(Step::SyncInvalid, sink.sync());
     step!(Step::Allocate, sink.allocate(plan.header.file_len()));
+    if plan.header_first {
+        // Planted bug (tests only): the file claims to be valid before its pages are durable.
+        sink.write_at(&plan.header.encode(), 0)
+            .map_err(|e| (Step::WriteHeader, e))?;
+        sink.sync().map_err(|e| (Step::SyncHeader, e))?;
+    }
     step!(Step::WritePages, {
         let mut r = Ok(());
         for &(a, b) in plan.runs.iter() {

@@ -252,7 +252,6 @@ impl Tracker {
     }
 
     /// The same report as [`collect`](Self::collect), without re-protecting (for verification).
-    #[allow(dead_code)] // used by the unit tests and examples/track_cost.rs
     pub(crate) fn peek(&mut self, start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> io::Result<()> {
         self.report(start, end, false, out)
     }
@@ -539,7 +538,6 @@ impl DirtySet {
     }
 
     /// Whether the page containing `addr` is in the set (false outside the region).
-    #[cfg(test)]
     pub(crate) fn contains(&self, addr: usize) -> bool {
         if addr < self.base || addr >= self.limit() {
             return false;
@@ -575,7 +573,6 @@ impl DirtySet {
     }
 
     /// The number of pages in the set.
-    #[cfg(test)]
     pub(crate) fn count(&self) -> usize {
         self.bits().count_ones()
     }

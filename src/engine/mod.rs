@@ -6,6 +6,7 @@
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snap.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
 //!
@@ -29,6 +30,9 @@ mod commit;
 mod durable;
 mod open;
 mod snap;
+mod verify;
+
+pub use verify::{SnapshotFileState, VerifyReport};
 
 use crate::alloc::Arena;
 use crate::error::{Error, Result};
@@ -205,27 +209,6 @@ impl Engine {
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
         }
-    }
-
-    /// Full invariant check: allocator structures, and (when tracking is exact) that no page
-    /// is written-but-unreported. Returns a human-readable report.
-    pub(crate) fn verify(&self) -> Result<String> {
-        let _c = lock(&self.commit);
-        // check_invariants pauses the allocator itself.
-        let report = self
-            .arena
-            .check_invariants()
-            .map_err(|e| Error::corrupt(&self.dir, 0, format!("allocator invariant violated: {e}")))?;
-        let extent = self.arena.extent();
-        let region_extent = lock(&self.grow.region).extent();
-        if extent > region_extent {
-            return Err(Error::corrupt(
-                &self.dir,
-                0,
-                format!("allocator extent {extent:#x} exceeds mapped extent {region_extent:#x}"),
-            ));
-        }
-        Ok(format!("{report:?}; extent {extent:#x}; mapped {region_extent:#x}"))
     }
 
     /// Releases the heap. With `commit_and_snapshot`, first commits outstanding changes and

@@ -43,7 +43,7 @@ pub(crate) const SNAPSHOT_FILES: [&str; 2] = ["snapshot-0", "snapshot-1"];
 
 impl CommitState {
     /// The slot holding the newest valid snapshot.
-    fn newest(&self) -> Option<usize> {
+    pub(super) fn newest(&self) -> Option<usize> {
         (0..2)
             .filter(|&i| self.snaps[i].is_some_and(|h| h.valid))
             .max_by_key(|&i| self.snaps[i].map_or(0, |h| h.generation))
@@ -102,6 +102,7 @@ impl Engine {
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
+            header_first: self.opts.test_planted_bug == Some(crate::PlantedBug::SnapshotHeaderFirst),
         };
         (target, plan)
     }

@@ -2,7 +2,8 @@
 //! [`VFile`], so that tests can substitute a simulated disk that separates written bytes from
 //! durable bytes and injects failures (see `tests/` and the reliability suite).
 //!
-//! [`OsVfs`] is the real implementation over the [`crate::sys`] layer.
+//! [`OsVfs`] is the real implementation over the [`crate::sys`] layer; [`SimVfs`] (hidden,
+//! for tests) is a simulated disk with power-loss and fault injection (`sim.rs`).
 //!
 //! # Invariants
 //!
@@ -12,8 +13,11 @@
 //!   file's durable contents beyond what an earlier successful sync covered.
 
 mod os;
+mod sim;
 
 pub use os::OsVfs;
+#[doc(hidden)]
+pub use sim::{CrashMode, Fault, FaultOn, Replayer, SimTrace, SimVfs, TraceOp, SECTOR};
 
 use std::io;
 use std::os::fd::RawFd;
