@@ -507,7 +507,7 @@ impl GlobalHeap {
         let _g = lock(&self.roots);
         let _c = EngineCall::enter();
         let mut report = match (self.engine(), unsafe_arena(a)) {
-            (Some(e), _) => e.verify()?,
+            (Some(e), _) => e.verify()?.to_string(),
             (None, Some(a)) => {
                 let r = a
                     .check_invariants()
