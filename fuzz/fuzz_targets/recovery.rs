@@ -1,0 +1,118 @@
+//! Recovery from an arbitrary heap directory: the input is a packed directory
+//! (`snapheap_fuzz::Dir`: meta, snapshot files, journals), written to a scratch directory and
+//! opened. Opening must return `Ok` or `Err`, never panic, crash or hang; a heap that opens
+//! must take one more commit.
+//!
+//! The heap's contents are not read: snapshot pages are not checksummed by design (a heap is
+//! as trusted as the executable), so garbage pages may hold any pointer. Only what recovery
+//! itself reads (headers, records, the allocator's attach checks) is under test.
+//!
+//! Address space: a heap maps at the base its meta names and keeps the reservation after it
+//! closes, so the target lets at most 32 distinct `(base, max_size)` pairs through per process
+//! (and clamps `max_size` to 1 GiB); others are rewritten to the first pair seen.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use snapheap_fuzz::{
+    Dir, Root, META_BASE_OFFSET, META_MAX_SIZE_OFFSET, RESEAL_JOURNALS, RESEAL_META, RESEAL_SNAPSHOTS,
+};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+struct State {
+    dir: PathBuf,
+    seen: Vec<(u64, u64)>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Keeps the set of address ranges this process maps small (see the module doc).
+fn normalize_meta(b: &mut [u8], seen: &mut Vec<(u64, u64)>) {
+    if b.len() < 512 {
+        return;
+    }
+    let (mut base, mut max) = (u64_at(b, META_BASE_OFFSET), u64_at(b, META_MAX_SIZE_OFFSET));
+    let mut changed = false;
+    if max > 1 << 30 {
+        max = snapheap_fuzz::MAX_SIZE;
+        changed = true;
+    }
+    if !seen.contains(&(base, max)) && seen.len() >= 32 {
+        (base, max) = seen[0];
+        changed = true;
+    }
+    if changed {
+        b[META_BASE_OFFSET..META_BASE_OFFSET + 8].copy_from_slice(&base.to_le_bytes());
+        b[META_MAX_SIZE_OFFSET..META_MAX_SIZE_OFFSET + 8].copy_from_slice(&max.to_le_bytes());
+        snapheap_fuzz::reseal_meta(b);
+    }
+    if snapheap::fuzzing::meta(b).is_ok() && !seen.contains(&(base, max)) {
+        seen.push((base, max));
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let state = guard.get_or_insert_with(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("snapheap-fuzz-recovery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        State { dir, seen: Vec::new() }
+    });
+    let dir = state.dir.clone();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "lock" {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let packed = Dir::decode(data);
+    for f in &packed.files {
+        let path = dir.join(f.name());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        match f.tag {
+            snapheap_fuzz::TAG_META | snapheap_fuzz::TAG_JOURNAL => {
+                let mut b = f.prefix(u64::MAX);
+                if f.tag == snapheap_fuzz::TAG_META {
+                    if packed.flags & RESEAL_META != 0 {
+                        snapheap_fuzz::reseal_meta(&mut b);
+                    }
+                    normalize_meta(&mut b, &mut state.seen);
+                } else if packed.flags & RESEAL_JOURNALS != 0 {
+                    snapheap_fuzz::reseal_journal(&mut b);
+                }
+                file.write_all_at(&b, 0).unwrap();
+            }
+            _ => {
+                file.set_len(f.len).unwrap();
+                for (off, bytes) in &f.chunks {
+                    file.write_all_at(bytes, *off).unwrap();
+                }
+                if packed.flags & RESEAL_SNAPSHOTS != 0 {
+                    let mut head = f.prefix(128);
+                    snapheap_fuzz::reseal_snapshot(&mut head);
+                    file.write_all_at(&head, 0).unwrap();
+                }
+            }
+        }
+    }
+    if let Ok(heap) = snapheap::OpenOptions::new().open(&dir, Root::new_in) {
+        let _ = heap.commit();
+        drop(heap);
+    }
+});
