@@ -69,48 +69,10 @@ fuzz_target!(|data: &[u8]| {
         State { dir, seen: Vec::new() }
     });
     let dir = state.dir.clone();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "lock" {
-            std::fs::remove_file(e.path()).unwrap();
-        }
-    }
-    let packed = Dir::decode(data);
-    for f in &packed.files {
-        let path = dir.join(f.name());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        match f.tag {
-            snapheap_fuzz::TAG_META | snapheap_fuzz::TAG_JOURNAL => {
-                let mut b = f.prefix(u64::MAX);
-                if f.tag == snapheap_fuzz::TAG_META {
-                    if packed.flags & RESEAL_META != 0 {
-                        snapheap_fuzz::reseal_meta(&mut b);
-                    }
-                    normalize_meta(&mut b, &mut state.seen);
-                } else if packed.flags & RESEAL_JOURNALS != 0 {
-                    snapheap_fuzz::reseal_journal(&mut b);
-                }
-                file.write_all_at(&b, 0).unwrap();
-            }
-            _ => {
-                file.set_len(f.len).unwrap();
-                for (off, bytes) in &f.chunks {
-                    file.write_all_at(bytes, *off).unwrap();
-                }
-                if packed.flags & RESEAL_SNAPSHOTS != 0 {
-                    let mut head = f.prefix(128);
-                    snapheap_fuzz::reseal_snapshot(&mut head);
-                    file.write_all_at(&head, 0).unwrap();
-                }
-            }
-        }
-    }
+    let seen = &mut state.seen;
+    Dir::decode(data)
+        .write_to(&dir, |meta| normalize_meta(meta, seen))
+        .unwrap();
     if let Ok(heap) = snapheap::OpenOptions::new().open(&dir, Root::new_in) {
         let _ = heap.commit();
         drop(heap);

@@ -170,6 +170,54 @@ impl Dir {
     }
 }
 
+impl Dir {
+    /// Writes the files into `dir` (which must exist), after removing every file but `lock`.
+    /// Applies the reseal flags; `fix_meta` may rewrite the meta bytes last.
+    pub fn write_to(&self, dir: &std::path::Path, mut fix_meta: impl FnMut(&mut [u8])) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_name() != "lock" {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        for f in &self.files {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.join(f.name()))?;
+            match f.tag {
+                TAG_META | TAG_JOURNAL => {
+                    let mut b = f.prefix(u64::MAX);
+                    if f.tag == TAG_META {
+                        if self.flags & RESEAL_META != 0 {
+                            reseal_meta(&mut b);
+                        }
+                        fix_meta(&mut b);
+                    } else if self.flags & RESEAL_JOURNALS != 0 {
+                        reseal_journal(&mut b);
+                    }
+                    file.write_all_at(&b, 0)?;
+                }
+                _ => {
+                    file.set_len(f.len)?;
+                    for (off, bytes) in &f.chunks {
+                        file.write_all_at(bytes, *off)?;
+                    }
+                    if self.flags & RESEAL_SNAPSHOTS != 0 {
+                        let mut head = f.prefix(128);
+                        reseal_snapshot(&mut head);
+                        file.write_all_at(&head, 0)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Packs files (`(tag, bytes)`) into an input for the `recovery` target: runs of non-zero
 /// bytes become chunks, zeros between them are left out.
 pub fn encode_dir(flags: u8, files: &[(u8, &[u8])]) -> Vec<u8> {
