@@ -21,12 +21,12 @@ fn options() -> OpenOptions {
 fn change(heap: &Heap<Root>, rng: &mut Rng, n: u64) {
     let mut s = heap.write();
     for _ in 0..n {
-        let v = rng.next();
+        let v = rng.next_u64();
         s.push(v);
     }
     for _ in 0..4 {
-        let i = (rng.next() % s.len() as u64) as usize;
-        s[i] = rng.next();
+        let i = (rng.next_u64() % s.len() as u64) as usize;
+        s[i] = rng.next_u64();
     }
 }
 
@@ -168,7 +168,7 @@ fn main() {
     // alloc_model: deterministic operation sequences of several lengths and mixes.
     for (k, len) in [64usize, 400, 2000, 8000].into_iter().enumerate() {
         let mut r = Rng(0xa110c + k as u64);
-        let ops: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+        let ops: Vec<u8> = (0..len).map(|_| r.next_u64() as u8).collect();
         write(&out.join("alloc_model"), &format!("random-{len}"), &ops);
     }
     // Allocate many small blocks, free every other one, restart, check, allocate again.

@@ -13,10 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use snapheap_fuzz::{
-    Dir, Root, META_BASE_OFFSET, META_MAX_SIZE_OFFSET, RESEAL_JOURNALS, RESEAL_META, RESEAL_SNAPSHOTS,
-};
-use std::os::unix::fs::FileExt;
+use snapheap_fuzz::{Dir, Root, META_BASE_OFFSET, META_MAX_SIZE_OFFSET};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
