@@ -16,21 +16,30 @@ targets="${*:-$(cargo fuzz list --fuzz-dir fuzz)}"
 jobs="${JOBS:-1}"
 store="${FUZZ_LONG_DIR:-$HOME/.cache/snapheap-fuzz}"
 
-cargo fuzz build --fuzz-dir fuzz --sanitizer none
+fuzz="$(pwd)/fuzz"
+
+cargo fuzz build --fuzz-dir "$fuzz" --sanitizer none
 status=0
 for t in $targets; do
   corpus="$store/$t"
-  mkdir -p "$corpus" "fuzz/artifacts/$t"
-  [ -d "fuzz/corpus/$t" ] && cp -Rn "fuzz/corpus/$t/." "$corpus/"
-  echo "== $t: ${secs} s, $jobs job(s), corpus $corpus ($(find "$corpus" -type f | wc -l) inputs)"
-  cargo fuzz run --fuzz-dir fuzz --sanitizer none "$t" "$corpus" -- \
-    -max_total_time="$secs" -timeout=60 -rss_limit_mb=4096 -print_final_stats=1 \
-    -jobs="$jobs" -workers="$jobs" -artifact_prefix="fuzz/artifacts/$t/" || status=1
+  logs="$store/logs/$t"
+  mkdir -p "$corpus" "$logs" "$fuzz/artifacts/$t"
+  [ -d "$fuzz/corpus/$t" ] && cp -Rn "$fuzz/corpus/$t/." "$corpus/"
+  echo "== $t: ${secs} s, $jobs job(s), corpus $corpus ($(find "$corpus" -type f | wc -l) inputs), logs $logs"
+  parallel=()
+  if [ "$jobs" -gt 1 ]; then
+    parallel=(-jobs="$jobs" -workers="$jobs")
+  fi
+  # From the log directory: with -jobs, libFuzzer writes fuzz-<n>.log into the current one.
+  (cd "$logs" && cargo fuzz run --fuzz-dir "$fuzz" --sanitizer none "$t" "$corpus" -- \
+    -max_total_time="$secs" -timeout=60 -rss_limit_mb=4096 -print_final_stats=1 "${parallel[@]}" \
+    -artifact_prefix="$fuzz/artifacts/$t/") || status=1
   if [ "${MERGE:-0}" = 1 ]; then
-    cargo fuzz run --fuzz-dir fuzz --sanitizer none "$t" "fuzz/corpus/$t" "$corpus" -- -merge=1 || status=1
+    (cd "$logs" && cargo fuzz run --fuzz-dir "$fuzz" --sanitizer none "$t" "$fuzz/corpus/$t" "$corpus" -- -merge=1) ||
+      status=1
   fi
 done
-if [ "$status" -ne 0 ] || [ -n "$(find fuzz/artifacts -type f 2>/dev/null)" ]; then
+if [ "$status" -ne 0 ] || [ -n "$(find "$fuzz/artifacts" -type f 2>/dev/null)" ]; then
   echo "findings (or failures): see fuzz/artifacts/"
   exit 1
 fi
