@@ -6,7 +6,7 @@
 //! the result only when the formats change.
 
 use snapheap::{Heap, OpenOptions};
-use snapheap_fuzz::{encode_dir, Dir, Rng, Root, RESEAL_JOURNALS, RESEAL_META, RESEAL_SNAPSHOTS};
+use snapheap_fuzz::{encode_dir, Dir, Rng, Root, REOPEN, RESEAL_JOURNALS, RESEAL_META, RESEAL_SNAPSHOTS};
 use snapheap_fuzz::{TAG_JOURNAL, TAG_META, TAG_SNAPSHOT0, TAG_SNAPSHOT1};
 use std::path::{Path, PathBuf};
 
@@ -126,6 +126,11 @@ fn main() {
             &out.join("recovery"),
             &format!("{name}-reseal"),
             &encode_dir(all, &files),
+        );
+        write(
+            &out.join("recovery"),
+            &format!("{name}-reseal-reopen"),
+            &encode_dir(all | REOPEN, &files),
         );
         // The seeds must open (as the recovery target writes them), or the fuzzer starts
         // from nothing but error paths.

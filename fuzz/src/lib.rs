@@ -45,6 +45,9 @@ pub const RESEAL_META: u8 = 1;
 pub const RESEAL_SNAPSHOTS: u8 = 2;
 /// Input flag: recompute journal header and record checksums.
 pub const RESEAL_JOURNALS: u8 = 4;
+/// Input flag (`recovery`): after the commit on a recovered heap, reopen it and check that
+/// the commit was recovered.
+pub const REOPEN: u8 = 8;
 
 /// One file of a packed directory.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +100,7 @@ impl File {
     }
 }
 
-/// A packed heap directory: `flags` (the `RESEAL_*` bits) and its files.
+/// A packed heap directory: `flags` (the `RESEAL_*` and `REOPEN` bits) and its files.
 #[derive(Debug, Clone, Default)]
 pub struct Dir {
     /// `RESEAL_*` bits.
