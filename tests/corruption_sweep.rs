@@ -18,8 +18,7 @@
 //!
 //! Snapshot *data pages* are not mutated: they are not checksummed by design (the heap's
 //! contents are as trusted as the executable, see docs/design.md "Trust"); their header,
-//! padding and dirty bitmap are. Journals' pre-zeroed space is cut to 8 KiB in the pristine
-//! copies (see `trim_prezeroed_tails`), and the directories live on tmpfs when there is one.
+//! padding and dirty bitmap are. The directories live on tmpfs when there is one.
 
 mod common;
 
@@ -154,27 +153,6 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     }
     drop(heap);
     model
-}
-
-/// Cuts each journal's pre-zeroed space (the writer zeroes up to 4 MiB ahead) to 8 KiB: a
-/// state the writer can leave too (pre-zeroing stopped part way), and it keeps every open of
-/// the sweep from re-examining megabytes of zeros after the last record.
-fn trim_prezeroed_tails(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with("journal-") {
-            continue;
-        }
-        let b = std::fs::read(&path).unwrap();
-        let end = journal_records(&b)
-            .last()
-            .map_or(PAGE, |&(at, l)| at + (40 + l).next_multiple_of(8));
-        if b.len() as u64 > end + 8192 {
-            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            f.set_len(end + 8192).unwrap();
-            f.sync_all().unwrap();
-        }
-    }
 }
 
 fn save_model(path: &Path, model: &Model) {
@@ -846,7 +824,6 @@ fn prepare(root: &Path, builds: &[(&str, Build)]) {
         let model = build(&pristine, 0x5eed_0000 + k as u64);
         assert!(model.len() >= 8, "{name}: {} commits", model.len());
         save_model(&dir.join("model"), &model);
-        trim_prezeroed_tails(&pristine);
         let names: Vec<String> = std::fs::read_dir(&pristine)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
