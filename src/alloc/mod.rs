@@ -42,4 +42,4 @@ pub use handle::HeapAlloc;
 #[allow(unused_imports)]
 pub use pause::PauseGuard;
 #[allow(unused_imports)]
-pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE};
+pub(crate) use segment::{ArenaHeader, ARENA_HEADER_OFFSET, MAX_REGION, SEGMENT, SLICE};
