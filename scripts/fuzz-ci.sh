@@ -17,7 +17,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/snapheap-fuzz-ci.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+# Heap directories written by the recovery target: on tmpfs when there is one.
+scratch="$(mktemp -d /dev/shm/snapheap-fuzz-ci.XXXXXX 2>/dev/null || mktemp -d "${TMPDIR:-/tmp}/snapheap-fuzz-scratch.XXXXXX")"
+export SNAPHEAP_FUZZ_SCRATCH="$scratch"
+trap 'rm -rf "$work" "$scratch"' EXIT
 
 targets="$(cargo fuzz list --fuzz-dir fuzz)"
 echo "== building fuzz targets (sanitizer none): $(echo $targets)"

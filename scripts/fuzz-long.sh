@@ -17,6 +17,10 @@ jobs="${JOBS:-1}"
 store="${FUZZ_LONG_DIR:-$HOME/.cache/snapheap-fuzz}"
 
 fuzz="$(pwd)/fuzz"
+# Heap directories written by the recovery target: on tmpfs when there is one.
+scratch="$(mktemp -d /dev/shm/snapheap-fuzz-long.XXXXXX 2>/dev/null || mktemp -d "${TMPDIR:-/tmp}/snapheap-fuzz-scratch.XXXXXX")"
+export SNAPHEAP_FUZZ_SCRATCH="$scratch"
+trap 'rm -rf "$scratch"' EXIT
 
 cargo fuzz build --fuzz-dir "$fuzz" --sanitizer none
 status=0

@@ -58,10 +58,11 @@ fn normalize_meta(b: &mut [u8], seen: &mut Vec<(u64, u64)>) {
 fuzz_target!(|data: &[u8]| {
     let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let state = guard.get_or_insert_with(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
+        // The scripts point SNAPHEAP_FUZZ_SCRATCH at a directory they remove afterwards.
+        let base = match std::env::var_os("SNAPHEAP_FUZZ_SCRATCH") {
+            Some(d) => PathBuf::from(d),
+            None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+            None => std::env::temp_dir(),
         };
         let dir = base.join(format!("snapheap-fuzz-recovery-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
