@@ -42,6 +42,9 @@ pub(crate) const JOURNAL_TEMP_SUFFIX: &str = ".tmp";
 /// bytes per refill, so the evidence scan reads each byte at most about twice.
 const WINDOW_LEN: usize = 2 << 20;
 const _: () = assert!(WINDOW_LEN as u64 >= MAX_RECORD_LEN + (512 << 10));
+/// How far [`examine_tail`] looks ahead at once for words of zeros to skip.
+const ZERO_SKIP_CHUNK: u64 = 64 << 10;
+const _: () = assert!(ZERO_SKIP_CHUNK <= WINDOW_LEN as u64 && ZERO_SKIP_CHUNK % RECORD_ALIGN == 0 && RECORD_ALIGN == 8);
 /// Default step in which the writer pre-zeroes space ahead of the end (see
 /// [`JournalWriter::set_prezero_step`]).
 pub(crate) const DEFAULT_PREZERO_STEP: u64 = 4 << 20;
@@ -429,6 +432,17 @@ fn examine_tail(w: &mut Window<'_>, salt: u64, x: u64, expected_seq: u64) -> Res
     let mut all_zero = true;
     let mut o = x;
     while o < file_len {
+        // An all-zero word at `o` can neither start a candidate (its `kind` would be 0) nor
+        // clear `all_zero`, so runs of them (the writer's pre-zeroed space, megabytes after
+        // every crash) are skipped in bulk instead of decoding a header at every offset.
+        let chunk = ((file_len - o).min(ZERO_SKIP_CHUNK) / RECORD_ALIGN * RECORD_ALIGN) as usize;
+        if chunk > 0 {
+            let zeros = w.get(o, chunk)?.chunks_exact(8).take_while(|c| *c == [0u8; 8]).count();
+            if zeros > 0 {
+                o += zeros as u64 * RECORD_ALIGN;
+                continue;
+            }
+        }
         let avail = (file_len - o).min(RECORD_HEADER_LEN as u64) as usize;
         let hb = w.get(o, avail)?;
         if all_zero && hb[..avail.min(RECORD_ALIGN as usize)].iter().any(|&b| b != 0) {
@@ -1307,6 +1321,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn evidence_after_megabytes_of_zeros_is_still_found() {
+        let specs: Vec<Spec> = (0..3).map(|g| spec(1 << 20, &[(0x4000, 1)], g + 1)).collect();
+        let vfs = MemVfs::default();
+        let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
+        let bytes = built_bytes(&vfs, &ends);
+        let (e1, e2) = (ends[1] as usize, ends[2] as usize);
+        // Group 3 moved 3 MiB (more than the read window) further, zeros in between.
+        let mut spaced = bytes[..e2].to_vec();
+        spaced.resize(e2 + (3 << 20), 0);
+        spaced.extend_from_slice(&bytes[e2..]);
+        // Intact: the zeros end the valid prefix; group 3 names only the end of group 2 as
+        // durable, which proves nothing about the zeros: a torn tail in the newest journal.
+        let vfs = MemVfs::with_file(&jpath(), &spaced);
+        let s = scan(&vfs, true).unwrap();
+        assert_groups(&vfs, &s, &specs[..2]);
+        assert_eq!(s.valid_end, ends[2]);
+        // Damage in group 2: group 3, far behind the zeros, proves it had been durable.
+        spaced[e1 + RECORD_HEADER_LEN + 7] ^= 0x10;
+        let vfs = MemVfs::with_file(&jpath(), &spaced);
+        assert_eq!(corrupt_offset(scan(&vfs, true)), ends[1]);
     }
 
     #[test]

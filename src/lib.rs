@@ -54,6 +54,10 @@ pub use stats::Stats;
 #[doc(hidden)]
 pub use alloc::testing as alloc_testing;
 
+/// Entry points for the fuzz targets (`fuzz/`); not part of the public API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// A vector for the crate's own bookkeeping. It allocates from [`std::alloc::System`], never
 /// from the global allocator, because snapheap may *be* the global allocator and its commit
 /// path runs while that allocator is paused.

@@ -32,14 +32,16 @@
 use crate::alloc::CTRL_SIZE;
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::SysVec;
+use std::alloc::System;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 
 /// Reservations of closed heaps, kept so that stale `HeapAlloc` handles stay harmless and the
-/// same heap can be reopened in this process. `(start, len)`. Unbounded: a reservation that
-/// was not recorded here could never be reused, and reopening its heap would fail with
-/// `AddressInUse` (the reliability tests open thousands of heaps in one process).
-static RETAINED: Mutex<Option<crate::SysVec<(usize, usize)>>> = Mutex::new(None);
+/// same heap can be reopened in this process: `(start, len)`, one entry per closed heap not
+/// reopened since. Unbounded (System memory): a reservation missing from this list would stay
+/// mapped for good and make a reopen of its heap fail with `AddressInUse`.
+static RETAINED: Mutex<SysVec<(usize, usize)>> = Mutex::new(SysVec::new_in(System));
 
 /// The lowest and highest base addresses a new heap may pick (inside x86-64's 47-bit user
 /// space, above typical executables and the brk heap, below mmap's top-down area).
@@ -207,10 +209,9 @@ impl Drop for Region {
 
 fn take_retained(start: usize, len: usize) -> bool {
     let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(v) = t.as_mut() else { return false };
-    match v.iter().position(|&s| s == (start, len)) {
+    match t.iter().position(|&r| r == (start, len)) {
         Some(i) => {
-            v.swap_remove(i);
+            t.swap_remove(i);
             true
         }
         None => false,
@@ -218,7 +219,26 @@ fn take_retained(start: usize, len: usize) -> bool {
 }
 
 fn retain(start: usize, len: usize) {
-    let mut t = RETAINED.lock().unwrap_or_else(|p| p.into_inner());
-    t.get_or_insert_with(|| crate::SysVec::new_in(std::alloc::System))
-        .push((start, len));
+    RETAINED.lock().unwrap_or_else(|p| p.into_inner()).push((start, len));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `recovery` fuzz target: the table of retained reservations had 64 slots,
+    /// so the reservation of the 65th closed heap stayed mapped but untracked and reopening
+    /// that heap in the same process failed with `AddressInUse`.
+    #[test]
+    fn every_closed_region_can_be_reserved_again_beyond_64() {
+        let bases: Vec<usize> = (0..80)
+            .map(|_| Region::reserve_anywhere(BASE_ALIGN).unwrap().base())
+            .collect();
+        for (i, &base) in bases.iter().enumerate() {
+            match Region::reserve(base, BASE_ALIGN) {
+                Ok(r) => drop(r),
+                Err(e) => panic!("region {i} at {base:#x} cannot be reserved again: {e}"),
+            }
+        }
+    }
 }

@@ -44,5 +44,5 @@ pub(crate) use pause::backoff;
 #[allow(unused_imports)]
 pub use pause::PauseGuard;
 #[allow(unused_imports)]
-pub(crate) use segment::{MAX_REGION, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+pub(crate) use segment::{ArenaHeader, ARENA_HEADER_OFFSET, MAX_REGION, SEGMENT, SLICE, SLICES_PER_SEGMENT};
 pub(crate) use size_class::MEDIUM_MAX;

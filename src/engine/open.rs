@@ -12,7 +12,7 @@
 //! 5. Arm dirty tracking on the mapped extent, attach the allocator, resume the last journal.
 
 use super::{lock, snap::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
-use crate::alloc::{Arena, SEGMENT};
+use crate::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
 use crate::error::{Error, Result};
 use crate::format::meta::{fnv1a, Meta, MetaError, META_LEN};
 use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
@@ -244,6 +244,38 @@ impl Engine {
                     replayed.push((addr, addr + run.len as usize));
                     replayed_pages += run.len / sys::OS_PAGE as u64;
                 }
+            }
+        }
+
+        // `Arena::attach` reads the allocator header in segment 0 and every segment up to the
+        // extent that header records: both must lie inside the recovered image, or a damaged
+        // (or crafted) snapshot or journal would make it read unmapped memory.
+        if any_state {
+            let mapped = region.extent();
+            let source = scans
+                .iter()
+                .rev()
+                .find(|s| !s.groups.is_empty())
+                .map(|s| s.path.clone())
+                .or_else(|| newest.map(|n| dir.join(SNAPSHOT_FILES[n])))
+                .unwrap_or_else(|| dir.clone());
+            if mapped < SEGMENT {
+                return Err(Error::corrupt(
+                    &source,
+                    0,
+                    format!("the recovered image is {mapped:#x} bytes, less than the allocator's first segment"),
+                ));
+            }
+            // SAFETY: the header lies inside segment 0, mapped read-write (checked above), and
+            // nothing refers into the region yet.
+            let header = unsafe { &*((base + ARENA_HEADER_OFFSET) as *const ArenaHeader) };
+            let persisted = header.extent.load(Ordering::Relaxed);
+            if persisted > mapped as u64 {
+                return Err(Error::corrupt(
+                    &source,
+                    0,
+                    format!("allocator extent {persisted:#x} exceeds the recovered image of {mapped:#x} bytes"),
+                ));
             }
         }
 

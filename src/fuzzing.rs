@@ -1,0 +1,299 @@
+//! Entry points for the fuzz targets in `fuzz/` (not part of the public API): thin wrappers
+//! that hand arbitrary bytes to the internal decoders and the journal scanner, and return
+//! what they decoded in plain types. No logic of their own beyond adapting types (the
+//! scanner reads through the [`Vfs`] seam, so bytes are served by a one-file in-memory
+//! [`Vfs`]).
+//!
+//! # Invariants
+//!
+//! - Every function here is total: whatever the input, it returns (`Ok`/`Err`/`None`); a
+//!   panic, a crash or a hang is a bug of the decoder it wraps.
+
+use crate::format::journal::{self as jf, RecordHeader};
+use crate::format::meta::{Meta, MetaError};
+use crate::format::snapshot::SnapHeader;
+use crate::io::{VFile, Vfs};
+use crate::Error;
+use std::io;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A decoded journal file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalHeader {
+    /// The heap it belongs to.
+    pub heap_id: u64,
+    /// The id in its file name.
+    pub journal_id: u64,
+    /// Sequence number of the state it starts from.
+    pub start_seq: u64,
+    /// Per-file salt of the record checksums.
+    pub salt: u64,
+}
+
+/// Offset of the journal header checksum and length of the header.
+pub const JOURNAL_HEADER_CRC_OFFSET: usize = jf::HEADER_CRC_OFFSET;
+/// Length of a journal record header.
+pub const RECORD_HEADER_LEN: usize = jf::RECORD_HEADER_LEN;
+/// File offset of a journal's first record.
+pub const FIRST_RECORD_OFFSET: u64 = jf::FIRST_RECORD_OFFSET;
+/// Offset of the meta header checksum.
+pub const META_CRC_OFFSET: usize = crate::format::meta::CRC_OFFSET;
+/// Offset of the snapshot header checksum.
+pub const SNAPSHOT_CRC_OFFSET: usize = crate::format::snapshot::CRC_OFFSET;
+
+/// Decodes a journal file header (`format::journal::decode_header`).
+pub fn journal_header(b: &[u8]) -> Result<JournalHeader, String> {
+    jf::decode_header(b)
+        .map(|h| JournalHeader {
+            heap_id: h.heap_id,
+            journal_id: h.journal_id,
+            start_seq: h.start_seq,
+            salt: h.salt,
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Decodes a record header and checks its shape: `None` when `b` is shorter than a header,
+/// otherwise the record's length on disk or why it is not a record.
+pub fn record_shape(b: &[u8]) -> Option<Result<u64, &'static str>> {
+    let h = RecordHeader::decode(b)?;
+    Some(h.check_shape().map(|()| h.record_len()))
+}
+
+/// Computes and stores a record's checksum (`rec` = header and payload).
+pub fn seal_record(rec: &mut [u8], salt: u64) {
+    if rec.len() >= jf::RECORD_HEADER_LEN {
+        jf::seal_record(rec, salt);
+    }
+}
+
+/// Whether a record's stored checksum matches (`rec` = header and payload).
+pub fn verify_record(rec: &[u8], salt: u64) -> bool {
+    jf::verify_record_crc(rec, salt)
+}
+
+/// One complete commit group found by the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The region extent at this commit.
+    pub extent: u64,
+    /// Its page runs: `(file_offset, region_offset, len)`.
+    pub runs: Vec<(u64, u64, u64)>,
+}
+
+/// What the scanner made of a journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalScan {
+    /// The file header.
+    pub header: JournalHeader,
+    /// Complete groups, in order.
+    pub groups: Vec<Group>,
+    /// End of the last complete group.
+    pub valid_end: u64,
+    /// The file's length.
+    pub file_len: u64,
+}
+
+/// Scans `bytes` as journal `journal_id` of heap `heap_id` (`journal::scan_journal`).
+pub fn scan_journal(bytes: &[u8], heap_id: u64, journal_id: u64, is_last: bool) -> Result<JournalScan, Error> {
+    let vfs = OneFile(Arc::from(bytes));
+    let s = crate::journal::scan_journal(&vfs, Path::new("journal"), heap_id, journal_id, is_last)?;
+    Ok(JournalScan {
+        header: JournalHeader {
+            heap_id: s.header.heap_id,
+            journal_id: s.header.journal_id,
+            start_seq: s.header.start_seq,
+            salt: s.header.salt,
+        },
+        groups: s
+            .groups
+            .iter()
+            .map(|g| Group {
+                seq: g.seq,
+                extent: g.extent,
+                runs: s.runs[g.runs.clone()]
+                    .iter()
+                    .map(|r| (r.file_offset, r.region_offset, r.len))
+                    .collect(),
+            })
+            .collect(),
+        valid_end: s.valid_end,
+        file_len: s.file_len,
+    })
+}
+
+/// The fields of a decoded meta header that the fuzz targets check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaFields {
+    /// Heap id.
+    pub heap_id: u64,
+    /// Region base.
+    pub base: u64,
+    /// Region size.
+    pub max_size: u64,
+    /// Root type name.
+    pub root_type_name: String,
+    /// Schema id.
+    pub schema: String,
+}
+
+/// Decodes a meta header (`format::meta::Meta::decode`); `Err` names the offset.
+pub fn meta(b: &[u8]) -> Result<MetaFields, (u64, String)> {
+    match Meta::decode(b) {
+        Ok(m) => Ok(MetaFields {
+            heap_id: m.heap_id,
+            base: m.base,
+            max_size: m.max_size,
+            root_type_name: m.root_type_name,
+            schema: m.schema,
+        }),
+        Err(MetaError::Corrupt(off, what)) => Err((off, what)),
+        Err(MetaError::Version(v)) => Err((crate::format::meta::VERSION_OFFSET as u64, format!("version {v}"))),
+    }
+}
+
+/// A decoded snapshot header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// State is `VALD`.
+    pub valid: bool,
+    /// Generation.
+    pub generation: u64,
+    /// Commit the image holds.
+    pub seq: u64,
+    /// First journal to replay.
+    pub journal_id: u64,
+    /// Bytes of region data.
+    pub extent: u64,
+    /// Dirty bitmap length.
+    pub dirty_len: u64,
+    /// File length the header requires.
+    pub file_len: u64,
+}
+
+/// Decodes a snapshot header (`format::snapshot::SnapHeader::decode`).
+pub fn snapshot_header(b: &[u8], heap_id: u64, max_size: u64) -> Result<SnapshotHeader, (u64, String)> {
+    SnapHeader::decode(b, heap_id, max_size).map(|h| SnapshotHeader {
+        valid: h.valid,
+        generation: h.generation,
+        seq: h.seq,
+        journal_id: h.journal_id,
+        extent: h.extent,
+        dirty_len: h.dirty_len,
+        file_len: h.file_len(),
+    })
+}
+
+/// A directory with one read-only file, whatever its name.
+struct OneFile(Arc<[u8]>);
+
+struct MemFile(Arc<[u8]>);
+
+fn read_only() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "read-only in-memory file")
+}
+
+impl VFile for MemFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn allocate(&self, _: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+impl Vfs for OneFile {
+    fn open(&self, _: &Path, _: bool) -> io::Result<Box<dyn VFile>> {
+        Ok(Box::new(MemFile(Arc::clone(&self.0))))
+    }
+    fn remove(&self, _: &Path) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    fn list(&self, _: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(vec![PathBuf::from("journal")])
+    }
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuzzing_wrappers_reject_garbage_without_panicking() {
+        let junk: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [0, 1, 39, 40, 64, 128, 511, 512, 4096, 4097, 10_000] {
+            let b = &junk[..len];
+            assert!(journal_header(b).is_err());
+            assert!(meta(b).is_err());
+            assert!(snapshot_header(b, 1, 1 << 30).is_err());
+            assert!(scan_journal(b, 1, 1, true).is_err());
+            let _ = record_shape(b);
+        }
+    }
+
+    #[test]
+    fn a_sealed_record_verifies_and_scans() {
+        let h = jf::JournalHeader {
+            heap_id: 9,
+            journal_id: 1,
+            start_seq: 0,
+            salt: 77,
+        };
+        let mut file = vec![0u8; jf::HEADER_AREA_LEN];
+        file[..jf::HEADER_LEN].copy_from_slice(&jf::encode_header(&h));
+        let mut rec = [0u8; RECORD_HEADER_LEN];
+        RecordHeader {
+            crc: 0,
+            kind: jf::KIND_COMMIT,
+            flags: 0,
+            len: 0,
+            count: 0,
+            seq: 1,
+            arg: 4 << 20,
+            synced: 0,
+        }
+        .encode(&mut rec);
+        seal_record(&mut rec, 77);
+        assert!(verify_record(&rec, 77));
+        assert_eq!(record_shape(&rec), Some(Ok(RECORD_HEADER_LEN as u64)));
+        file.extend_from_slice(&rec);
+        let s = scan_journal(&file, 9, 1, true).unwrap();
+        assert_eq!(s.header.salt, 77);
+        assert_eq!(s.groups.len(), 1);
+        assert_eq!((s.groups[0].seq, s.groups[0].extent), (1, 4 << 20));
+        assert_eq!(s.valid_end, file.len() as u64);
+    }
+}
