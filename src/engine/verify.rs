@@ -7,7 +7,7 @@
 //!    extent within the mapped extent.
 //! 2. **Files**: both snapshot headers are decoded (CRC, magic, heap id, bounds); the newest
 //!    snapshot the engine builds on must be on disk exactly as recorded, with an intact dirty
-//!    bitmap; the journals after it must form a gap-free chain ending in the current journal,
+//!    bitmap (while the heap relies on it); the journals after it must form a gap-free chain ending in the current journal,
 //!    every record's checksum must hold (`scan_journal`) and the last group must be the last
 //!    commit written.
 //! 3. **Dirty pages**: the image on disk (newest snapshot, then every journal group replayed)
@@ -231,7 +231,9 @@ impl Engine {
                 format!("the snapshot header on disk ({h_disk:?}) is not the one the heap uses ({h_mem:?})"),
             ));
         }
-        if let (Some(i), Some(h)) = (newest, h_disk) {
+        // Its dirty bitmap matters only while the heap relies on it (`prev_interval`): a bitmap
+        // found damaged at open was dropped then, and the next snapshot rewrites every page.
+        if let (Some(i), Some(h), true) = (newest, h_disk, cs.prev_interval.is_some()) {
             let path = self.dir.join(SNAPSHOT_FILES[i]);
             let mut buf: SysVec<u8> = SysVec::new_in(System);
             buf.resize(h.dirty_len as usize, 0);
