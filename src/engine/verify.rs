@@ -7,9 +7,9 @@
 //!    extent within the mapped extent.
 //! 2. **Files**: both snapshot headers are decoded (CRC, magic, heap id, bounds); the newest
 //!    snapshot the engine builds on must be on disk exactly as recorded, with an intact dirty
-//!    bitmap (while the heap relies on it); the journals after it must form a gap-free chain ending in the current journal,
-//!    every record's checksum must hold (`scan_journal`) and the last group must be the last
-//!    commit written.
+//!    bitmap (while the heap relies on it); the journals after it must form a gap-free chain
+//!    ending in the current journal, every record's checksum must hold (`scan_journal`) and
+//!    the last group must be the last commit written.
 //! 3. **Dirty pages**: the image on disk (newest snapshot, then every journal group replayed)
 //!    is compared page by page with memory. Every page that differs must be reported written
 //!    by the kernel (`Tracker::peek`, taken *after* the comparison, so a write that raced with
