@@ -10,9 +10,7 @@ mod common;
 use common::*;
 use snapheap::collections::Vec;
 use snapheap::{Error, Heap, OpenOptions};
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 type Log = Vec<u64>;
@@ -92,15 +90,7 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
         .spawn()
         .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (rx, reader) = line_reader(stdout);
         // Wait until the child has opened the heap, then let it run for a random while.
         loop {
             let line = rx.recv_timeout(Duration::from_secs(30)).expect("child did not start");

@@ -7,6 +7,7 @@
 //! `SNAPHEAP_CRASH_POINTS` sets the minimum number of crash points of the random-workload test
 //! (default 900); `scripts/crash-points.sh` runs 100,000.
 
+mod common;
 mod sim_workload;
 
 use sim_workload::{crash_everywhere, env_count, Op, Plan, Rng, Run, Tally, ALL_OPS};

@@ -7,6 +7,7 @@
 //! committed version no older than the last acknowledged one (the oracle of
 //! `sim_workload/mod.rs`), in each crash mode.
 
+mod common;
 mod sim_workload;
 
 use sim_workload::{check_recovery, check_state, Model, Op, Run, Tally};

@@ -11,9 +11,7 @@ mod common;
 use common::*;
 use snapheap::GlobalHeap;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 #[global_allocator]
@@ -133,15 +131,7 @@ fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
             .spawn()
             .unwrap();
         let stdout = c.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (rx, reader) = line_reader(stdout);
         let value = |line: &str, key: &str| line.split(key).nth(1).and_then(|v| v.trim().parse::<u64>().ok());
         let mut ready = None;
         while ready.is_none() {

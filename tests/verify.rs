@@ -1,6 +1,7 @@
 //! `Heap::verify`: the report on a healthy heap, and each check catching the damage it exists
 //! for (bytes changed behind the heap's back on the simulated disk).
 
+mod common;
 mod sim_workload;
 
 use sim_workload::{Op, Run, DIR};

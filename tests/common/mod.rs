@@ -77,11 +77,13 @@ pub fn run_child(test: &str, role: &str, env: &[(&str, &str)]) -> String {
 }
 
 /// xorshift64*: small, deterministic, good enough for workloads.
+#[derive(Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// A generator whose state is `seed` spread over the word (never zero).
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
@@ -112,4 +114,22 @@ pub fn assert_disjoint(mut blocks: Vec<(usize, usize)>) {
             w[1].0
         );
     }
+}
+
+/// Forwards the lines of a child's stdout to a channel from a reader thread, so the caller can
+/// wait for lines with a timeout and collect what was printed before a kill.
+pub fn line_reader(
+    stdout: std::process::ChildStdout,
+) -> (std::sync::mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, reader)
 }

@@ -42,26 +42,7 @@ pub fn options(disk: &SimVfs, bug: Option<PlantedBug>) -> OpenOptions {
     o
 }
 
-/// xorshift64*.
-#[derive(Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+pub use crate::common::Rng;
 
 /// One workload operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
