@@ -113,3 +113,21 @@ pub fn now_utc() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// The command line of the commit and snapshot benchmarks: the parts to run (`default` when
+/// none is named) and `--max-gib N` (default 4), the largest heap size to try.
+pub fn parts_and_max_gib(default: &[&str]) -> (Vec<String>, usize) {
+    let mut parts = Vec::new();
+    let mut max_gib = 4;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--max-gib" => max_gib = args.next().and_then(|v| v.parse().ok()).expect("--max-gib N"),
+            p => parts.push(p.to_string()),
+        }
+    }
+    if parts.is_empty() {
+        parts = default.iter().map(|p| p.to_string()).collect();
+    }
+    (parts, max_gib)
+}

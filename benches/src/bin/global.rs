@@ -137,7 +137,7 @@ fn child() {
             println!(
                 "INFO commit-after-{phase}: {} pages ({} MiB), journal {} MiB",
                 st.last_commit_pages,
-                st.last_commit_pages * 4096 >> 20,
+                (st.last_commit_pages * 4096) >> 20,
                 st.journal_bytes >> 20
             );
         }
@@ -161,7 +161,7 @@ fn child() {
         let k = if i % 2 == 0 { rng.next_u64() } else { other.next_u64() };
         if let Some(v) = map.get_mut(&k) {
             hits += 1;
-            v.push_str("!");
+            v.push('!');
         }
     }
     assert!(hits >= KEYS / 2);
@@ -221,7 +221,11 @@ fn main() {
                 c.env_remove("SNAPHEAP_DIR");
             }
             let out = c.output().expect("run child");
-            assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let mut it = line.split_whitespace();
                 match it.next() {

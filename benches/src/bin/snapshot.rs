@@ -301,18 +301,7 @@ fn bytes(sizes: &[usize]) {
 }
 
 fn main() {
-    let mut parts = Vec::new();
-    let mut max_gib = 4;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--max-gib" => max_gib = args.next().and_then(|v| v.parse().ok()).expect("--max-gib N"),
-            p => parts.push(p.to_string()),
-        }
-    }
-    if parts.is_empty() {
-        parts = vec!["fork".into(), "open".into(), "bytes".into()];
-    }
+    let (parts, max_gib) = fill::parts_and_max_gib(&["fork", "open", "bytes"]);
     println!("# snapheap snapshot benchmarks ({})\n", fill::now_utc());
     for p in &parts {
         match p.as_str() {
