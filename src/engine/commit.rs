@@ -65,11 +65,11 @@ impl Engine {
                 let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
-                    // SAFETY: [a, b) lies inside [base, base + extent), which is mapped
-                    // read-write for the engine's lifetime. The allocator is paused and the
-                    // commit lock excludes mutation of the root, so the only concurrent writes
-                    // possible are by other threads into blocks unreachable from the root;
-                    // such pages are reported again by the next collect.
+                    // The allocator is paused and the commit lock excludes mutation of the root,
+                    // so the only concurrent writes possible are by other threads into blocks
+                    // unreachable from the root; such pages are reported again by the next collect.
+                    // SAFETY: [a, b) lies inside [base, base + extent), mapped read-write for the
+                    // engine's lifetime; concurrent writes are only those described above.
                     let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, b - a) };
                     slices.push(((a - base) as u64, bytes));
                     cs.since_snap.insert_range(a, b);

@@ -374,10 +374,11 @@ impl Engine {
                 };
                 read_run(&**f, &path, &part, &mut disk_img[a - at..b - at])?;
             }
+            // Other threads may write into blocks they own meanwhile (as during a commit's
+            // copy); such pages are then reported by the kernel in the peek below, which is all
+            // the comparison relies on.
             // SAFETY: [base + at, base + at + len) lies inside the mapped extent, which stays
-            // mapped while the engine lives. Other threads may write into blocks they own
-            // meanwhile (as during a commit's copy); such pages are then reported by the
-            // kernel in the peek below, which is all the comparison relies on.
+            // mapped while the engine lives; concurrent writes are only those described above.
             let mem = unsafe { std::slice::from_raw_parts((base + at) as *const u8, len) };
             for p in 0..len / OS_PAGE {
                 let r = p * OS_PAGE..(p + 1) * OS_PAGE;
