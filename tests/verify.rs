@@ -20,6 +20,15 @@ fn journal_path(run: &Run) -> std::path::PathBuf {
         .expect("a journal")
 }
 
+/// The snapshot file that holds a snapshot (the other may be empty).
+fn written_snapshot(run: &Run) -> std::path::PathBuf {
+    ["snapshot-0", "snapshot-1"]
+        .iter()
+        .map(|n| Path::new(DIR).join(n))
+        .find(|p| run.disk.read_file(p).is_some_and(|b| !b.is_empty()))
+        .expect("a written snapshot file")
+}
+
 fn healthy() -> Run {
     let mut run = Run::create(5, None);
     for op in [
@@ -81,11 +90,7 @@ fn verify_catches_a_damaged_journal_record() {
 fn verify_catches_a_page_that_differs_from_disk_without_being_tracked() {
     let run = healthy();
     run.heap().commit().unwrap();
-    let snap = ["snapshot-0", "snapshot-1"]
-        .iter()
-        .map(|n| Path::new(DIR).join(n))
-        .find(|p| run.disk.read_file(p).is_some_and(|b| !b.is_empty()))
-        .unwrap();
+    let snap = written_snapshot(&run);
     let mut bytes = run.disk.read_file(&snap).unwrap();
     // The last page of the first segment: never allocated, zero in memory and in every image.
     let off = 4096 + (4 << 20) - 100;
@@ -102,11 +107,7 @@ fn verify_catches_a_page_that_differs_from_disk_without_being_tracked() {
 #[test]
 fn verify_catches_a_damaged_snapshot_bitmap() {
     let run = healthy();
-    let snap = ["snapshot-0", "snapshot-1"]
-        .iter()
-        .map(|n| Path::new(DIR).join(n))
-        .find(|p| run.disk.read_file(p).is_some_and(|b| !b.is_empty()))
-        .unwrap();
+    let snap = written_snapshot(&run);
     let mut bytes = run.disk.read_file(&snap).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
