@@ -2,6 +2,8 @@
 //! binary as a child process in a given role, and a small deterministic PRNG.
 #![allow(dead_code)]
 
+pub mod seccomp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
