@@ -20,12 +20,16 @@ type SysVec<T> = allocator_api2::vec::Vec<T, System>;
 
 #[path = "../src/sys/mod.rs"]
 mod sys;
-#[path = "../src/track.rs"]
+#[path = "../src/mem/track.rs"]
 mod track;
+/// The crate's module paths the tracker imports by (`crate::mem::...`).
+mod mem {
+    pub(crate) use super::track;
+}
 
+use mem::track::Tracker;
 use sys::uffd::{PageRegion, Pagemap, ScanQuery, ScratchMap};
 use sys::OS_PAGE as P;
-use track::Tracker;
 
 const ROUNDS: usize = 9;
 

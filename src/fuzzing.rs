@@ -9,9 +9,9 @@
 //! - Every function here is total: whatever the input, it returns (`Ok`/`Err`/`None`); a
 //!   panic, a crash or a hang is a bug of the decoder it wraps.
 
-use crate::format::journal::{self as jf, RecordHeader};
-use crate::format::meta::{Meta, MetaError};
-use crate::format::snapshot::SnapHeader;
+use crate::disk::format::journal::{self as jf, RecordHeader};
+use crate::disk::format::meta::{Meta, MetaError};
+use crate::disk::format::snapshot::SnapHeader;
 use crate::io::{VFile, Vfs};
 use crate::Error;
 use std::io;
@@ -39,9 +39,9 @@ pub const RECORD_HEADER_LEN: usize = jf::RECORD_HEADER_LEN;
 /// File offset of a journal's first record.
 pub const FIRST_RECORD_OFFSET: u64 = jf::FIRST_RECORD_OFFSET;
 /// Offset of the meta header checksum.
-pub const META_CRC_OFFSET: usize = crate::format::meta::CRC_OFFSET;
+pub const META_CRC_OFFSET: usize = crate::disk::format::meta::CRC_OFFSET;
 /// Offset of the snapshot header checksum.
-pub const SNAPSHOT_CRC_OFFSET: usize = crate::format::snapshot::CRC_OFFSET;
+pub const SNAPSHOT_CRC_OFFSET: usize = crate::disk::format::snapshot::CRC_OFFSET;
 
 /// Decodes a journal file header (`format::journal::decode_header`).
 pub fn journal_header(b: &[u8]) -> Result<JournalHeader, String> {
@@ -101,7 +101,7 @@ pub struct JournalScan {
 /// Scans `bytes` as journal `journal_id` of heap `heap_id` (`journal::scan_journal`).
 pub fn scan_journal(bytes: &[u8], heap_id: u64, journal_id: u64, is_last: bool) -> Result<JournalScan, Error> {
     let vfs = OneFile(Arc::from(bytes));
-    let s = crate::journal::scan_journal(&vfs, Path::new("journal"), heap_id, journal_id, is_last)?;
+    let s = crate::disk::journal::scan_journal(&vfs, Path::new("journal"), heap_id, journal_id, is_last)?;
     Ok(JournalScan {
         header: JournalHeader {
             heap_id: s.header.heap_id,
@@ -152,7 +152,7 @@ pub fn meta(b: &[u8]) -> Result<MetaFields, (u64, String)> {
             schema: m.schema,
         }),
         Err(MetaError::Corrupt(off, what)) => Err((off, what)),
-        Err(MetaError::Version(v)) => Err((crate::format::meta::VERSION_OFFSET as u64, format!("version {v}"))),
+        Err(MetaError::Version(v)) => Err((crate::disk::format::meta::VERSION_OFFSET as u64, format!("version {v}"))),
     }
 }
 

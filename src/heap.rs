@@ -16,9 +16,9 @@
 //! are recorded at creation and checked at every open; a layout change that keeps all three is
 //! undetectable, so bump the schema id when the meaning of the data changes.
 
-use crate::alloc::HeapAlloc;
 use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
+use crate::mem::alloc::HeapAlloc;
 use crate::options::OpenOptions;
 use crate::stats::Stats;
 use crate::SysBox;

@@ -25,34 +25,30 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("snapheap supports 64-bit Linux only");
 
-mod alloc;
 pub mod collections;
+mod disk;
 mod engine;
 mod error;
-mod format;
 mod global;
 mod heap;
 pub mod io;
-mod journal;
+mod mem;
 mod options;
-mod region;
-mod snapshot;
 mod stats;
 mod sys;
-mod track;
 
-pub use alloc::HeapAlloc;
 pub use engine::{SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
+pub use mem::alloc::HeapAlloc;
 #[doc(hidden)]
 pub use options::PlantedBug;
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 
 #[doc(hidden)]
-pub use alloc::testing as alloc_testing;
+pub use mem::alloc::testing as alloc_testing;
 
 /// Entry points for the fuzz targets (`fuzz/`); not part of the public API.
 #[doc(hidden)]

@@ -27,7 +27,7 @@
 //!
 //! `raw_fd()` is `None` for every simulated file: the engine then reads the snapshot into
 //! anonymous memory instead of mapping it, and writes snapshots in-process instead of in a
-//! forked child (see `engine/open.rs` and `engine/snap.rs`).
+//! forked child (see `engine/recover.rs` and `engine/snapshot.rs`).
 //!
 //! # Invariants
 //!

@@ -27,7 +27,7 @@
 //! [`write_plan`] reads heap memory at the plan's runs; the caller guarantees those addresses
 //! are mapped and readable (they lie inside the region's extent at the time of the plan).
 
-use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
+use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::io::VFile;
 use crate::sys;
 use crate::SysVec;

@@ -11,17 +11,19 @@
 //!    tail, which is truncated.
 //! 5. Arm dirty tracking on the mapped extent, attach the allocator, resume the last journal.
 
-use super::{lock, snap::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
-use crate::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
+use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
+use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
+use crate::disk::journal::{
+    journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
+};
 use crate::error::{Error, Result};
-use crate::format::meta::{fnv1a, Meta, MetaError, META_LEN};
-use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::io::{VFile, Vfs};
-use crate::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter};
+use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::region::Region;
+use crate::mem::track::{DirtySet, Tracker};
 use crate::options::{Durability, OpenOptions};
-use crate::region::Region;
 use crate::sys;
-use crate::track::{DirtySet, Tracker};
 use crate::{SysBox, SysVec};
 use std::alloc::System;
 use std::path::Path;
@@ -131,7 +133,7 @@ impl Engine {
                     MetaError::Version(v) => Error::incompatible(format!(
                         "{} has format version {v}, this build reads version {}",
                         meta_path.display(),
-                        crate::format::meta::FORMAT_VERSION
+                        crate::disk::format::meta::FORMAT_VERSION
                     )),
                 })?;
                 fp.check(&meta)?;
@@ -193,7 +195,7 @@ impl Engine {
             if scan.header.start_seq != expect_seq {
                 return Err(Error::corrupt(
                     &path,
-                    crate::format::journal::START_SEQ_OFFSET as u64,
+                    crate::disk::format::journal::START_SEQ_OFFSET as u64,
                     format!(
                         "journal starts after commit {} but the state before it ends at commit {expect_seq}",
                         scan.header.start_seq
@@ -381,7 +383,7 @@ impl Engine {
 /// completed) and reserves its address range.
 fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
     let max_size = opts.max_size.div_ceil(SEGMENT as u64) * SEGMENT as u64;
-    if max_size == 0 || max_size > crate::format::meta::MAX_MAX_SIZE {
+    if max_size == 0 || max_size > crate::disk::format::meta::MAX_MAX_SIZE {
         return Err(Error::invalid(format!("max_size {} is out of range", opts.max_size)));
     }
     for name in vfs.list(dir).map_err(io_err("list directory", dir))? {

@@ -592,7 +592,7 @@ impl Arena {
 
 #[cfg(test)]
 mod tests {
-    use crate::alloc::testing::TestRegion;
+    use crate::mem::alloc::testing::TestRegion;
     use std::alloc::{GlobalAlloc, Layout};
     use std::collections::BTreeSet;
 

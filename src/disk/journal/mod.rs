@@ -1,6 +1,6 @@
 //! The commit journal files: their names, the [`JournalWriter`] that appends one commit
 //! *group* per commit, and [`scan_journal`], which validates a journal for recovery and
-//! decides where its valid prefix ends. The byte layout is in [`crate::format::journal`];
+//! decides where its valid prefix ends. The byte layout is in [`crate::disk::format::journal`];
 //! the rules are in `docs/design.md ("Journal files")`.
 //!
 //! # Invariants
@@ -18,7 +18,7 @@
 //! - Nothing read from disk is trusted before its checksum verified; buffers are bounded by
 //!   `min(WINDOW_LEN, file length)` and the run list by `file length / 4136` entries.
 
-use crate::format::journal::{
+use crate::disk::format::journal::{
     decode_header, encode_header, seal_record, verify_record_crc, HeaderError, RecordHeader, FIRST_RECORD_OFFSET,
     HEADER_AREA_LEN, HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_PAGES, MAX_PAGES_PAYLOAD,
     MAX_RECORD_LEN, PAGE_SIZE, RECORD_ALIGN, RECORD_HEADER_LEN, START_SEQ_OFFSET,
@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) use crate::format::journal::JournalHeader;
+pub(crate) use crate::disk::format::journal::JournalHeader;
 
 /// File name prefix of journals.
 const NAME_PREFIX: &str = "journal-";
@@ -764,8 +764,8 @@ impl JournalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::journal::{REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET};
-    use crate::format::{put_u32, put_u64};
+    use crate::disk::format::journal::{REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET};
+    use crate::disk::format::{put_u32, put_u64};
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;

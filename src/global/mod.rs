@@ -109,12 +109,12 @@
 //! `&'static` references derived from the stored pointers are valid. Root pointers come from
 //! the registry, which only this module writes (under `roots`), and were validated at open.
 
-use crate::alloc::{Arena, MEDIUM_MAX, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+use crate::disk::format::meta::fnv1a;
 use crate::engine::{lock, Engine, Fingerprint};
 use crate::error::{Error, Result};
-use crate::format::meta::fnv1a;
+use crate::mem::alloc::{Arena, MEDIUM_MAX, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+use crate::mem::region::Region;
 use crate::options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
-use crate::region::Region;
 use crate::stats::Stats;
 use crate::sys::process;
 use crate::{SysBox, SysVec};
@@ -276,7 +276,7 @@ impl GlobalHeap {
                         return a;
                     }
                 }
-                _ => crate::alloc::backoff(&mut round),
+                _ => crate::mem::alloc::backoff(&mut round),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Snapshots: planning, forking the writer, reaping it, rotating journals.
 //!
 //! At a commit boundary, with the allocator paused, the engine plans which pages the *older*
-//! snapshot file lacks, forks, and lets the child write them (`crate::snapshot`). The parent
+//! snapshot file lacks, forks, and lets the child write them (`crate::disk::snapshot`). The parent
 //! then makes the current journal durable, starts journal `id + 1` (whose first commit follows
 //! the snapshot's sequence number) and goes on. When the child is reaped successfully, the
 //! journals older than the new snapshot are deleted.
@@ -11,13 +11,13 @@
 //! is unknown (first snapshots, a failed writer, a damaged bitmap) the whole extent is written.
 
 use super::{lock, CommitState, Engine};
+use crate::disk::format::snapshot::{dirty_len_for, SnapHeader};
+use crate::disk::journal::{parse_journal_file_name, JournalWriter};
+use crate::disk::snapshot::{self as writer, Plan, Step};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{dirty_len_for, SnapHeader};
 use crate::io::{VFile, Vfs};
-use crate::journal::{parse_journal_file_name, JournalWriter};
-use crate::snapshot::{self as writer, Plan, Step};
+use crate::mem::track::DirtySet;
 use crate::sys;
-use crate::track::DirtySet;
 use crate::SysVec;
 use std::alloc::System;
 use std::path::Path;
