@@ -12,8 +12,8 @@
 use crate::disk::format::journal::{self as jf, RecordHeader};
 use crate::disk::format::meta::{Meta, MetaError};
 use crate::disk::format::snapshot::SnapHeader;
+use crate::error::Error;
 use crate::io::{VFile, Vfs};
-use crate::Error;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};

@@ -19,9 +19,9 @@
 use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
 use crate::mem::alloc::HeapAlloc;
+use crate::mem::sysmem::SysBox;
 use crate::options::OpenOptions;
 use crate::stats::Stats;
-use crate::SysBox;
 use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -113,6 +113,17 @@ impl<T: Send + Sync + 'static> Heap<T> {
             root,
             _marker: PhantomData,
         })
+    }
+}
+
+impl OpenOptions {
+    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
+    pub fn open<T: Send + Sync + 'static>(
+        &self,
+        dir: impl AsRef<Path>,
+        init: impl FnOnce(HeapAlloc) -> T,
+    ) -> Result<Heap<T>> {
+        Heap::open_with(self, dir.as_ref(), init)
     }
 }
 

@@ -1,9 +1,9 @@
 //! [`OpenOptions`] and [`Durability`]: how a heap is opened and how commits reach the disk.
+//!
+//! A leaf: plain settings that every layer may read. [`OpenOptions::open`] lives in
+//! `heap.rs`, so this file imports nothing above `io`.
 
-use crate::heap::Heap;
 use crate::io::{OsVfs, Vfs};
-use crate::{HeapAlloc, Result};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ pub enum Durability {
     Eventual,
 }
 
-/// Options for opening or creating a heap. [`Heap::open`] uses the defaults.
+/// Options for opening or creating a heap. [`Heap::open`](crate::Heap::open) uses the defaults.
 #[derive(Clone)]
 pub struct OpenOptions {
     pub(crate) max_size: u64,
@@ -133,7 +133,7 @@ impl OpenOptions {
         self
     }
 
-    /// Whether [`Heap::close`] takes a snapshot when the journal is not empty, so that the next
+    /// Whether [`Heap::close`](crate::Heap::close) takes a snapshot when the journal is not empty, so that the next
     /// open replays nothing (default true).
     pub fn snapshot_on_close(&mut self, yes: bool) -> &mut Self {
         self.snapshot_on_close = yes;
@@ -167,14 +167,5 @@ impl OpenOptions {
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
-    }
-
-    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
-    pub fn open<T: Send + Sync + 'static>(
-        &self,
-        dir: impl AsRef<Path>,
-        init: impl FnOnce(HeapAlloc) -> T,
-    ) -> Result<Heap<T>> {
-        Heap::open_with(self, dir.as_ref(), init)
     }
 }

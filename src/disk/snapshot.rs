@@ -29,8 +29,8 @@
 
 use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::io::VFile;
+use crate::mem::sysmem::SysVec;
 use crate::sys;
-use crate::SysVec;
 use std::io;
 use std::os::fd::RawFd;
 

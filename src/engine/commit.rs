@@ -15,8 +15,8 @@
 
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};
+use crate::mem::sysmem::SysVec;
 use crate::options::Durability;
-use crate::SysVec;
 use std::alloc::System;
 use std::sync::atomic::Ordering;
 

@@ -20,11 +20,12 @@ use crate::disk::journal::{
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::dirty_set::DirtySet;
 use crate::mem::region::Region;
-use crate::mem::track::{DirtySet, Tracker};
+use crate::mem::sysmem::{SysBox, SysVec};
+use crate::mem::track::Tracker;
 use crate::options::{Durability, OpenOptions};
 use crate::sys;
-use crate::{SysBox, SysVec};
 use std::alloc::System;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

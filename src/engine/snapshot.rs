@@ -16,9 +16,9 @@ use crate::disk::journal::{parse_journal_file_name, JournalWriter};
 use crate::disk::snapshot::{self as writer, Plan, Step};
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
-use crate::mem::track::DirtySet;
+use crate::mem::dirty_set::DirtySet;
+use crate::mem::sysmem::SysVec;
 use crate::sys;
-use crate::SysVec;
 use std::alloc::System;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -102,7 +102,7 @@ impl Engine {
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
-            header_first: self.opts.test_planted_bug == Some(crate::PlantedBug::SnapshotHeaderFirst),
+            header_first: self.opts.test_planted_bug == Some(crate::options::PlantedBug::SnapshotHeaderFirst),
         };
         (target, plan)
     }

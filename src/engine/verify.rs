@@ -35,8 +35,8 @@ use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Engine};
 use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::disk::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, PageRun};
 use crate::error::{Error, Result};
+use crate::mem::sysmem::SysVec;
 use crate::sys::OS_PAGE;
-use crate::SysVec;
 use std::alloc::System;
 use std::fmt;
 

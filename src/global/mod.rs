@@ -109,15 +109,22 @@
 //! `&'static` references derived from the stored pointers are valid. Root pointers come from
 //! the registry, which only this module writes (under `roots`), and were validated at open.
 
+mod alloc;
+mod reclaim;
+mod roots;
+
+pub use roots::MAX_ROOTS;
+use roots::{registry_at, Registry, RootEntry, REGISTRY_TYPE_NAME, WORD_REGISTRY};
+
 use crate::disk::format::meta::fnv1a;
 use crate::engine::{lock, Engine, Fingerprint};
 use crate::error::{Error, Result};
-use crate::mem::alloc::{Arena, MEDIUM_MAX, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+use crate::mem::alloc::{Arena, SEGMENT, SLICE};
 use crate::mem::region::Region;
+use crate::mem::sysmem::SysBox;
 use crate::options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 use crate::stats::Stats;
 use crate::sys::process;
-use crate::{SysBox, SysVec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ffi::OsStr;
@@ -137,34 +144,8 @@ const READY: u8 = 2;
 /// before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The root type name recorded in `meta` for heaps of a [`GlobalHeap`] (a `Heap<T>` cannot
-/// open them by mistake, nor the other way round).
-const REGISTRY_TYPE_NAME: &str = "snapheap::GlobalHeap root registry v1";
-const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"SHROOTS1");
-/// Most root types one heap can hold.
-pub const MAX_ROOTS: usize = 64;
-/// `user_words` index of the registry pointer (the same word as `Heap<T>`'s root pointer).
-const WORD_REGISTRY: usize = 0;
 /// `user_words` index of the executable id.
 const WORD_BUILD: usize = 1;
-
-/// One root: a value of the type whose name hashes to `type_hash`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RootEntry {
-    type_hash: u64,
-    size: u64,
-    align: u64,
-    ptr: u64,
-}
-
-/// The root registry, one block in the heap.
-#[repr(C)]
-struct Registry {
-    magic: u64,
-    len: u64,
-    entries: [RootEntry; MAX_ROOTS],
-}
 
 thread_local! {
     /// Set while this thread runs an engine call (commit, snapshot, stats, verify): its
@@ -342,7 +323,7 @@ impl GlobalHeap {
             Ok(r) => r,
             Err(what) => open_failed(dir, &Error::corrupt(dir, 0, what)),
         };
-        match reclaim(arena, registry.map(|r| r as usize)) {
+        match reclaim::reclaim(arena, registry.map(|r| r as usize)) {
             Ok(n) => self.reclaimed.store(n, Relaxed),
             Err(what) => open_failed(dir, &Error::corrupt(dir, 0, format!("reclaim: {what}"))),
         }
@@ -524,68 +505,12 @@ impl GlobalHeap {
         }
         Ok(report)
     }
-
-    // ---- registry --------------------------------------------------------------------------
-
-    fn registry_word(&self, arena: *const Arena) -> &AtomicU64 {
-        match unsafe_arena(arena) {
-            Some(a) => &a.user_words()[WORD_REGISTRY],
-            None => &self.fallback_word,
-        }
-    }
-
-    /// The registry, created on first use. Caller holds `roots`.
-    fn registry(&self, word: &AtomicU64) -> *mut Registry {
-        let w = word.load(Acquire);
-        if w != 0 {
-            return w as *mut Registry;
-        }
-        let layout = Layout::new::<Registry>();
-        // SAFETY: nonzero size.
-        let p = unsafe { self.alloc_zeroed(layout) } as *mut Registry;
-        if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        // SAFETY: p is a fresh zeroed block for a Registry (all-zero is valid).
-        unsafe { (*p).magic = REGISTRY_MAGIC };
-        word.store(p as u64, Release);
-        p
-    }
 }
 
 /// The arena behind a stored pointer.
 fn unsafe_arena(a: *const Arena) -> Option<&'static Arena> {
     // SAFETY: non-null arenas were leaked at initialisation (module Safety).
     unsafe { a.as_ref() }
-}
-
-/// Validates the registry word of a heap just opened: 0 (no registry yet) or a registry block
-/// whose entries point into the heap.
-fn registry_at(arena: &Arena, word: u64) -> std::result::Result<Option<*mut Registry>, String> {
-    if word == 0 {
-        return Ok(None);
-    }
-    let p = word as usize;
-    let size = std::mem::size_of::<Registry>();
-    if p % 8 != 0 || !arena.contains(p as *const u8) || p + size > arena.base + arena.extent() {
-        return Err(format!("root registry pointer {p:#x} does not point into the heap"));
-    }
-    // SAFETY: [p, p + size) lies inside the mapped extent.
-    let reg = unsafe { &*(p as *const Registry) };
-    if reg.magic != REGISTRY_MAGIC || reg.len as usize > MAX_ROOTS {
-        return Err(format!(
-            "root registry at {p:#x} is damaged (magic {:#x}, {} roots)",
-            reg.magic, reg.len
-        ));
-    }
-    for (i, e) in reg.entries[..reg.len as usize].iter().enumerate() {
-        let ok_align = e.align.is_power_of_two() && e.ptr % e.align == 0;
-        let in_heap = e.size == 0 || arena.contains(e.ptr as *const u8);
-        if !ok_align || !in_heap {
-            return Err(format!("root {i} pointer {:#x} does not point into the heap", e.ptr));
-        }
-    }
-    Ok(Some(p as *mut Registry))
 }
 
 /// Checks the executable id recorded in the heap against this executable's and records ours.
@@ -610,59 +535,6 @@ fn check_build(arena: &Arena) -> Result<()> {
         word.store(ours, Release);
     }
     Ok(())
-}
-
-/// Frees every allocated block not reachable from `root` (conservatively: any word of a
-/// reachable block that points inside an allocated block makes that block reachable).
-/// Returns the bytes freed. Runs before the arena is published, so no other thread uses it.
-fn reclaim(arena: &Arena, root: Option<usize>) -> std::result::Result<u64, String> {
-    let mut blocks: SysVec<(usize, usize)> = SysVec::new_in(System);
-    {
-        let _p = arena.pause();
-        arena.for_each_block(|p, len| blocks.push((p, len)))?;
-    }
-    debug_assert!(blocks.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "walk order");
-    let n = blocks.len();
-    let mut marks: SysVec<u64> = SysVec::new_in(System);
-    marks.resize(n.div_ceil(64), 0);
-    let mut stack: SysVec<usize> = SysVec::new_in(System);
-    let find = |w: usize| -> Option<usize> {
-        let i = blocks.partition_point(|b| b.0 <= w);
-        (i > 0 && w < blocks[i - 1].0 + blocks[i - 1].1).then(|| i - 1)
-    };
-    let mark = |i: usize, marks: &mut SysVec<u64>, stack: &mut SysVec<usize>| {
-        if marks[i / 64] & (1 << (i % 64)) == 0 {
-            marks[i / 64] |= 1 << (i % 64);
-            stack.push(i);
-        }
-    };
-    if let Some(i) = root.and_then(find) {
-        mark(i, &mut marks, &mut stack);
-    }
-    while let Some(i) = stack.pop() {
-        let (start, len) = blocks[i];
-        for k in 0..len / 8 {
-            // SAFETY: the block lies inside the mapped extent (walk invariant) and is 8-byte
-            // aligned; the arena is not yet published, so nobody writes it.
-            let w = unsafe { ((start + 8 * k) as *const usize).read() };
-            if arena.contains(w as *const u8) {
-                if let Some(j) = find(w) {
-                    mark(j, &mut marks, &mut stack);
-                }
-            }
-        }
-    }
-    let mut freed = 0u64;
-    for (i, &(start, len)) in blocks.iter().enumerate() {
-        if marks[i / 64] & (1 << (i % 64)) == 0 {
-            // SAFETY: start is an allocated block of this arena (walk) that nothing reachable
-            // refers to; len > 0 and align 1 form a valid layout; dealloc only uses the size
-            // to skip zero-sized blocks.
-            unsafe { arena.dealloc(start as *mut u8, Layout::from_size_align_unchecked(len, 1)) };
-            freed += len as u64;
-        }
-    }
-    Ok(freed)
 }
 
 /// The volatile heap's grow hook: maps anonymous memory up to `new_extent`.
@@ -705,173 +577,6 @@ fn open_failed(dir: &Path, e: &Error) -> ! {
          heap instead would silently lose the state this program keeps",
         dir.display()
     ))
-}
-
-// SAFETY: blocks come from the arena (which hands out disjoint blocks valid for their
-// layout) or from System; dealloc/realloc route each pointer to the allocator whose reserved
-// range contains it (module docs), which is the one that allocated it.
-unsafe impl GlobalAlloc for GlobalHeap {
-    /// Fast path: one load of the arena pointer, the arena's inline fast path, and zeroing of
-    /// the block (see [`zeroed_block`]).
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let a = self.arena.load(Acquire);
-        if !a.is_null() && !in_engine_call() {
-            // SAFETY: a non-null arena lives forever (module Safety); nonzero size (contract).
-            return unsafe { zeroed_block(&*a, layout) };
-        }
-        // SAFETY: forwarded contract.
-        unsafe { self.alloc_cold(layout) }
-    }
-
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract; heap blocks are handed out zeroed anyway, and the
-        // System fallback is asked for zeroed memory below.
-        unsafe {
-            let a = self.arena.load(Acquire);
-            if !a.is_null() && !in_engine_call() {
-                return zeroed_block(&*a, layout);
-            }
-            let p = self.alloc_cold(layout);
-            if !p.is_null() && !self.in_heap(p) {
-                std::ptr::write_bytes(p, 0, layout.size());
-            }
-            p
-        }
-    }
-
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let a = self.arena.load(Acquire);
-        // SAFETY: a non-null arena lives forever; a pointer inside its range is one of its
-        // blocks (System never hands out addresses in the reservation), any other pointer
-        // came from System (forwarded contract).
-        unsafe {
-            if !a.is_null() && (*a).contains(ptr) {
-                (*a).dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
-    }
-
-    /// In place when the new size fits the block and uses at least half of it (the tail the
-    /// block no longer covers is zeroed); otherwise allocate, copy, free. A `System` block
-    /// from before initialisation moves into the heap.
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let a = self.arena.load(Acquire);
-        // SAFETY: as in dealloc; new_size satisfies realloc's contract (forwarded), so the
-        // new layout is valid; ptr is live for layout.size() bytes.
-        unsafe {
-            if a.is_null() || (in_engine_call() && !(*a).contains(ptr)) {
-                return System.realloc(ptr, layout, new_size);
-            }
-            let arena = &*a;
-            if arena.contains(ptr) {
-                let usable = arena.usable_size(ptr as usize);
-                if new_size <= usable && new_size >= usable / 2 {
-                    if new_size < layout.size() {
-                        std::ptr::write_bytes(ptr.add(new_size), 0, layout.size() - new_size);
-                    }
-                    return ptr;
-                }
-            }
-            let new = Layout::from_size_align_unchecked(new_size, layout.align());
-            let q = if in_engine_call() {
-                System.alloc(new)
-            } else {
-                zeroed_block(arena, new)
-            };
-            if !q.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-            q
-        }
-    }
-}
-
-/// Allocates a block for `layout` from `arena` with *all* of it zeroed, not just
-/// `layout.size()` bytes: stale words left by earlier users of the memory (in a block's slack,
-/// or in the last word of a string that does not fill it) would look like references to the
-/// conservative reclaim at the next open and keep garbage alive. Slab blocks are cleared with
-/// a `memset` of their block size; spans and huge blocks are requested at their full size from
-/// `alloc_zeroed`, which skips memory known to be fresh.
-///
-/// # Safety
-///
-/// `layout.size() > 0`.
-#[inline(always)]
-unsafe fn zeroed_block(arena: &Arena, layout: Layout) -> *mut u8 {
-    let size = layout.size();
-    debug_assert!(size > 0);
-    if layout.align() > SLICE {
-        // SAFETY: forwarded contract.
-        return unsafe { overaligned(layout) };
-    }
-    if size <= MEDIUM_MAX {
-        let p = arena.alloc(layout);
-        if !p.is_null() {
-            // SAFETY: p is a fresh live block; usable_size bytes from p belong to it.
-            unsafe { std::ptr::write_bytes(p, 0, arena.usable_size(p as usize)) };
-        }
-        return p;
-    }
-    let k = size.div_ceil(SLICE);
-    let full = if k < SLICES_PER_SEGMENT {
-        k * SLICE
-    } else {
-        size.saturating_add(SLICE).div_ceil(SEGMENT).saturating_mul(SEGMENT) - SLICE
-    };
-    match Layout::from_size_align(full, layout.align()) {
-        Ok(l) => arena.alloc_zeroed(l),
-        Err(_) => std::ptr::null_mut(),
-    }
-}
-
-/// Alignments above a slice are beyond the arena; such (rare) blocks come from `System` and
-/// are therefore not persistent.
-///
-/// # Safety
-///
-/// `layout.size() > 0`.
-#[cold]
-unsafe fn overaligned(layout: Layout) -> *mut u8 {
-    // SAFETY: forwarded contract.
-    unsafe { System.alloc_zeroed(layout) }
-}
-
-impl GlobalHeap {
-    /// Allocation before `READY`: initialises on the first call; while initialising (on any
-    /// thread) and in the fallback, serves from `System` (not zeroed).
-    ///
-    /// # Safety
-    ///
-    /// `layout` has a nonzero size (`GlobalAlloc::alloc`'s contract).
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_cold(&self, layout: Layout) -> *mut u8 {
-        debug_assert!(layout.size() > 0);
-        let a = match self.state.load(Acquire) {
-            READY if in_engine_call() => std::ptr::null(),
-            READY => self.arena.load(Acquire) as *const Arena,
-            UNINIT => self.try_init().unwrap_or(std::ptr::null()),
-            _ => std::ptr::null(),
-        };
-        // SAFETY: forwarded contract; a non-null arena lives forever.
-        unsafe {
-            match a.as_ref() {
-                Some(a) => zeroed_block(a, layout),
-                None => System.alloc(layout),
-            }
-        }
-    }
-
-    /// Whether `p` lies in the heap's reserved range.
-    fn in_heap(&self, p: *const u8) -> bool {
-        unsafe_arena(self.arena.load(Acquire)).is_some_and(|a| a.contains(p))
-    }
 }
 
 #[cfg(test)]
@@ -945,7 +650,7 @@ mod tests {
 
     #[test]
     fn reclaim_frees_exactly_the_blocks_unreachable_from_the_root() {
-        let t = crate::alloc_testing::TestRegion::new(64 << 20);
+        let t = crate::mem::alloc::testing::TestRegion::new(64 << 20);
         let h = t.alloc();
         let a = h.arena();
         let l = |n: usize| Layout::from_size_align(n, 8).unwrap();
@@ -966,7 +671,7 @@ mod tests {
         let mut before = Vec::new();
         a.for_each_block(|p, _| before.push(p)).unwrap();
         assert_eq!(before.len(), 5);
-        let freed = reclaim(a, Some(root)).unwrap();
+        let freed = reclaim::reclaim(a, Some(root)).unwrap();
         let mut after = Vec::new();
         a.for_each_block(|p, _| after.push(p)).unwrap();
         let mut want = vec![root, b, d];

@@ -31,8 +31,8 @@
 
 use crate::error::{Error, Result};
 use crate::mem::alloc::CTRL_SIZE;
+use crate::mem::sysmem::SysVec;
 use crate::sys;
-use crate::SysVec;
 use std::alloc::System;
 use std::os::fd::RawFd;
 use std::sync::Mutex;

@@ -598,7 +598,7 @@ mod tests {
 
     const N: usize = 1000;
 
-    fn alloc_n(a: &crate::HeapAlloc, l: Layout) -> Vec<usize> {
+    fn alloc_n(a: &crate::mem::alloc::HeapAlloc, l: Layout) -> Vec<usize> {
         (0..N)
             .map(|i| {
                 // SAFETY: nonzero layout.
