@@ -42,14 +42,17 @@ pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use mem::alloc::HeapAlloc;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use mem::alloc::testing as alloc_testing;
 
 /// Entry points for the fuzz targets (`fuzz/`); not part of the public API.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;

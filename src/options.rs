@@ -33,11 +33,13 @@ pub struct OpenOptions {
     pub(crate) force_all_dirty: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) test_planted_bug: Option<PlantedBug>,
 }
 
-/// Tests only: deliberately broken protocol steps, used by the reliability suite to prove that
+/// Tests only (`testing` feature): deliberately broken protocol steps, used by the reliability suite to prove that
 /// its crash harness detects lost or inconsistent states (`tests/crash_points.rs`).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
@@ -79,6 +81,7 @@ impl Default for OpenOptions {
             force_all_dirty: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            #[cfg(any(test, feature = "testing"))]
             test_planted_bug: None,
         }
     }
@@ -163,9 +166,28 @@ impl OpenOptions {
     }
 
     /// Tests only: plant a known bug (see [`PlantedBug`]) to check that the tests catch it.
+    #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
+    }
+
+    /// Whether the tests planted [`PlantedBug::SkipJournalSync`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_skip_journal_sync(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::SkipJournalSync);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::SnapshotHeaderFirst`]; always false without
+    /// the `testing` feature.
+    pub(crate) fn planted_snapshot_header_first(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::SnapshotHeaderFirst);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
     }
 }

@@ -102,7 +102,7 @@ impl Engine {
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
-            header_first: self.opts.test_planted_bug == Some(crate::options::PlantedBug::SnapshotHeaderFirst),
+            header_first: self.opts.planted_snapshot_header_first(),
         };
         (target, plan)
     }

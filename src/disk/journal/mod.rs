@@ -110,13 +110,9 @@ mod tests {
     use crate::disk::format::journal::{REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET};
     use crate::disk::format::{put_u32, put_u64};
     use crate::error::{Error, Result};
-    use crate::io::{VFile, Vfs};
-    use std::collections::HashMap;
-    use std::io;
+    use crate::io::sim::{CrashMode, SimVfs};
+    use crate::io::Vfs;
     use std::path::Path;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::sync::Mutex;
 
     const HEAP: u64 = 0x5eed_0000_0000_0001;
     const ID: u64 = 3;
@@ -125,112 +121,16 @@ mod tests {
     /// Small pre-zeroing step so tests exercise it without writing megabytes of zeros.
     const TEST_PREZERO: u64 = 16 << 10;
 
-    /// An in-memory file system: every write is immediately "durable"; counts syncs.
-    #[derive(Default)]
-    struct MemVfs {
-        files: Mutex<HashMap<PathBuf, Arc<Node>>>,
-        dir_syncs: AtomicUsize,
+    /// A disk holding only `path` with `bytes` (written and durable).
+    fn with_file(path: &Path, bytes: &[u8]) -> SimVfs {
+        let vfs = SimVfs::new();
+        vfs.write_file(path, bytes);
+        vfs
     }
 
-    #[derive(Default)]
-    struct Node {
-        data: Mutex<Vec<u8>>,
-        syncs: AtomicUsize,
-    }
-
-    struct MemFile(Arc<Node>);
-
-    impl VFile for MemFile {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            let d = self.0.data.lock().unwrap();
-            let off = (offset as usize).min(d.len());
-            let n = buf.len().min(d.len() - off);
-            buf[..n].copy_from_slice(&d[off..off + n]);
-            Ok(n)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            let mut d = self.0.data.lock().unwrap();
-            let end = offset as usize + buf.len();
-            if d.len() < end {
-                d.resize(end, 0);
-            }
-            d[offset as usize..end].copy_from_slice(buf);
-            Ok(())
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            self.0.syncs.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-        fn allocate(&self, len: u64) -> io::Result<()> {
-            let mut d = self.0.data.lock().unwrap();
-            if (d.len() as u64) < len {
-                d.resize(len as usize, 0);
-            }
-            Ok(())
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.0.data.lock().unwrap().resize(len as usize, 0);
-            Ok(())
-        }
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.0.data.lock().unwrap().len() as u64)
-        }
-        fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-            None
-        }
-    }
-
-    impl Vfs for MemVfs {
-        fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn VFile>> {
-            let mut files = self.files.lock().unwrap();
-            let node = match files.get(path) {
-                Some(n) => n.clone(),
-                None if create => files.entry(path.to_path_buf()).or_default().clone(),
-                None => return Err(io::ErrorKind::NotFound.into()),
-            };
-            Ok(Box::new(MemFile(node)))
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            let removed = self.files.lock().unwrap().remove(path);
-            removed.map(drop).ok_or_else(|| io::ErrorKind::NotFound.into())
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            let mut files = self.files.lock().unwrap();
-            let node = files.remove(from).ok_or(io::ErrorKind::NotFound)?;
-            files.insert(to.to_path_buf(), node);
-            Ok(())
-        }
-        fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-            self.dir_syncs.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-        fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-            let files = self.files.lock().unwrap();
-            let names = files.keys().filter(|p| p.parent() == Some(dir));
-            Ok(names.filter_map(|p| p.file_name().map(PathBuf::from)).collect())
-        }
-        fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl MemVfs {
-        fn bytes(&self, path: &Path) -> Vec<u8> {
-            self.files.lock().unwrap()[path].data.lock().unwrap().clone()
-        }
-        /// A new file system holding only `path` with `bytes`.
-        fn with_file(path: &Path, bytes: &[u8]) -> MemVfs {
-            let vfs = MemVfs::default();
-            let node = Node {
-                data: Mutex::new(bytes.to_vec()),
-                syncs: AtomicUsize::new(0),
-            };
-            vfs.files.lock().unwrap().insert(path.to_path_buf(), Arc::new(node));
-            vfs
-        }
-        fn syncs(&self, path: &Path) -> usize {
-            self.files.lock().unwrap()[path].syncs.load(Ordering::Relaxed)
-        }
+    /// The written bytes of `path`.
+    fn bytes(vfs: &SimVfs, path: &Path) -> Vec<u8> {
+        vfs.read_file(path).expect("the journal exists")
     }
 
     fn dir() -> PathBuf {
@@ -291,7 +191,7 @@ mod tests {
     }
 
     /// Writes a journal of `specs` into `vfs`; returns the group ends.
-    fn build(vfs: &MemVfs, specs: &[Spec], policy: SyncPolicy) -> Vec<u64> {
+    fn build(vfs: &SimVfs, specs: &[Spec], policy: SyncPolicy) -> Vec<u64> {
         let mut w = JournalWriter::create(vfs, &dir(), HEAP, ID, START).unwrap();
         w.set_prezero_step(TEST_PREZERO);
         let mut ends = vec![FIRST_RECORD_OFFSET];
@@ -300,8 +200,8 @@ mod tests {
     }
 
     /// The file bytes of the journal without its pre-zeroed tail.
-    fn built_bytes(vfs: &MemVfs, ends: &[u64]) -> Vec<u8> {
-        let mut b = vfs.bytes(&jpath());
+    fn built_bytes(vfs: &SimVfs, ends: &[u64]) -> Vec<u8> {
+        let mut b = bytes(&vfs, &jpath());
         assert!(b.len() as u64 >= *ends.last().unwrap());
         assert!(b[*ends.last().unwrap() as usize..].iter().all(|&x| x == 0));
         b.truncate(*ends.last().unwrap() as usize);
@@ -324,7 +224,7 @@ mod tests {
         out
     }
 
-    fn scan(vfs: &MemVfs, is_last: bool) -> Result<JournalScan> {
+    fn scan(vfs: &SimVfs, is_last: bool) -> Result<JournalScan> {
         scan_journal(vfs, &jpath(), HEAP, ID, is_last)
     }
 
@@ -406,7 +306,7 @@ mod tests {
 
     #[test]
     fn round_trip_returns_exactly_the_groups_runs_and_page_bytes() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let specs = round_trip_specs();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         for is_last in [true, false] {
@@ -453,12 +353,15 @@ mod tests {
 
     #[test]
     fn create_makes_a_durable_empty_journal_and_refuses_to_replace_one() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
         assert_eq!((w.id(), w.end(), w.next_seq()), (ID, FIRST_RECORD_OFFSET, START + 1));
         assert_eq!(vfs.list(&dir()).unwrap(), [PathBuf::from(journal_file_name(ID))]);
-        assert!(vfs.syncs(&jpath()) >= 1 && vfs.dir_syncs.load(Ordering::Relaxed) >= 1);
+        let power_lost = vfs.crash(CrashMode::DropUnsynced);
+        assert_eq!(power_lost.list(&dir()).unwrap(), [PathBuf::from(journal_file_name(ID))]);
+        let durable = scan(&power_lost, false).unwrap();
         let s = scan(&vfs, false).unwrap();
+        assert_eq!(durable.header, s.header, "the header is durable before create returns");
         assert_eq!(
             (s.groups.len(), s.valid_end, s.last_seq()),
             (0, FIRST_RECORD_OFFSET, START)
@@ -474,7 +377,7 @@ mod tests {
 
     #[test]
     fn salts_differ_between_journals() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let a = JournalWriter::create(&vfs, &dir(), HEAP, 1, 0).unwrap();
         let b = JournalWriter::create(&vfs, &dir(), HEAP, 2, 0).unwrap();
         assert_ne!(a.salt, b.salt);
@@ -482,7 +385,7 @@ mod tests {
 
     #[test]
     fn encode_group_reuses_its_buffer_after_warm_up() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let mut w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
         let data = pages(9, 300);
         let runs = [(0u64, &data[..100 * P]), (0x200000, &data[100 * P..])];
@@ -499,7 +402,7 @@ mod tests {
 
     #[test]
     fn write_encoded_without_an_encoded_group_is_refused() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let mut w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
         assert!(matches!(w.write_encoded(), Err(Error::InvalidArgument { .. })));
         w.encode_group(START + 1, 0, FIRST_RECORD_OFFSET, &[]);
@@ -521,7 +424,7 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_to_last_whole_commit() {
         let specs = torn_specs();
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         let (last_start, last_end) = (ends[3], ends[4]);
@@ -530,7 +433,7 @@ mod tests {
         let mut expected = specs[..3].to_vec();
         expected.push(extra.clone());
         for cut in last_start..last_end {
-            let vfs = MemVfs::with_file(&jpath(), &bytes[..cut as usize]);
+            let vfs = with_file(&jpath(), &bytes[..cut as usize]);
             let s = scan(&vfs, true).unwrap();
             assert_groups(&vfs, &s, &specs[..3]);
             assert_eq!((s.valid_end, s.file_len), (last_start, cut), "cut at {cut}");
@@ -538,9 +441,9 @@ mod tests {
                 let x = *starts.iter().filter(|&&r| r <= cut).max().unwrap();
                 assert_eq!(corrupt_offset(scan(&vfs, false)), x, "not last, cut at {cut}");
             }
-            let syncs = vfs.syncs(&jpath());
+            let syncs = vfs.syncs();
             let mut w = JournalWriter::resume(&vfs, &s).unwrap();
-            assert!(vfs.syncs(&jpath()) > syncs, "resume syncs");
+            assert!(vfs.syncs() > syncs, "resume syncs");
             assert_eq!((w.end(), w.next_seq()), (last_start, START + 4));
             w.set_prezero_step(TEST_PREZERO);
             let mut ends2 = ends[..4].to_vec();
@@ -558,7 +461,7 @@ mod tests {
         let mut specs = torn_specs();
         specs[3] = spec(1 << 20, &[(0x5000, 1), (0x9000, 2), (0x20000, 1)], 4);
         specs.push(spec(1 << 20, &[(0x30000, 1)], 5));
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START);
         let mut w = w.unwrap();
         w.set_prezero_step(0);
@@ -566,7 +469,7 @@ mod tests {
         append(&mut w, &specs[..4], PREVIOUS_SYNCED, &mut ends);
         let durable = ends[3];
         append(&mut w, &specs[4..], |_| durable, &mut ends);
-        let bytes = vfs.bytes(&jpath());
+        let bytes = bytes(&vfs, &jpath());
         let (g_start, g_end) = (ends[3] as usize, ends[4] as usize);
         let sectors: Vec<usize> = (g_start / 512..g_end.div_ceil(512)).collect();
         let mut patterns: Vec<Vec<bool>> = Vec::new(); // true = sector reached disk
@@ -597,7 +500,7 @@ mod tests {
                 }
             }
             assert_ne!(torn, bytes, "every sector holds nonzero bytes of the group");
-            let vfs = MemVfs::with_file(&jpath(), &torn);
+            let vfs = with_file(&jpath(), &torn);
             let s = scan(&vfs, true).unwrap();
             assert_groups(&vfs, &s, &specs[..3]);
             assert_eq!(s.valid_end, ends[3]);
@@ -607,7 +510,7 @@ mod tests {
     #[test]
     fn corrupt_record_before_durable_data_is_an_error() {
         let specs: Vec<Spec> = (0..4).map(|g| spec(1 << 20, &[(0, 1), (0x10000, 1)], g + 1)).collect();
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         let starts = record_starts(&bytes);
@@ -623,13 +526,13 @@ mod tests {
         for (record, byte) in cases {
             let mut bad = bytes.clone();
             bad[byte as usize] ^= 0x10;
-            let vfs = MemVfs::with_file(&jpath(), &bad);
+            let vfs = with_file(&jpath(), &bad);
             assert_eq!(corrupt_offset(scan(&vfs, true)), record, "flip at {byte}");
         }
         // Group 4 is covered by nothing: the same damage there is a torn tail.
         let mut bad = bytes.clone();
         bad[starts[9] as usize + 40 + 7] ^= 0x10;
-        let vfs = MemVfs::with_file(&jpath(), &bad);
+        let vfs = with_file(&jpath(), &bad);
         let s = scan(&vfs, true).unwrap();
         assert_groups(&vfs, &s, &specs[..3]);
         assert_eq!(corrupt_offset(scan(&vfs, false)), starts[9]);
@@ -639,14 +542,14 @@ mod tests {
     fn every_flipped_byte_gives_a_prefix_of_the_groups_or_an_error() {
         let specs: Vec<Spec> = (0..3).map(|g| spec(1 << 20, &[(0x4000, 1)], g + 1)).collect();
         for (policy, synced_all) in [(NOTHING_SYNCED, false), (PREVIOUS_SYNCED, true)] {
-            let vfs = MemVfs::default();
+            let vfs = SimVfs::new();
             let ends = build(&vfs, &specs, policy);
             let bytes = built_bytes(&vfs, &ends);
             let starts = record_starts(&bytes);
             for i in 0..bytes.len() {
                 let mut bad = bytes.clone();
                 bad[i] ^= 0x5a;
-                let vfs = MemVfs::with_file(&jpath(), &bad);
+                let vfs = with_file(&jpath(), &bad);
                 let r = scan(&vfs, true);
                 if i < HEADER_AREA_LEN {
                     assert!(
@@ -674,7 +577,7 @@ mod tests {
     #[test]
     fn evidence_after_megabytes_of_zeros_is_still_found() {
         let specs: Vec<Spec> = (0..3).map(|g| spec(1 << 20, &[(0x4000, 1)], g + 1)).collect();
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         let (e1, e2) = (ends[1] as usize, ends[2] as usize);
@@ -684,25 +587,25 @@ mod tests {
         spaced.extend_from_slice(&bytes[e2..]);
         // Intact: the zeros end the valid prefix; group 3 names only the end of group 2 as
         // durable, which proves nothing about the zeros: a torn tail in the newest journal.
-        let vfs = MemVfs::with_file(&jpath(), &spaced);
+        let vfs = with_file(&jpath(), &spaced);
         let s = scan(&vfs, true).unwrap();
         assert_groups(&vfs, &s, &specs[..2]);
         assert_eq!(s.valid_end, ends[2]);
         // Damage in group 2: group 3, far behind the zeros, proves it had been durable.
         spaced[e1 + RECORD_HEADER_LEN + 7] ^= 0x10;
-        let vfs = MemVfs::with_file(&jpath(), &spaced);
+        let vfs = with_file(&jpath(), &spaced);
         assert_eq!(corrupt_offset(scan(&vfs, true)), ends[1]);
     }
 
     #[test]
     fn every_flipped_header_byte_is_reported_at_its_field() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &torn_specs(), PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         for i in 0..HEADER_AREA_LEN {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            let vfs = MemVfs::with_file(&jpath(), &bad);
+            let vfs = with_file(&jpath(), &bad);
             for is_last in [true, false] {
                 let r = scan(&vfs, is_last);
                 let expected = match i {
@@ -722,33 +625,33 @@ mod tests {
 
     #[test]
     fn a_future_version_is_incompatible_and_foreign_ids_are_corrupt() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         build(&vfs, &torn_specs()[..1], PREVIOUS_SYNCED);
         let r = scan_journal(&vfs, &jpath(), HEAP ^ 1, ID, true);
         assert_eq!(corrupt_offset(r), HEAP_ID_OFFSET as u64);
         let r = scan_journal(&vfs, &jpath(), HEAP, ID + 1, true);
         assert_eq!(corrupt_offset(r), JOURNAL_ID_OFFSET as u64);
-        let mut b = vfs.bytes(&jpath());
+        let mut b = bytes(&vfs, &jpath());
         b[VERSION_OFFSET] = 2;
         let crc = crc32fast::hash(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
-        let vfs = MemVfs::with_file(&jpath(), &b);
+        let vfs = with_file(&jpath(), &b);
         assert!(matches!(scan(&vfs, true), Err(Error::Incompatible { .. })));
     }
 
     #[test]
     fn a_file_shorter_than_its_header_area_is_corrupt_even_when_last() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &torn_specs()[..1], PREVIOUS_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         for len in 0..HEADER_AREA_LEN {
-            let vfs = MemVfs::with_file(&jpath(), &bytes[..len]);
+            let vfs = with_file(&jpath(), &bytes[..len]);
             for is_last in [true, false] {
                 let off = corrupt_offset(scan(&vfs, is_last));
                 assert_eq!(off, len as u64, "length {len}");
             }
         }
-        let vfs = MemVfs::with_file(&jpath(), &bytes[..HEADER_AREA_LEN]);
+        let vfs = with_file(&jpath(), &bytes[..HEADER_AREA_LEN]);
         assert_eq!(scan(&vfs, false).unwrap().groups.len(), 0);
     }
 
@@ -773,19 +676,19 @@ mod tests {
 
     #[test]
     fn record_with_valid_checksum_but_wrong_seq_is_corrupt_not_truncated() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let specs = torn_specs();
         let ends = build(&vfs, &specs, NOTHING_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         for (g, seq) in [(3, START + 5), (3, START + 3), (1, START + 3)] {
             let mut bad = bytes.clone();
             rewrite_group(&mut bad, &ends, g, &|r| put_u64(r, REC_SEQ_OFFSET, seq), true);
-            let vfs = MemVfs::with_file(&jpath(), &bad);
+            let vfs = with_file(&jpath(), &bad);
             assert_eq!(corrupt_offset(scan(&vfs, true)), ends[g], "group {g} seq {seq}");
             // Without a valid checksum the same bytes are a torn tail (nothing synced).
             let mut torn = bytes.clone();
             rewrite_group(&mut torn, &ends, g, &|r| put_u64(r, REC_SEQ_OFFSET, seq), false);
-            let vfs = MemVfs::with_file(&jpath(), &torn);
+            let vfs = with_file(&jpath(), &torn);
             let s = scan(&vfs, true).unwrap();
             assert_groups(&vfs, &s, &specs[..g]);
         }
@@ -793,7 +696,7 @@ mod tests {
 
     #[test]
     fn commit_count_mismatch_and_future_synced_with_valid_checksums_are_corrupt() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let ends = build(&vfs, &torn_specs(), NOTHING_SYNCED);
         let bytes = built_bytes(&vfs, &ends);
         let starts = record_starts(&bytes);
@@ -801,21 +704,21 @@ mod tests {
         let mut bad = bytes.clone();
         put_u32(&mut bad, commit as usize + REC_COUNT_OFFSET, 1);
         seal_record(&mut bad[commit as usize..commit as usize + 40], get_salt(&bytes));
-        let vfs = MemVfs::with_file(&jpath(), &bad);
+        let vfs = with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs, true)), commit);
         let mut bad = bytes.clone();
         rewrite_group(&mut bad, &ends, 2, &|r| put_u64(r, REC_SYNCED_OFFSET, 1 << 40), true);
-        let vfs = MemVfs::with_file(&jpath(), &bad);
+        let vfs = with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs, true)), ends[2]);
     }
 
     #[test]
     fn prezeroed_tail_is_a_clean_end_in_any_journal_but_not_inside_a_group() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let specs = torn_specs();
         let ends = build(&vfs, &specs, PREVIOUS_SYNCED);
         let end = *ends.last().unwrap();
-        let file_len = vfs.bytes(&jpath()).len() as u64;
+        let file_len = bytes(&vfs, &jpath()).len() as u64;
         assert!(file_len > end && file_len % TEST_PREZERO == 0, "{file_len} after {end}");
         for is_last in [true, false] {
             let s = scan(&vfs, is_last).unwrap();
@@ -823,35 +726,35 @@ mod tests {
             assert_eq!((s.valid_end, s.file_len), (end, file_len));
         }
         // The last COMMIT record zeroed (its PAGES present): an incomplete group.
-        let mut bad = vfs.bytes(&jpath());
+        let mut bad = bytes(&vfs, &jpath());
         bad[(end - 40) as usize..end as usize].fill(0);
-        let vfs2 = MemVfs::with_file(&jpath(), &bad);
+        let vfs2 = with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs2, false)), end - 40);
         assert_groups(&vfs2, &scan(&vfs2, true).unwrap(), &specs[..3]);
         // Resume drops the zeros and re-zeroes ahead of the next group.
         let s = scan(&vfs, true).unwrap();
         let mut w = JournalWriter::resume(&vfs, &s).unwrap();
-        assert_eq!(vfs.bytes(&jpath()).len() as u64, end);
+        assert_eq!(bytes(&vfs, &jpath()).len() as u64, end);
         w.set_prezero_step(TEST_PREZERO);
         let mut ends2 = ends.clone();
         append(&mut w, &specs[..1], PREVIOUS_SYNCED, &mut ends2);
-        assert!(vfs.bytes(&jpath()).len() as u64 > *ends2.last().unwrap());
+        assert!(bytes(&vfs, &jpath()).len() as u64 > *ends2.last().unwrap());
         assert_eq!(scan(&vfs, false).unwrap().groups.len(), 5);
     }
 
     #[test]
     fn large_group_is_written_without_zeros_ahead_and_small_groups_still_prezero() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         let mut w = JournalWriter::create(&vfs, &dir(), HEAP, ID, START).unwrap();
         w.set_prezero_step(TEST_PREZERO);
         let big = vec![7u8; PREZERO_MAX_GROUP];
         w.encode_group(START + 1, 1 << 30, FIRST_RECORD_OFFSET, &[(0, &big)]);
         let end = w.write_encoded().unwrap();
-        assert_eq!(vfs.bytes(&jpath()).len() as u64, end, "no zeros after a large group");
+        assert_eq!(bytes(&vfs, &jpath()).len() as u64, end, "no zeros after a large group");
         let small = vec![9u8; P];
         w.encode_group(START + 2, 1 << 30, FIRST_RECORD_OFFSET, &[(0, &small)]);
         let end = w.write_encoded().unwrap();
-        let len = vfs.bytes(&jpath()).len() as u64;
+        let len = bytes(&vfs, &jpath()).len() as u64;
         assert!(len > end && len % TEST_PREZERO == 0, "{len} after {end}");
         let s = scan(&vfs, true).unwrap();
         assert_eq!((s.groups.len(), s.valid_end), (2, end));
@@ -859,7 +762,7 @@ mod tests {
 
     #[test]
     fn read_run_rejects_a_wrong_buffer_and_a_run_past_the_end() {
-        let vfs = MemVfs::default();
+        let vfs = SimVfs::new();
         build(&vfs, &torn_specs(), PREVIOUS_SYNCED);
         let s = scan(&vfs, true).unwrap();
         let file = vfs.open(&jpath(), false).unwrap();
