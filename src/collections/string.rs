@@ -3,6 +3,11 @@
 //! # Invariants
 //!
 //! - `bytes` is always valid UTF-8.
+//!
+//! # Safety
+//!
+//! `as_str` skips the UTF-8 check: every constructor and mutator appends only bytes of a
+//! `&str` or `char`, so `bytes` stays valid UTF-8.
 
 use super::Vec;
 use crate::mem::alloc::HeapAlloc;

@@ -12,6 +12,13 @@
 //!    durable, sharing the sync with concurrent committers (`durable.rs`).
 //!
 //! What a crash at each step leaves is analysed in `docs/design.md` ("Commit protocol").
+//!
+//! # Safety
+//!
+//! The capture reads dirty ranges of the region while the allocator is paused: the ranges lie
+//! inside the mapped extent (the tracker reports only armed pages); the commit lock excludes
+//! mutation of the root, so the only concurrent writes are into blocks unreachable from it,
+//! whose pages the next collect reports again.
 
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};

@@ -13,6 +13,11 @@
 //!   is recorded in each new record's `synced` field, which recovery uses to tell a torn tail
 //!   from corruption.
 //! - At most one thread syncs at a time (`syncing`).
+//!
+//! # Safety
+//!
+//! [`Engine::start_flusher`] hands the flusher thread the engine's address: the engine is
+//! boxed (stable address) and `close`/`drop` join the flusher before the box is freed.
 
 use super::{lock, Engine};
 use crate::error::{Error, Result};

@@ -25,6 +25,11 @@
 //!   `prev_interval` = the pages that differ between the two snapshot files (when known).
 //! - Journals with an id below the newest durable snapshot's `journal_id` are garbage and are
 //!   deleted; the others form a gap-free chain of sequence numbers starting at that snapshot.
+//!
+//! # Safety
+//!
+//! [`grow_hook`] is the allocator's one call upward, a function pointer with a `*const ()`
+//! context: the context is the engine's boxed [`GrowCtx`], which outlives the arena's use.
 
 mod commit;
 mod durable;

@@ -9,6 +9,12 @@
 //! Which pages the older file lacks: every page captured since the older file was written,
 //! i.e. `prev_interval ∪ since_snap`, plus every page beyond the older file's extent. When that
 //! is unknown (first snapshots, a failed writer, a damaged bitmap) the whole extent is written.
+//!
+//! # Safety
+//!
+//! `fork()` runs while the commit lock is held and the allocator is paused; the child runs
+//! only `disk::snapshot::child_main`, which is async-signal-safe (no allocation, no locks).
+//! The in-process writer (simulated disks) reads the plan's runs, mapped at plan time.
 
 use super::{lock, CommitState, Engine};
 use crate::disk::format::snapshot::{dirty_len_for, SnapHeader};

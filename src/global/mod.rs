@@ -1,98 +1,11 @@
 //! [`GlobalHeap`]: snapheap as the process's `#[global_allocator]`, with roots of plain `std`
 //! types, commits and snapshots, and reclaim of unreachable blocks at open.
 //!
-//! ```no_run
-//! #[global_allocator]
-//! static HEAP: snapheap::GlobalHeap = snapheap::GlobalHeap::new();
-//!
-//! fn main() {
-//!     let runs = HEAP.with_root(Vec::<String>::new, |log| {
-//!         log.push(format!("run {}", log.len() + 1));
-//!         log.len()
-//!     });
-//!     HEAP.commit().expect("commit");
-//!     println!("this program ran {runs} times");
-//! }
-//! ```
-//!
-//! # Configuration
-//!
-//! - `SNAPHEAP_DIR=/path`: the heap is persistent and lives in that directory (created if
-//!   missing). Unset or empty: the heap is *volatile*: the same allocator over an anonymous
-//!   region (so a benchmark sees the allocator's cost without persistence), roots work, and
-//!   `commit`/`snapshot` do nothing.
-//! - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
-//!   "What must not be stored"). Risky: only when the heap holds no pointers into the
-//!   executable.
-//! - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
-//! - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
-//!   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
-//!
-//! If persistence was asked for and the heap cannot be opened (locked by another process for
-//! more than [`LOCK_WAIT`], damaged, another build, address range taken), the first allocation
-//! prints the reason on stderr and aborts the process: running on a volatile heap instead
-//! would silently lose the data the user asked to keep.
-//!
-//! # Initialisation
-//!
-//! The first call into the allocator (often before `main`) initialises the heap. While that
-//! runs (`state == INITIALIZING`), every allocation of every thread, including the engine's
-//! own `PathBuf`s and `Box`es made while opening, goes to [`System`]; afterwards allocations
-//! go to the heap's arena. `dealloc` and `realloc` route by address: a pointer inside the
-//! heap's reserved range belongs to the arena, any other to `System` (the reserved range is
-//! never handed out by `System`, so the test is exact). A `realloc` of a `System` block after
-//! initialisation moves it into the heap. While a thread runs an engine call (`commit`,
-//! `snapshot`, `stats`, `verify`) its own allocations go to `System` too: the engine pauses the
-//! arena inside those calls, and the pausing thread must not wait for its own pause.
-//!
-//! Every heap block is handed out entirely zeroed (slab blocks with a `memset` of their block
-//! size, spans and huge blocks only when their memory is not fresh), so that no stale word of
-//! an earlier user survives in a live block's slack to mislead the reclaim (see below). This is
-//! the main cost over the plain arena; `benches/RESULTS-global.md` measures it.
-//!
-//! # Roots and commits
-//!
-//! [`GlobalHeap::with_root`] keeps one root per type in a registry block inside the heap
-//! (keyed by the type's name, checked against its size and alignment). A process-local mutex
-//! serialises `with_root` calls and commits, so a commit never captures a root halfway through
-//! an update; do not call `with_root`, `commit` or `snapshot` from inside a `with_root`
-//! closure (it would deadlock). Other threads may keep allocating during a commit: the engine
-//! pauses the allocator while it captures the written pages. Nothing is committed at exit:
-//! call [`GlobalHeap::commit`] for the state to keep.
-//!
-//! # Reclaim
-//!
-//! At open, every allocated block not reachable from the root registry is freed: a
-//! conservative mark phase treats every 8-byte word of a reachable block that points into an
-//! allocated block (anywhere inside it) as a reference. What earlier runs left behind (std's
-//! buffers, thread-locals, leaked temporaries, values dropped after the last commit) does not
-//! accumulate. Conservative means a stale word can keep garbage alive, never the reverse:
-//! blocks are zeroed when handed out, but a live structure may still hold bytes its owner no
-//! longer uses (a `Vec` after `pop`, removed slots of a `BTreeMap` node or hash table), and an
-//! integer that happens to look like a heap address keeps its target. Pointers stored in
-//! other forms than a plain address inside the target (tagged, compressed, XOR-ed, or only one
-//! past the end) are not seen: such types must not be the only owners of heap blocks in roots.
-//!
-//! # What must not be stored in roots
-//!
-//! Everything reachable from a root must stay meaningful in the next run:
-//! - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
-//!   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
-//!   stay valid only for the *same* build at the same load address; snapheap records an id of
-//!   the executable (its GNU build-id, or its size and modification time) and refuses to open
-//!   a heap written by another build ([`crate::Error::Incompatible`]). With
-//!   position-independent executables and ASLR even the same build may load elsewhere, so
-//!   avoid them altogether;
-//! - no pointers to memory outside the heap (stack, `mmap`ed buffers, memory allocated before
-//!   the heap was initialised);
-//! - no OS handles (`File`, sockets, thread ids, `Instant`s);
-//! - no locks that might be held at a commit (a `Mutex` captured locked stays locked), and no
-//!   `Rc`/`Arc` shared with non-root memory you expect to be freed;
-//! - values whose alignment exceeds 64 KiB (the arena cannot place them).
-//!
-//! A child made with a bare `fork()` that keeps running Rust code shares the heap's lock and
-//! journal with its parent: it must not commit (exec'ing children, as `std::process::Command`
-//! makes them, are fine).
+//! The user guide (configuration, initialisation, roots and commits, reclaim, what must not
+//! be stored in roots) is the documentation of [`GlobalHeap`]. Files: `mod.rs` (the type, its
+//! initialisation state machine and its API), `alloc.rs` (the `GlobalAlloc` impl, zeroed
+//! blocks, the cold path), `roots.rs` (the in-heap root registry), `reclaim.rs` (mark and
+//! sweep at open).
 //!
 //! # Invariants
 //!
@@ -100,7 +13,7 @@
 //!   before `READY` is published and never change after.
 //! - `state == READY ∧ arena ≠ null` ⇒ every allocation is served by the arena; pointers in
 //!   `[base, base + max_size)` are arena blocks, all others `System` blocks.
-//! - The registry word (`user_words[0]`) is 0 or the address of a [`Registry`] block with
+//! - The registry word (`user_words[0]`) is 0 or the address of a `Registry` block (`roots.rs`) with
 //!   `len <= MAX_ROOTS`; `user_words[1]` is 0 or the executable id of the last writer.
 //!
 //! # Safety
@@ -184,7 +97,102 @@ struct Config {
     snapshot_after_journal_bytes: u64,
 }
 
-/// A persistent heap usable as `#[global_allocator]`. See the [module docs](self).
+/// A persistent heap usable as `#[global_allocator]`: the whole process's heap, with roots of
+/// plain `std` types, commits and snapshots, and reclaim of unreachable blocks at open.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static HEAP: snapheap::GlobalHeap = snapheap::GlobalHeap::new();
+///
+/// fn main() {
+///     let runs = HEAP.with_root(Vec::<String>::new, |log| {
+///         log.push(format!("run {}", log.len() + 1));
+///         log.len()
+///     });
+///     HEAP.commit().expect("commit");
+///     println!("this program ran {runs} times");
+/// }
+/// ```
+///
+/// # Configuration
+///
+/// - `SNAPHEAP_DIR=/path`: the heap is persistent and lives in that directory (created if
+///   missing). Unset or empty: the heap is *volatile*: the same allocator over an anonymous
+///   region (so a benchmark sees the allocator's cost without persistence), roots work, and
+///   `commit`/`snapshot` do nothing.
+/// - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
+///   "What must not be stored"). Risky: only when the heap holds no pointers into the
+///   executable.
+/// - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
+/// - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
+///   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
+///
+/// If persistence was asked for and the heap cannot be opened (locked by another process for
+/// more than [`LOCK_WAIT`], damaged, another build, address range taken), the first allocation
+/// prints the reason on stderr and aborts the process: running on a volatile heap instead
+/// would silently lose the data the user asked to keep.
+///
+/// # Initialisation
+///
+/// The first call into the allocator (often before `main`) initialises the heap. While that
+/// runs (`state == INITIALIZING`), every allocation of every thread, including the engine's
+/// own `PathBuf`s and `Box`es made while opening, goes to [`System`]; afterwards allocations
+/// go to the heap's arena. `dealloc` and `realloc` route by address: a pointer inside the
+/// heap's reserved range belongs to the arena, any other to `System` (the reserved range is
+/// never handed out by `System`, so the test is exact). A `realloc` of a `System` block after
+/// initialisation moves it into the heap. While a thread runs an engine call (`commit`,
+/// `snapshot`, `stats`, `verify`) its own allocations go to `System` too: the engine pauses the
+/// arena inside those calls, and the pausing thread must not wait for its own pause.
+///
+/// Every heap block is handed out entirely zeroed (slab blocks with a `memset` of their block
+/// size, spans and huge blocks only when their memory is not fresh), so that no stale word of
+/// an earlier user survives in a live block's slack to mislead the reclaim (see below). This is
+/// the main cost over the plain arena; `benches/RESULTS-global.md` measures it.
+///
+/// # Roots and commits
+///
+/// [`GlobalHeap::with_root`] keeps one root per type in a registry block inside the heap
+/// (keyed by the type's name, checked against its size and alignment). A process-local mutex
+/// serialises `with_root` calls and commits, so a commit never captures a root halfway through
+/// an update; do not call `with_root`, `commit` or `snapshot` from inside a `with_root`
+/// closure (it would deadlock). Other threads may keep allocating during a commit: the engine
+/// pauses the allocator while it captures the written pages. Nothing is committed at exit:
+/// call [`GlobalHeap::commit`] for the state to keep.
+///
+/// # Reclaim
+///
+/// At open, every allocated block not reachable from the root registry is freed: a
+/// conservative mark phase treats every 8-byte word of a reachable block that points into an
+/// allocated block (anywhere inside it) as a reference. What earlier runs left behind (std's
+/// buffers, thread-locals, leaked temporaries, values dropped after the last commit) does not
+/// accumulate. Conservative means a stale word can keep garbage alive, never the reverse:
+/// blocks are zeroed when handed out, but a live structure may still hold bytes its owner no
+/// longer uses (a `Vec` after `pop`, removed slots of a `BTreeMap` node or hash table), and an
+/// integer that happens to look like a heap address keeps its target. Pointers stored in
+/// other forms than a plain address inside the target (tagged, compressed, XOR-ed, or only one
+/// past the end) are not seen: such types must not be the only owners of heap blocks in roots.
+///
+/// # What must not be stored in roots
+///
+/// Everything reachable from a root must stay meaningful in the next run:
+/// - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
+///   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
+///   stay valid only for the *same* build at the same load address; snapheap records an id of
+///   the executable (its GNU build-id, or its size and modification time) and refuses to open
+///   a heap written by another build ([`crate::Error::Incompatible`]). With
+///   position-independent executables and ASLR even the same build may load elsewhere, so
+///   avoid them altogether;
+/// - no pointers to memory outside the heap (stack, `mmap`ed buffers, memory allocated before
+///   the heap was initialised);
+/// - no OS handles (`File`, sockets, thread ids, `Instant`s);
+/// - no locks that might be held at a commit (a `Mutex` captured locked stays locked), and no
+///   `Rc`/`Arc` shared with non-root memory you expect to be freed;
+/// - values whose alignment exceeds 64 KiB (the arena cannot place them).
+///
+/// A child made with a bare `fork()` that keeps running Rust code shares the heap's lock and
+/// journal with its parent: it must not commit (exec'ing children, as `std::process::Command`
+/// makes them, are fine).
+///
 pub struct GlobalHeap {
     state: AtomicU8,
     /// The arena once `READY` (null before, and in the `System` fallback).

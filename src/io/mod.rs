@@ -13,6 +13,8 @@
 //! - After any `Err` from `write_at` or `sync_data`, the caller must assume nothing about the
 //!   file's durable contents beyond what an earlier successful sync covered.
 
+#![forbid(unsafe_code)]
+
 mod os;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod sim;

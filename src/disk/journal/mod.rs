@@ -18,6 +18,8 @@
 //! - Nothing read from disk is trusted before its checksum verified; buffers are bounded by
 //!   `min(WINDOW_LEN, file length)` and the run list by `file length / 4136` entries.
 
+#![forbid(unsafe_code)]
+
 mod scan;
 mod writer;
 
