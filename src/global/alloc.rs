@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::*;
 // range contains it (module docs), which is the one that allocated it.
 unsafe impl GlobalAlloc for GlobalHeap {
     /// Fast path: one load of the arena pointer, the arena's inline fast path, and zeroing of
-    /// the block (see [`zeroed_block`]).
+    /// the block (see `zeroed_block`).
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let a = self.arena.load(Acquire);
