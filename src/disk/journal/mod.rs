@@ -203,7 +203,7 @@ mod tests {
 
     /// The file bytes of the journal without its pre-zeroed tail.
     fn built_bytes(vfs: &SimVfs, ends: &[u64]) -> Vec<u8> {
-        let mut b = bytes(&vfs, &jpath());
+        let mut b = bytes(vfs, &jpath());
         assert!(b.len() as u64 >= *ends.last().unwrap());
         assert!(b[*ends.last().unwrap() as usize..].iter().all(|&x| x == 0));
         b.truncate(*ends.last().unwrap() as usize);
