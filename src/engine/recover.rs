@@ -16,8 +16,8 @@
 //!    last journal; remove journals older than the snapshot ([`remove_stale`]) and build the
 //!    engine ([`assemble`]).
 //!
-//! See also `snapshot.rs` (the parent side of snapshots, which writes what step 3 reads) and
-//! `crate::disk::journal` (the scanner of step 4).
+//! See also `engine/snapshot.rs` (the parent side of snapshots), `disk/snapshot.rs` (the file
+//! protocol, including the reading step 3 calls) and `disk/journal/scan.rs` (step 4's scanner).
 //!
 //! # Safety
 //!
@@ -27,10 +27,11 @@
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
 use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
-use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
+use crate::disk::format::snapshot::SnapHeader;
 use crate::disk::journal::{
     journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
 };
+use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_header};
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
@@ -547,72 +548,4 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
     vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
     Ok((meta, region))
-}
-
-/// Reads a snapshot header. `Ok(None)` for an empty (never written) file; a header that is
-/// damaged, or valid but describing more data than the file holds, counts as invalid — if it
-/// was needed, the gap in the journal chain reports the loss.
-fn read_snapshot_header(f: &dyn VFile, meta: &Meta) -> std::result::Result<Option<SnapHeader>, (u64, String)> {
-    let len = f.len().map_err(|e| (0, format!("fstat failed: {e}")))?;
-    if len == 0 {
-        return Ok(None);
-    }
-    let mut b = [0u8; HEADER_LEN];
-    let n = f.read_at(&mut b, 0).map_err(|e| (0, format!("read failed: {e}")))?;
-    match SnapHeader::decode(&b[..n], meta.heap_id, meta.max_size) {
-        Ok(h) if h.valid && len < h.file_len() => Ok(Some(SnapHeader { valid: false, ..h })),
-        Ok(h) => Ok(Some(h)),
-        Err(_) => Ok(None),
-    }
-}
-
-/// Bytes read ahead at the start of each segment of a mapped snapshot: the allocator's segment
-/// header (4160 bytes) rounded up to whole pages.
-const SEGMENT_META_PREFETCH: u64 = 2 * sys::OS_PAGE as u64;
-
-/// Maps the snapshot's pages copy-on-write, or reads them into anonymous memory when the file
-/// system seam has no file descriptor (simulated disks).
-fn map_snapshot(region: &mut Region, f: &dyn VFile, extent: usize, path: &Path) -> Result<()> {
-    match f.raw_fd() {
-        Some(fd) => {
-            // SAFETY: the file is at least DATA_OFFSET + extent long (checked by
-            // read_snapshot_header) and is only ever extended while the heap is open; nothing
-            // refers into the region yet.
-            unsafe { region.map_file(fd, DATA_OFFSET, extent) }?;
-            // Attaching the allocator reads the header at the start of every used segment. On
-            // a cold page cache each is a synchronous read from disk, one after the other
-            // (about 100 ms for a 1 GiB heap here); asking for all of them first lets the reads
-            // overlap. Costs one syscall per segment when the cache is warm.
-            for s in (0..extent).step_by(SEGMENT) {
-                let _ = sys::prefetch(fd, DATA_OFFSET + s as u64, SEGMENT_META_PREFETCH);
-            }
-            Ok(())
-        }
-        None => {
-            region.grow(extent).map_err(io_err("mmap (snapshot image)", path))?;
-            let base = region.base();
-            // SAFETY: [base, base + extent) was just mapped read-write and nothing refers to it.
-            let dst = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, extent) };
-            let n = f.read_at(dst, DATA_OFFSET).map_err(io_err("read", path))?;
-            if n != extent {
-                return Err(Error::corrupt(
-                    path,
-                    DATA_OFFSET + n as u64,
-                    "snapshot file is shorter than its header says",
-                ));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Loads the snapshot's dirty bitmap; `None` when it cannot be trusted (then the next
-/// snapshot rewrites its whole file, which is always correct).
-fn read_dirty_bitmap(f: &dyn VFile, h: &SnapHeader, base: usize, max_size: usize) -> Option<DirtySet> {
-    let mut buf = vec![0u8; h.dirty_len as usize];
-    let n = f.read_at(&mut buf, DATA_OFFSET + h.extent).ok()?;
-    if n != buf.len() || crc32fast::hash(&buf) != h.dirty_crc {
-        return None;
-    }
-    DirtySet::from_bytes(base, max_size / sys::OS_PAGE, &buf).ok()
 }
