@@ -58,6 +58,12 @@ pub enum Error {
         /// What was wrong.
         what: String,
     },
+    /// A requested mechanism is not available on this kernel or in this environment (for
+    /// example a forced dirty-tracking rung whose probe failed).
+    Unsupported {
+        /// What was requested and what the probe saw.
+        what: String,
+    },
     /// The heap's maximum size is exhausted.
     OutOfSpace {
         /// What needed the space.
@@ -125,6 +131,7 @@ impl fmt::Display for Error {
                 "the heap refuses further commits after an earlier failure ({cause}); reopen it to recover the last durable state"
             ),
             Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            Error::Unsupported { what } => write!(f, "not supported here: {what}"),
             Error::OutOfSpace { what } => write!(f, "the heap's maximum size is exhausted: {what}"),
         }
     }

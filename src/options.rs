@@ -1,4 +1,5 @@
-//! [`OpenOptions`] and [`Durability`]: how a heap is opened and how commits reach the disk.
+//! [`OpenOptions`], [`Durability`] and [`Tracking`]: how a heap is opened, how commits reach
+//! the disk, and how changed pages are found.
 //!
 //! A leaf: plain settings that every layer may read. [`OpenOptions::open`] lives in
 //! `heap.rs`, so this file imports nothing above `io`.
@@ -20,6 +21,71 @@ pub enum Durability {
     Eventual,
 }
 
+/// Which dirty-page tracking mechanism a heap uses ([`OpenOptions::tracking`]).
+///
+/// `Auto` (the default) probes the rungs in order at open and takes the first that works:
+/// `UffdWp`, then `Hashed`, then `AllDirty`. The others force one rung; opening fails with
+/// [`Error::Unsupported`](crate::Error::Unsupported), naming what the probe saw, when the
+/// kernel or the environment lacks it. See `docs/design.md`, "Dirty tracking: the ladder".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Tracking {
+    /// The best rung this kernel and environment offer.
+    #[default]
+    Auto,
+    /// userfaultfd write-protection in asynchronous mode + `PAGEMAP_SCAN`: Linux >= 6.7 and the
+    /// `userfaultfd` system call allowed (denied by Docker's default seccomp profile). Cost per
+    /// commit: proportional to the populated page tables plus the written pages.
+    UffdWp,
+    /// Soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`). Never chosen by `Auto`: it has no atomic
+    /// read-and-clear, so a write by another thread during a commit could be lost. Force it only
+    /// if no thread writes heap memory while another commits; refused by `GlobalHeap`.
+    SoftDirty,
+    /// Keyed 128-bit page hashes compared at commit, restricted by `/proc/self/pagemap` to the
+    /// pages written since the heap was mapped: any kernel, no privilege, works in containers.
+    /// Cost per commit: reading those pages once (memory bandwidth); 16 bytes of memory per page.
+    Hashed,
+    /// No tracking: every page is journaled at every commit. Correct and slow.
+    AllDirty,
+}
+
+impl Tracking {
+    /// The rung's name, as in [`Stats::track_mode`](crate::Stats::track_mode): `"auto"`,
+    /// `"uffd-wp"`, `"soft-dirty"`, `"hashed"` or `"all-dirty"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tracking::Auto => "auto",
+            Tracking::UffdWp => "uffd-wp",
+            Tracking::SoftDirty => "soft-dirty",
+            Tracking::Hashed => "hashed",
+            Tracking::AllDirty => "all-dirty",
+        }
+    }
+}
+
+impl std::fmt::Display for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Tracking {
+    type Err = std::string::String;
+
+    /// Parses a name as printed by [`Tracking::name`].
+    fn from_str(s: &str) -> Result<Tracking, std::string::String> {
+        [
+            Tracking::Auto,
+            Tracking::UffdWp,
+            Tracking::SoftDirty,
+            Tracking::Hashed,
+            Tracking::AllDirty,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| format!("unknown tracking rung {s:?} (auto, uffd-wp, soft-dirty, hashed, all-dirty)"))
+    }
+}
+
 /// Options for opening or creating a heap. [`Heap::open`](crate::Heap::open) uses the defaults.
 #[derive(Clone)]
 pub struct OpenOptions {
@@ -30,7 +96,9 @@ pub struct OpenOptions {
     pub(crate) snapshot_interval: Option<Duration>,
     pub(crate) flush_interval: Duration,
     pub(crate) snapshot_on_close: bool,
-    pub(crate) force_all_dirty: bool,
+    pub(crate) tracking: Tracking,
+    /// Any thread may write heap memory at any time (`GlobalHeap`): rules out soft-dirty.
+    pub(crate) concurrent_writers: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
     #[cfg(any(test, feature = "testing"))]
@@ -78,7 +146,8 @@ impl Default for OpenOptions {
             snapshot_interval: None,
             flush_interval: Duration::from_secs(1),
             snapshot_on_close: true,
-            force_all_dirty: false,
+            tracking: Tracking::Auto,
+            concurrent_writers: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
             #[cfg(any(test, feature = "testing"))]
@@ -143,10 +212,18 @@ impl OpenOptions {
         self
     }
 
-    /// Disable kernel dirty-page tracking and treat every page as written at each commit.
-    /// Slow; for testing and for systems where the probe misbehaves.
+    /// How changed pages are found at commit (default [`Tracking::Auto`]: the best rung the
+    /// kernel and environment offer, probed at open). Forcing a rung the kernel lacks makes
+    /// `open` fail with [`Error::Unsupported`](crate::Error::Unsupported).
+    pub fn tracking(&mut self, t: Tracking) -> &mut Self {
+        self.tracking = t;
+        self
+    }
+
+    /// Shorthand for [`tracking`](Self::tracking)`(Tracking::AllDirty)` (`true`) or
+    /// `Tracking::Auto` (`false`): treat every page as written at each commit. Slow.
     pub fn force_all_dirty(&mut self, yes: bool) -> &mut Self {
-        self.force_all_dirty = yes;
+        self.tracking = if yes { Tracking::AllDirty } else { Tracking::Auto };
         self
     }
 

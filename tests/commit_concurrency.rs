@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use snapheap::collections::Vec;
-use snapheap::{Heap, HeapAlloc};
+use snapheap::{Heap, HeapAlloc, OpenOptions, Tracking};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,10 +68,30 @@ fn churn(
 
 #[test]
 fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
-    let dir = Scratch::new("commit-conc");
+    concurrent_commits(Tracking::Auto, 300);
+}
+
+/// The rung matrix: the same test with the hashed and all-dirty rungs forced (fewer commits).
+/// Under the hashed rung the workers' writes into blocks not linked to the root race with the
+/// collect's hashing and staging: the reopened heap must still check out.
+#[test]
+fn concurrent_commits_under_the_hashed_rung() {
+    concurrent_commits(Tracking::Hashed, 150);
+}
+
+#[test]
+fn concurrent_commits_under_the_all_dirty_rung() {
+    concurrent_commits(Tracking::AllDirty, 40);
+}
+
+fn concurrent_commits(tracking: Tracking, commits: u64) {
+    let dir = Scratch::new(&format!("commit-conc-{}", tracking.name()));
     let mut root_blocks = 0;
     {
-        let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
+        let heap = OpenOptions::new()
+            .tracking(tracking)
+            .open(dir.heap(), Root::new_in)
+            .unwrap();
         let a = heap.alloc();
         let stop = Arc::new(AtomicBool::new(false));
         let swap = Arc::new(std::sync::Mutex::new(std::vec::Vec::new()));
@@ -81,7 +101,7 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
                 std::thread::spawn(move || churn(a, id, stop, swap))
             })
             .collect();
-        for i in 0..300u64 {
+        for i in 0..commits {
             {
                 let mut r = heap.write();
                 let mut v = Vec::new_in(a);
@@ -96,7 +116,7 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
         }
         stop.store(true, Ordering::Relaxed);
         let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-        println!("{ops} worker operations during 300 commits");
+        println!("{ops} worker operations during {commits} commits ({})", tracking.name());
         drop(heap); // no final commit: the last commit happened while the workers ran
     }
     let heap = Heap::open(dir.heap(), Root::new_in).unwrap();

@@ -3,30 +3,36 @@
 //! are forced often, so kills also land while a snapshot writer runs), reopens the heap and
 //! checks that it holds exactly a prefix of the commits containing every acknowledged one.
 //!
-//! `SNAPHEAP_KILLS` sets the number of kills (default 200; `scripts/kill-loop.sh` runs 10,000).
+//! The rung matrix: the same harness runs with `Tracking::Auto` (the fast rung here; full count),
+//! under a seccomp filter denying `userfaultfd` as in a default container (Auto must then pick
+//! the hashed rung; at least 100 kills), and with the hashed and all-dirty rungs forced
+//! (reduced counts).
+//!
+//! `SNAPHEAP_KILLS` sets the number of kills of the default test (default 200;
+//! `scripts/kill-loop.sh` runs 10,000); `SNAPHEAP_KILLS_MATRIX` those of the other rungs.
 
 mod common;
 
 use common::*;
 use snapheap::collections::Vec;
-use snapheap::{Error, Heap, OpenOptions};
+use snapheap::{Error, Heap, OpenOptions, Tracking};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 type Log = Vec<u64>;
 
-fn options() -> OpenOptions {
+fn options(tracking: Tracking) -> OpenOptions {
     let mut o = OpenOptions::new();
-    o.snapshot_after_journal_bytes(96 << 10);
+    o.snapshot_after_journal_bytes(96 << 10).tracking(tracking);
     o
 }
 
 /// Opens, retrying while a killed process's snapshot writer still holds the lock (it dies
 /// with its parent, asynchronously).
-fn open_retrying(dir: &std::path::Path) -> Heap<Log> {
+fn open_retrying(dir: &std::path::Path, tracking: Tracking) -> Heap<Log> {
     let start = Instant::now();
     loop {
-        match options().open(dir, Log::new_in) {
+        match options(tracking).open(dir, Log::new_in) {
             Ok(h) => return h,
             Err(Error::Locked { .. }) if start.elapsed() < Duration::from_secs(20) => {
                 std::thread::sleep(Duration::from_millis(1))
@@ -36,11 +42,17 @@ fn open_retrying(dir: &std::path::Path) -> Heap<Log> {
     }
 }
 
+/// The committing child: installs the seccomp filter first when `SECCOMP` is set, opens with
+/// the rung named by `TRACKING`, and reports the rung in use on its READY line.
 fn child_loop() {
+    if std::env::var_os("SECCOMP").is_some() {
+        seccomp::deny_userfaultfd().expect("install the seccomp filter");
+    }
+    let tracking: Tracking = std::env::var("TRACKING").unwrap().parse().unwrap();
     let dir = std::env::var("HEAP").unwrap();
-    let heap = open_retrying(dir.as_ref());
+    let heap = open_retrying(dir.as_ref(), tracking);
     let mut next = heap.read().last().copied().unwrap_or(0) + 1;
-    println!("READY {}", next - 1);
+    println!("READY {} {}", next - 1, heap.stats().track_mode);
     loop {
         {
             let mut log = heap.write();
@@ -58,16 +70,61 @@ fn child_loop() {
 
 #[test]
 fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
+    kill_matrix(
+        "sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit",
+        env_kills("SNAPHEAP_KILLS", 200),
+        Tracking::Auto,
+        false,
+        None,
+    );
+}
+
+#[test]
+fn sigkill_under_a_seccomp_filter_denying_userfaultfd_loses_no_acknowledged_commit() {
+    kill_matrix(
+        "sigkill_under_a_seccomp_filter_denying_userfaultfd_loses_no_acknowledged_commit",
+        env_kills("SNAPHEAP_KILLS_MATRIX", 100),
+        Tracking::Auto,
+        true,
+        Some("hashed"),
+    );
+}
+
+#[test]
+fn sigkill_with_the_hashed_rung_forced_loses_no_acknowledged_commit() {
+    kill_matrix(
+        "sigkill_with_the_hashed_rung_forced_loses_no_acknowledged_commit",
+        env_kills("SNAPHEAP_KILLS_MATRIX", 40),
+        Tracking::Hashed,
+        false,
+        Some("hashed"),
+    );
+}
+
+#[test]
+fn sigkill_with_the_all_dirty_rung_forced_loses_no_acknowledged_commit() {
+    kill_matrix(
+        "sigkill_with_the_all_dirty_rung_forced_loses_no_acknowledged_commit",
+        env_kills("SNAPHEAP_KILLS_MATRIX", 20),
+        Tracking::AllDirty,
+        false,
+        Some("all-dirty"),
+    );
+}
+
+fn env_kills(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// One cell of the rung matrix: `kills` rounds of run-and-SIGKILL of a child that opens with
+/// `tracking` (under the seccomp filter when `seccomp`), which must report rung `expect`.
+fn kill_matrix(test: &str, kills: u64, tracking: Tracking, seccomp: bool, expect: Option<&str>) {
     if role().as_deref() == Some("loop") {
         child_loop();
         return;
     } else if role().is_some() {
         return;
     }
-    let kills: u64 = std::env::var("SNAPHEAP_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
     let seed = std::env::var("SNAPHEAP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -75,26 +132,31 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     let mut rng = Rng::new(seed);
     let dir = Scratch::new("kill");
     let heap_dir = dir.heap();
-    open_retrying(&heap_dir).close().unwrap();
+    open_retrying(&heap_dir, Tracking::Auto).close().unwrap();
+    let mut env = vec![("HEAP", heap_dir.to_str().unwrap()), ("TRACKING", tracking.name())];
+    if seccomp {
+        env.push(("SECCOMP", "1"));
+    }
     let mut total_acked = 0u64;
     let mut writers_killed = 0u64;
     let mut max_seen = 0u64;
     for round in 0..kills {
-        let mut child = child(
-            "sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit",
-            "loop",
-            &[("HEAP", heap_dir.to_str().unwrap())],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        let mut child = child(test, "loop", &env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (rx, reader) = line_reader(stdout);
         // Wait until the child has opened the heap, then let it run for a random while.
         loop {
             let line = rx.recv_timeout(Duration::from_secs(30)).expect("child did not start");
-            if line.contains("READY") {
+            // The child's first line follows libtest's "test <name> ... " on the same line.
+            if let Some((_, rest)) = line.split_once("READY ") {
+                let mode = rest.split_whitespace().nth(1).unwrap_or("");
+                if let Some(want) = expect {
+                    assert_eq!(mode, want, "round {round}: the child tracks with {mode}, not {want}");
+                }
                 break;
             }
         }
@@ -127,7 +189,7 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
                 total_acked += 1;
             }
         }
-        let heap = open_retrying(&heap_dir);
+        let heap = open_retrying(&heap_dir, Tracking::Auto);
         {
             let log = heap.read();
             let n = log.len() as u64;
@@ -145,8 +207,10 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
         drop(heap);
     }
     println!(
-        "kill test: {kills} kills ({writers_killed} of them after killing a running snapshot writer first), \
-         final log length {max_seen}, {total_acked} acknowledged commits checked"
+        "kill test ({}{}): {kills} kills ({writers_killed} of them after killing a running snapshot writer first), \
+         final log length {max_seen}, {total_acked} acknowledged commits checked",
+        tracking.name(),
+        if seccomp { ", under the seccomp filter" } else { "" }
     );
     assert!(max_seen > 0, "no commit survived any round");
 }

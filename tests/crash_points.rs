@@ -11,7 +11,7 @@ mod common;
 mod sim_workload;
 
 use sim_workload::{crash_everywhere, env_count, Op, Plan, Rng, Run, Tally, ALL_OPS};
-use snapheap::PlantedBug;
+use snapheap::{PlantedBug, Tracking};
 use std::time::Instant;
 
 fn report(name: &str, tally: &Tally, started: Instant) {
@@ -58,7 +58,23 @@ fn random_workload(
 
 #[test]
 fn random_workloads_recover_a_committed_state_at_every_crash_point() {
-    let target = env_count("SNAPHEAP_CRASH_POINTS", 900);
+    random_workloads(Tracking::Auto, env_count("SNAPHEAP_CRASH_POINTS", 900));
+}
+
+/// The rung matrix: the same campaign with the hashed and all-dirty rungs forced (reduced
+/// counts; `SNAPHEAP_CRASH_POINTS_MATRIX` raises them).
+#[test]
+fn random_workloads_under_the_hashed_rung_recover_at_every_crash_point() {
+    random_workloads(Tracking::Hashed, env_count("SNAPHEAP_CRASH_POINTS_MATRIX", 300));
+}
+
+#[test]
+fn random_workloads_under_the_all_dirty_rung_recover_at_every_crash_point() {
+    random_workloads(Tracking::AllDirty, env_count("SNAPHEAP_CRASH_POINTS_MATRIX", 150));
+}
+
+fn random_workloads(tracking: Tracking, target: u64) {
+    sim_workload::use_tracking(tracking);
     let first_seed = env_count("SNAPHEAP_CRASH_SEED", 1);
     let started = Instant::now();
     let mut tally = Tally::default();
@@ -77,7 +93,10 @@ fn random_workloads_recover_a_committed_state_at_every_crash_point() {
         }
     }
     report(
-        &format!("random workloads (seeds {first_seed}..{seed})"),
+        &format!(
+            "random workloads, {} rung (seeds {first_seed}..{seed})",
+            tracking.name()
+        ),
         &tally,
         started,
     );

@@ -4,6 +4,9 @@
 //! finds the root internally consistent (it was captured between two updates), at least as new
 //! as the last acknowledged commit, and the allocator's invariants intact.
 //!
+//! The rung matrix: the same test with the default rung and with the hashed rung forced
+//! (`SNAPHEAP_TRACKING=hashed`), whose collect races with the workers' writes into any page.
+//!
 //! `SNAPHEAP_KILLS` sets the number of kills (default 8).
 
 mod common;
@@ -90,6 +93,9 @@ fn worker(t: usize) {
 
 fn child_main() {
     assert!(HEAP.is_persistent());
+    if let Ok(want) = std::env::var("SNAPHEAP_TRACKING") {
+        assert_eq!(HEAP.stats().track_mode, want, "the forced rung is not in use");
+    }
     let total = HEAP.with_root(State::default, |s| s.check().map(|()| s.total));
     let total = total.unwrap_or_else(|e| panic!("inconsistent root after restart: {e}"));
     HEAP.verify().expect("verify after restart");
@@ -110,6 +116,15 @@ fn child_main() {
 
 #[test]
 fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
+    kill_matrix(TEST, None);
+}
+
+#[test]
+fn the_same_under_the_hashed_rung() {
+    kill_matrix("the_same_under_the_hashed_rung", Some("hashed"));
+}
+
+fn kill_matrix(test: &str, tracking: Option<&str>) {
     match role().as_deref() {
         Some("run") => return child_main(),
         Some(_) => return,
@@ -125,7 +140,11 @@ fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
     let mut acked = 0u64;
     let mut seen = 0u64;
     for round in 0..=kills {
-        let mut c = child(TEST, "run", &[("SNAPHEAP_DIR", heap.to_str().unwrap())])
+        let mut env = vec![("SNAPHEAP_DIR", heap.to_str().unwrap())];
+        if let Some(t) = tracking {
+            env.push(("SNAPHEAP_TRACKING", t));
+        }
+        let mut c = child(test, "run", &env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -182,5 +201,8 @@ fn threads_allocating_during_commits_and_sigkill_leave_consistent_roots() {
         }
     }
     assert!(seen > 0, "the workers made progress");
-    eprintln!("{kills} kills; final total {seen}, last acknowledged {acked}");
+    eprintln!(
+        "{kills} kills ({} rung); final total {seen}, last acknowledged {acked}",
+        tracking.unwrap_or("default")
+    );
 }

@@ -120,16 +120,65 @@ fn verify_catches_a_damaged_snapshot_bitmap() {
 /// (writes into random blocks, allocations, frees, snapshots), before every commit every page
 /// that differs from the committed image was reported written by the kernel (otherwise
 /// `verify` fails), and after every commit memory equals the image on disk.
+///
+/// The rung matrix: the same workload runs under `Tracking::Auto` (the fast rung here) and
+/// under each other rung the kernel offers, forced; a rung it lacks must be refused with an
+/// error naming the failed probe step.
 #[test]
 fn kernel_reports_every_changed_page_before_each_commit_of_a_random_workload() {
+    cross_check(snapheap::Tracking::Auto, 60);
+}
+
+#[test]
+fn cross_check_under_the_hashed_rung() {
+    cross_check(snapheap::Tracking::Hashed, 60);
+}
+
+#[test]
+fn cross_check_under_the_all_dirty_rung() {
+    cross_check(snapheap::Tracking::AllDirty, 20);
+}
+
+#[test]
+fn cross_check_under_soft_dirty_where_the_kernel_has_it() {
+    let dir = std::env::temp_dir().join(format!("snapheap-verify-sd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = snapheap::OpenOptions::new()
+        .tracking(snapheap::Tracking::SoftDirty)
+        .open(&dir, |_| 0u64);
+    match r {
+        Ok(h) => {
+            drop(h);
+            let _ = std::fs::remove_dir_all(&dir);
+            cross_check(snapheap::Tracking::SoftDirty, 60);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            let msg = e.to_string();
+            assert!(matches!(e, snapheap::Error::Unsupported { .. }), "{msg}");
+            assert!(msg.contains("soft-dirty") && msg.contains("probe"), "{msg}");
+            println!("soft-dirty not available on this kernel: {msg}");
+        }
+    }
+}
+
+fn cross_check(tracking: snapheap::Tracking, rounds: u64) {
     use snapheap::collections::{Box as HBox, Vec as HVec};
     use snapheap::OpenOptions;
-    let dir = std::env::temp_dir().join(format!("snapheap-verify-xcheck-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "snapheap-verify-xcheck-{}-{}",
+        tracking.name(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let heap = OpenOptions::new()
         .snapshot_after_journal_bytes(1 << 20)
+        .tracking(tracking)
         .open(&dir, HVec::<HBox<[u64; 256]>>::new_in)
         .unwrap();
+    if tracking != snapheap::Tracking::Auto {
+        assert_eq!(heap.stats().track_mode, tracking.name());
+    }
     let a = heap.alloc();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -139,7 +188,7 @@ fn kernel_reports_every_changed_page_before_each_commit_of_a_random_workload() {
         x
     };
     let mut checked_pages = 0;
-    for round in 0..60 {
+    for round in 0..rounds {
         {
             let mut v = heap.write();
             for _ in 0..(next() % 40) {
@@ -149,7 +198,7 @@ fn kernel_reports_every_changed_page_before_each_commit_of_a_random_workload() {
                         let w = (next() % 256) as usize;
                         v[i][w] = next();
                     }
-                    2 => v.push(HBox::new_in([round as u64; 256], a)),
+                    2 => v.push(HBox::new_in([round; 256], a)),
                     _ if !v.is_empty() => {
                         let i = (next() % v.len() as u64) as usize;
                         v.swap_remove(i);
@@ -172,10 +221,13 @@ fn kernel_reports_every_changed_page_before_each_commit_of_a_random_workload() {
         assert_eq!(after.pages_uncommitted, 0, "round {round}: {after}");
     }
     assert!(
-        checked_pages > 60,
+        checked_pages > rounds,
         "the workload changed too few pages to check anything"
     );
-    println!("cross-check: {checked_pages} changed pages, each reported by the kernel before its commit");
+    println!(
+        "cross-check ({}): {checked_pages} changed pages, each reported before its commit",
+        heap.stats().track_mode
+    );
     heap.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,29 +62,47 @@ impl Engine {
             let _pause = self.arena.pause();
             let extent = self.arena.extent();
             cs.ranges.clear();
-            let r = lock(&self.grow.tracker).collect(base, base + extent, &mut cs.ranges);
+            let mut tracker = lock(&self.grow.tracker);
+            let r = tracker.collect(base, base + extent, &mut cs.ranges);
             if let Err(e) = r {
-                return Err(self.poison(Error::io("PAGEMAP_SCAN (collect written pages)", "", e)));
+                return Err(self.poison(Error::io("collect changed pages (PAGEMAP_SCAN or pagemap read)", "", e)));
             }
             let wrote = !cs.ranges.is_empty();
             seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
             if wrote {
                 let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
+                // The hashed rung copied the reported pages during the collect and made the
+                // copies' digests its baselines: journal exactly those bytes (see
+                // mem/track/hashed.rs), not a later read of the live pages.
+                let staged = tracker.staged();
+                let mut at = 0usize;
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
-                    // The allocator is paused and the commit lock excludes mutation of the root,
-                    // so the only concurrent writes possible are by other threads into blocks
-                    // unreachable from the root; such pages are reported again by the next collect.
-                    // SAFETY: [a, b) lies inside [base, base + extent), mapped read-write for the
-                    // engine's lifetime; concurrent writes are only those described above.
-                    let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, b - a) };
+                    let bytes = match staged {
+                        Some(s) => {
+                            at += b - a;
+                            &s[at - (b - a)..at]
+                        }
+                        // The allocator is paused and the commit lock excludes mutation of the
+                        // root, so the only concurrent writes possible are by other threads into
+                        // blocks unreachable from the root; such pages are reported again by
+                        // the next collect.
+                        // SAFETY: [a, b) lies inside [base, base + extent), mapped read-write for
+                        // the engine's lifetime; concurrent writes are only those described above.
+                        None => unsafe { std::slice::from_raw_parts(a as *const u8, b - a) },
+                    };
                     slices.push(((a - base) as u64, bytes));
                     cs.since_snap.insert_range(a, b);
                     pages += ((b - a) / crate::sys::OS_PAGE) as u64;
                 }
+                debug_assert!(
+                    staged.is_none_or(|s| s.len() == at),
+                    "staged bytes do not match the ranges"
+                );
                 cs.journal
                     .encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
             }
+            drop(tracker);
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
                 forked = self.fork_snapshot(cs, seq, extent);
             }

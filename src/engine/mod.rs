@@ -85,7 +85,10 @@ unsafe fn grow_hook(ctx: *const (), new_extent: usize) -> bool {
     match region.grow(new_extent) {
         Ok(None) => true,
         Ok(Some((a, b))) => {
-            if lock(&g.tracker).arm(a, b).is_ok() {
+            // SAFETY: [a, b) was just mapped read-write and stays mapped for the engine's
+            // lifetime (growth never unmaps; `shrink_to` below runs only when arming failed,
+            // which leaves nothing armed).
+            if unsafe { lock(&g.tracker).arm(a, b) }.is_ok() {
                 true
             } else {
                 region.shrink_to(old);
@@ -194,7 +197,7 @@ impl Engine {
         let (last_seq, durable_seq) = self.durable.seqs();
         let (track_mode, track_fallback) = {
             let t = lock(&self.grow.tracker);
-            (t.mode().name(), t.fallback_reason().map(|f| f.to_string()))
+            (t.mode().name(), t.fallback_text())
         };
         Stats {
             commit_seq: last_seq,

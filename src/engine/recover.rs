@@ -400,14 +400,22 @@ fn attach(
     fresh: bool,
 ) -> Result<(SysBox<GrowCtx>, &'static Arena)> {
     let base = region.base();
-    let mut tracker = Tracker::new(opts.force_all_dirty);
+    let mut tracker =
+        Tracker::new(opts.tracking, opts.concurrent_writers).map_err(|(mode, why)| Error::Unsupported {
+            what: format!(
+                "dirty-tracking rung {} was requested with OpenOptions::tracking, but {why}",
+                mode.name()
+            ),
+        })?;
     if fresh {
         region.grow(SEGMENT).map_err(io_err("mmap (first segment)", dir))?;
     }
     if region.extent() > 0 {
-        tracker
-            .arm(base, base + region.extent())
-            .map_err(io_err("userfaultfd (arm)", dir))?;
+        // SAFETY: [base, base + extent) is mapped read-write and stays so until the engine is
+        // dropped (the region is the tracker's sibling in GrowCtx); the tracker is never asked
+        // to report after that.
+        unsafe { tracker.arm(base, base + region.extent()) }
+            .map_err(io_err("arm dirty tracking (userfaultfd or pagemap)", dir))?;
     }
     let grow = SysBox::new_in(
         GrowCtx {

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::mem::alloc::{Arena, SEGMENT, SLICE};
 use crate::mem::region::Region;
 use crate::mem::sysmem::SysBox;
-use crate::options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+use crate::options::{Durability, OpenOptions, Tracking, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 use crate::stats::Stats;
 use crate::sys::process;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -123,6 +123,10 @@ struct Config {
 /// - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
 ///   "What must not be stored"). Risky: only when the heap holds no pointers into the
 ///   executable.
+/// - `SNAPHEAP_TRACKING=<rung>`: the dirty-tracking rung (`auto`, the default, `uffd-wp`,
+///   `hashed`, `all-dirty`; see [`Tracking`](crate::options::Tracking)). `soft-dirty` is
+///   refused: any thread may write the heap at any time, and soft-dirty has no atomic
+///   read-and-clear.
 /// - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
 /// - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
 ///   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
@@ -306,6 +310,27 @@ impl GlobalHeap {
         opts.max_size(self.config.max_size)
             .durability(self.config.durability)
             .snapshot_after_journal_bytes(self.config.snapshot_after_journal_bytes);
+        // Any thread writes heap memory at any time: the tracker must not rely on commits
+        // excluding writers.
+        opts.concurrent_writers = true;
+        if let Some(v) = process::getenv(c"SNAPHEAP_TRACKING") {
+            let rungs = [
+                Tracking::Auto,
+                Tracking::UffdWp,
+                Tracking::SoftDirty,
+                Tracking::Hashed,
+                Tracking::AllDirty,
+            ];
+            match rungs.into_iter().find(|t| t.name().as_bytes() == v) {
+                Some(t) => {
+                    opts.tracking(t);
+                }
+                None => open_failed(
+                    dir,
+                    &Error::invalid("SNAPHEAP_TRACKING names no rung (auto, uffd-wp, hashed, all-dirty)"),
+                ),
+            }
+        }
         let fp = Fingerprint {
             size: std::mem::size_of::<Registry>() as u64,
             align: std::mem::align_of::<Registry>() as u64,

@@ -14,6 +14,7 @@
 
 mod file;
 mod mm;
+pub mod pagemap;
 pub mod process;
 mod sync;
 pub mod uffd;

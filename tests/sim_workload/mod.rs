@@ -12,7 +12,7 @@
 
 use snapheap::collections::Vec as HVec;
 use snapheap::io::{CrashMode, SimTrace, SimVfs};
-use snapheap::{Heap, HeapAlloc, OpenOptions, PlantedBug};
+use snapheap::{Heap, HeapAlloc, OpenOptions, PlantedBug, Tracking};
 use std::sync::Arc;
 
 /// The heap directory on the simulated disk.
@@ -31,6 +31,17 @@ pub fn init(a: HeapAlloc) -> Root {
     }
 }
 
+std::thread_local! {
+    /// The dirty-tracking rung of every heap this thread's harness opens (the rung matrix:
+    /// each test sets it first with [`use_tracking`]; tests run on threads of their own).
+    static TRACKING: std::cell::Cell<Tracking> = const { std::cell::Cell::new(Tracking::Auto) };
+}
+
+/// Makes every harness heap opened by this thread use `t`.
+pub fn use_tracking(t: Tracking) {
+    TRACKING.with(|c| c.set(t));
+}
+
 /// Options for the harness heap on `disk`: small, with frequent automatic snapshots.
 pub fn options(disk: &SimVfs, bug: Option<PlantedBug>) -> OpenOptions {
     let mut o = OpenOptions::new();
@@ -38,6 +49,7 @@ pub fn options(disk: &SimVfs, bug: Option<PlantedBug>) -> OpenOptions {
         .max_size(64 << 20)
         .snapshot_after_journal_bytes(96 << 10)
         .snapshot_on_close(true)
+        .tracking(TRACKING.with(|c| c.get()))
         .test_planted_bug(bug);
     o
 }

@@ -74,7 +74,7 @@
 use std::io;
 
 use super::Fallback;
-use crate::mem::SysVec;
+use crate::mem::sysmem::SysVec;
 use crate::sys::pagemap::{self, PagemapEntries};
 use crate::sys::uffd::ScratchMap;
 
@@ -223,7 +223,7 @@ impl Hashed {
                         let at = staged.len();
                         // SAFETY: as above; `extend_bytes` copies the page with one memcpy.
                         let live = unsafe { std::slice::from_raw_parts(page as *const u8, PAGE) };
-                        crate::mem::extend_bytes(staged, live);
+                        crate::mem::sysmem::extend_bytes(staged, live);
                         *slot = if pagemap::is_private_anon(e) {
                             // SAFETY: `staged[at..at + PAGE]` is initialised memory we own;
                             // u8 storage read as u64 words with unaligned reads.
@@ -302,11 +302,6 @@ impl Hashed {
     /// bytes in report order. The commit journals these, not the live pages.
     pub(crate) fn staged(&self) -> &[u8] {
         &self.staged
-    }
-
-    /// Frees the staging buffer's contents (keeps its capacity).
-    pub(crate) fn clear_staged(&mut self) {
-        self.staged.clear();
     }
 
     /// Bytes of bookkeeping held (digests and buffers), for the docs' memory statement.

@@ -45,7 +45,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Fallback;
-use crate::mem::SysVec;
+use crate::mem::sysmem::SysVec;
 use crate::sys::pagemap::{self, PagemapEntries, PM_SOFT_DIRTY};
 use crate::sys::uffd::ScratchMap;
 

@@ -1,9 +1,28 @@
-//! Dirty-page tracking: which 4 KiB pages of the region were written since the last commit,
-//! found by the kernel with no help from user code. The software bitmap that accumulates
-//! those pages between snapshots is [`DirtySet`](crate::mem::dirty_set::DirtySet), in
-//! `dirty_set.rs`.
+//! Dirty-page tracking: which 4 KiB pages of the region changed since the last commit, found
+//! with no help from user code. The software bitmap that accumulates those pages between
+//! snapshots is [`DirtySet`](crate::mem::dirty_set::DirtySet), in `dirty_set.rs`.
 //!
-//! # Mechanism
+//! # The ladder
+//!
+//! [`Tracker::new`] chooses a mechanism ("rung") by round-trip probes on a private scratch
+//! mapping (arm, write, expect exactly the written page reported; a call that merely succeeds
+//! proves nothing). [`Tracking::Auto`] takes the first rung that passes, in this order; the
+//! other [`Tracking`] values force one (an error naming the failed probe step if it fails):
+//!
+//! 1. [`TrackMode::Uffd`], userfaultfd asynchronous write-protection + `PAGEMAP_SCAN`
+//!    (Linux >= 6.7, the `userfaultfd` system call allowed): below.
+//! 2. [`TrackMode::Hashed`], keyed page hashes restricted by `/proc/self/pagemap` flags: any
+//!    kernel, no privilege (`hashed.rs`, which states its exactness argument and costs).
+//! 3. [`TrackMode::AllDirty`], every armed page at every collect: the last resort.
+//!
+//! [`TrackMode::SoftDirty`] (`soft_dirty.rs`) is never chosen by `Auto`: it has no atomic
+//! read-and-clear, so it is exact only when no thread writes heap memory during a commit. It
+//! is refused when the caller declares concurrent writers (`GlobalHeap`).
+//!
+//! Whatever the rung, a collect delivers the same thing: sorted, coalesced page ranges, and
+//! for the hashed rung the bytes to journal for them ([`Tracker::staged`]).
+//!
+//! # The uffd-wp rung
 //!
 //! [`Tracker`] registers the used part of the region with a userfaultfd in write-protect mode
 //! with `UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED`
@@ -21,10 +40,7 @@
 //! returns, which captures it. `PM_SCAN_CHECK_WPASYNC` is always passed: without it a range whose registration
 //! was lost (a `MAP_FIXED` remap, `mremap`) would silently look clean.
 //!
-//! At construction the tracker probes the mechanism on a private scratch mapping and falls
-//! back to [`TrackMode::AllDirty`] (every armed page reported at every commit) on any failure:
-//! never to "nothing dirty". Soft-dirty bits are not used: they are compiled out of the
-//! kernels this was measured on, where clearing them "works" and nothing is ever reported.
+//! Its probe failing moves `Auto` down the ladder: never to "nothing dirty".
 //!
 //! # Verified on Linux 6.18 (x86-64)
 //!
@@ -49,7 +65,8 @@
 //!
 //! # Invariants
 //!
-//! - `mode == Uffd` <=> `kernel.is_some()`.
+//! - `mode == Uffd` <=> `kernel.is_some()`; `mode == Hashed` <=> `hashed.is_some()`;
+//!   `mode == SoftDirty` <=> `soft.is_some()`.
 //! - `armed` is sorted, its ranges are page-aligned, non-empty, disjoint and non-adjacent
 //!   (`armed[i].1 < armed[i + 1].0`); in `Uffd` mode it is exactly the set registered with
 //!   the userfaultfd by this tracker.
@@ -57,17 +74,26 @@
 //!
 //! # Safety
 //!
-//! No unsafe code outside the tests: every system call goes through `crate::sys::uffd`.
+//! [`Tracker::arm`] is `unsafe`: the hashed rung reads the memory of armed pages, so the
+//! caller promises they stay mapped readable until disarmed. Otherwise no unsafe code outside
+//! the tests: every system call goes through `crate::sys`.
 //!
 //! # Errors and lost reports
 //!
 //! An error from [`Tracker::collect`] may come after the kernel re-protected (and so forgot)
 //! part of the dirty set: the caller must then treat every page of the range as written.
 
+mod hashed;
+mod soft_dirty;
+
 use std::fmt;
 use std::io;
 
+use hashed::Hashed;
+use soft_dirty::SoftDirty;
+
 use crate::mem::sysmem::SysVec;
+use crate::options::Tracking;
 use crate::sys::uffd::{self, PageRegion, Pagemap, ScanQuery, ScratchMap, Uffd};
 use crate::sys::OS_PAGE;
 
@@ -80,11 +106,15 @@ const SCAN_MAX: usize = 64 * 1024;
 /// Features asked of `UFFDIO_API`.
 const FEATURES: u64 = uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED;
 
-/// How the tracker finds written pages.
+/// How the tracker finds written pages: the rung in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TrackMode {
     /// userfaultfd asynchronous write-protection + `PAGEMAP_SCAN`.
     Uffd,
+    /// Soft-dirty bits in pagemap, cleared through `clear_refs` (`soft_dirty.rs`).
+    SoftDirty,
+    /// Keyed page hashes over the private anonymous pages (`hashed.rs`).
+    Hashed,
     /// No mechanism: every armed page counts as written at every collect.
     AllDirty,
 }
@@ -93,8 +123,10 @@ impl TrackMode {
     /// The mode's name as reported in `Stats::track_mode`.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            TrackMode::Uffd => "uffd-wp",
-            TrackMode::AllDirty => "all-dirty",
+            TrackMode::Uffd => Tracking::UffdWp.name(),
+            TrackMode::SoftDirty => Tracking::SoftDirty.name(),
+            TrackMode::Hashed => Tracking::Hashed.name(),
+            TrackMode::AllDirty => Tracking::AllDirty.name(),
         }
     }
 }
@@ -105,7 +137,7 @@ impl fmt::Display for TrackMode {
     }
 }
 
-/// Why a tracker runs in [`TrackMode::AllDirty`].
+/// Why a rung was not used: its probe's failed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fallback {
     /// The step that failed, e.g. `"UFFDIO_API"` or `"probe: written page not reported"`.
@@ -148,49 +180,103 @@ struct Kernel {
 pub(crate) struct Tracker {
     mode: TrackMode,
     kernel: Option<Kernel>,
+    hashed: Option<Hashed>,
+    soft: Option<SoftDirty>,
     /// Reused `PAGEMAP_SCAN` output vector (allocated at the first scan).
     scan: SysVec<PageRegion>,
     /// The armed ranges: sorted, disjoint, non-adjacent.
     armed: SysVec<(usize, usize)>,
-    fallback: Option<Fallback>,
+    /// The better rungs `Auto` skipped, and why.
+    skipped: SysVec<(TrackMode, Fallback)>,
+    /// The rung was forced with [`Tracking`] rather than chosen by `Auto`.
+    forced: bool,
 }
 
 impl Tracker {
-    /// Opens a userfaultfd and `/proc/self/pagemap` and probes the mechanism on a private
-    /// scratch mapping: with two pages populated and two untouched, arms all four, expects
-    /// nothing reported, writes a populated page and then an untouched one and expects exactly
-    /// each reported once. Any failure (`ENOSYS`, `EPERM`, `EINVAL` from old kernels, a seccomp
-    /// filter, a wrong result) selects [`TrackMode::AllDirty`]; so does `force_all_dirty`,
-    /// without probing.
-    pub(crate) fn new(force_all_dirty: bool) -> Tracker {
-        if force_all_dirty {
-            return Tracker::all_dirty(Fallback::wrong("all-dirty mode requested"));
-        }
-        let kernel = match Kernel::open() {
-            Ok(k) => k,
-            Err(f) => return Tracker::all_dirty(f),
+    /// Chooses and probes a rung (see the module docs). `concurrent_writers` declares that any
+    /// thread may write heap memory at any time (`GlobalHeap`), which rules out soft-dirty.
+    /// `Auto` always succeeds (all-dirty needs nothing); a forced rung whose probe fails is
+    /// `Err((rung, the failed step))`.
+    pub(crate) fn new(request: Tracking, concurrent_writers: bool) -> Result<Tracker, (TrackMode, Fallback)> {
+        let mut t = match request {
+            Tracking::Auto => {
+                let mut skipped = SysVec::new_in(std::alloc::System);
+                let t = match Tracker::uffd() {
+                    Ok(t) => t,
+                    Err(f) => {
+                        skipped.push((TrackMode::Uffd, f));
+                        match Tracker::hashed() {
+                            Ok(t) => t,
+                            Err(f) => {
+                                skipped.push((TrackMode::Hashed, f));
+                                Tracker::bare(TrackMode::AllDirty)
+                            }
+                        }
+                    }
+                };
+                return Ok(Tracker { skipped, ..t });
+            }
+            Tracking::UffdWp => Tracker::uffd().map_err(|f| (TrackMode::Uffd, f))?,
+            Tracking::Hashed => Tracker::hashed().map_err(|f| (TrackMode::Hashed, f))?,
+            Tracking::SoftDirty if concurrent_writers => {
+                return Err((
+                    TrackMode::SoftDirty,
+                    Fallback::wrong(
+                        "refused: any thread may write heap memory at any time here (GlobalHeap), and soft-dirty \
+                         has no atomic read-and-clear",
+                    ),
+                ))
+            }
+            Tracking::SoftDirty => {
+                let soft = SoftDirty::new().map_err(|f| (TrackMode::SoftDirty, f))?;
+                Tracker {
+                    soft: Some(soft),
+                    ..Tracker::bare(TrackMode::SoftDirty)
+                }
+            }
+            Tracking::AllDirty => Tracker::bare(TrackMode::AllDirty),
         };
-        let mut t = Tracker {
-            mode: TrackMode::Uffd,
-            kernel: Some(kernel),
+        t.forced = true;
+        Ok(t)
+    }
+
+    /// A tracker in `mode` with no kernel objects.
+    fn bare(mode: TrackMode) -> Tracker {
+        Tracker {
+            mode,
+            kernel: None,
+            hashed: None,
+            soft: None,
             scan: SysVec::new_in(std::alloc::System),
             armed: SysVec::new_in(std::alloc::System),
-            fallback: None,
-        };
-        match t.probe() {
-            Ok(()) => t,
-            Err(f) => Tracker::all_dirty(f),
+            skipped: SysVec::new_in(std::alloc::System),
+            forced: false,
         }
     }
 
-    fn all_dirty(why: Fallback) -> Tracker {
-        Tracker {
-            mode: TrackMode::AllDirty,
-            kernel: None,
-            scan: SysVec::new_in(std::alloc::System),
-            armed: SysVec::new_in(std::alloc::System),
-            fallback: Some(why),
-        }
+    /// The uffd-wp rung: opens a userfaultfd and `/proc/self/pagemap` and probes the mechanism
+    /// on a private scratch mapping: with two pages populated and two untouched, arms all four,
+    /// expects nothing reported, writes a populated page and then an untouched one and expects
+    /// exactly each reported once. Any failure (`ENOSYS`, `EPERM`, `EINVAL` from old kernels, a
+    /// seccomp filter, a wrong result) is returned.
+    fn uffd() -> Result<Tracker, Fallback> {
+        let kernel = Kernel::open()?;
+        let mut t = Tracker {
+            kernel: Some(kernel),
+            ..Tracker::bare(TrackMode::Uffd)
+        };
+        t.probe()?;
+        Ok(t)
+    }
+
+    /// The hashed rung, after its round trip (`Hashed::probe`).
+    fn hashed() -> Result<Tracker, Fallback> {
+        let mut h = Hashed::new().map_err(|e| Fallback::os("open /proc/self/pagemap or getrandom", e))?;
+        h.probe()?;
+        Ok(Tracker {
+            hashed: Some(h),
+            ..Tracker::bare(TrackMode::Hashed)
+        })
     }
 
     /// The mechanism in use.
@@ -198,19 +284,49 @@ impl Tracker {
         self.mode
     }
 
-    /// Why the tracker runs in all-dirty mode (`None` in `Uffd` mode).
-    pub(crate) fn fallback_reason(&self) -> Option<Fallback> {
-        self.fallback
+    /// Why better rungs were not used, for `Stats::track_fallback`: each skipped rung and its
+    /// failed step (`None` when `Auto` got the best rung), or that the rung was forced.
+    pub(crate) fn fallback_text(&self) -> Option<std::string::String> {
+        if self.forced {
+            return Some(format!("{} forced by OpenOptions::tracking", self.mode.name()));
+        }
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let parts: std::vec::Vec<std::string::String> =
+            self.skipped.iter().map(|(m, f)| format!("{}: {f}", m.name())).collect();
+        Some(parts.join("; "))
+    }
+
+    /// The copies of the pages the last `collect` reported, in report order, when the rung
+    /// made them (hashed): the commit must journal these bytes instead of reading the pages
+    /// again (see `hashed.rs`). `None` for the rungs whose reports stay valid for a later read.
+    pub(crate) fn staged(&self) -> Option<&[u8]> {
+        self.hashed.as_ref().map(|h| h.staged())
     }
 
     /// Starts tracking `[start, end)`: page-aligned, mapped read-write, possibly partly
-    /// populated, anonymous or a `MAP_PRIVATE` file mapping. Registers it in write-protect mode
-    /// and protects every page, so only writes after this call are reported (arming an armed
-    /// range again forgets its unreported writes). In all-dirty mode it only records the range.
-    pub(crate) fn arm(&mut self, start: usize, end: usize) -> io::Result<()> {
+    /// populated, anonymous or a `MAP_PRIVATE` file mapping, holding committed content. In
+    /// uffd-wp mode registers it in write-protect mode and protects every page, so only writes
+    /// after this call are reported; the hashed rung records the digests of its private
+    /// anonymous pages (arming an armed range again forgets its unreported writes). In
+    /// all-dirty and soft-dirty mode it only records the range.
+    ///
+    /// # Safety
+    ///
+    /// `[start, end)` stays mapped readable until it is disarmed or the tracker is dropped (the
+    /// hashed rung reads it at every collect).
+    pub(crate) unsafe fn arm(&mut self, start: usize, end: usize) -> io::Result<()> {
         debug_assert!(start <= end && start % PAGE == 0 && end % PAGE == 0);
         if start >= end {
             return Ok(());
+        }
+        if let Some(h) = &mut self.hashed {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { h.arm(start, end) }?;
+        }
+        if let Some(s) = &mut self.soft {
+            s.arm(start, end);
         }
         if let Some(k) = &self.kernel {
             let len = end - start;
@@ -235,6 +351,12 @@ impl Tracker {
         if let Some(k) = &self.kernel {
             k.uffd.unregister(start, end - start)?;
         }
+        if let Some(h) = &mut self.hashed {
+            h.disarm(start, end);
+        }
+        if let Some(s) = &mut self.soft {
+            s.disarm(start, end);
+        }
         ranges_remove(&mut self.armed, start, end);
         Ok(())
     }
@@ -242,8 +364,11 @@ impl Tracker {
     /// The commit point: appends to `out` the page-aligned ranges of armed pages in
     /// `[start, end)` written since they were armed or last collected, in address order with
     /// adjacent pages coalesced (never merged into entries `out` held before the call), and
-    /// re-protects them atomically per page. All-dirty mode appends every armed page of the
-    /// range. On error, see the module docs: the caller must assume the whole range written.
+    /// re-protects them atomically per page (uffd-wp), or updates their baselines and stages
+    /// their bytes (hashed: journal [`staged`](Self::staged)), or clears soft-dirty bits. The
+    /// soft-dirty rung requires `[start, end)` to cover every armed range. All-dirty mode
+    /// appends every armed page of the range. On error, see the module docs: the caller must
+    /// assume the whole range written.
     pub(crate) fn collect(&mut self, start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> io::Result<()> {
         self.report(start, end, true, out)
     }
@@ -261,6 +386,12 @@ impl Tracker {
         out: &mut SysVec<(usize, usize)>,
     ) -> io::Result<()> {
         debug_assert!(start <= end && start % PAGE == 0 && end % PAGE == 0);
+        if let Some(h) = &mut self.hashed {
+            return h.report(start, end, reprotect, out);
+        }
+        if let Some(s) = &mut self.soft {
+            return s.report(start, end, reprotect, out);
+        }
         let first = out.len();
         // Walk the armed pieces of [start, end); usually exactly one.
         let mut i = self.armed.partition_point(|&(_, e)| e <= start);
@@ -340,8 +471,8 @@ impl Tracker {
         // Pages 0 and 1 populated before arming, pages 2 and 3 never touched.
         map.write(0, 1);
         map.write(PAGE, 1);
-        self.arm(a, end)
-            .map_err(|e| Fallback::os("probe arm (UFFDIO_REGISTER/WRITEPROTECT)", e))?;
+        // SAFETY: the scratch map stays mapped until it is disarmed below.
+        unsafe { self.arm(a, end) }.map_err(|e| Fallback::os("probe arm (UFFDIO_REGISTER/WRITEPROTECT)", e))?;
         let result = self.probe_armed(&mut map);
         let disarmed = self.disarm(a, end);
         result?;
@@ -386,6 +517,11 @@ impl Tracker {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         assert_eq!(self.mode == TrackMode::Uffd, self.kernel.is_some());
+        assert_eq!(self.mode == TrackMode::Hashed, self.hashed.is_some());
+        assert_eq!(self.mode == TrackMode::SoftDirty, self.soft.is_some());
+        if let Some(h) = &self.hashed {
+            h.check_invariants();
+        }
         for w in self.armed.windows(2) {
             assert!(w[0].1 < w[1].0, "armed ranges overlap or touch: {:?}", w);
         }
@@ -474,9 +610,16 @@ mod tests {
         SysVec::new_in(std::alloc::System)
     }
 
+    /// Arms through the unsafe API. Tests arm only their own live scratch maps, or (in
+    /// all-dirty mode, which reads nothing) addresses never touched.
+    fn arm(t: &mut Tracker, a: usize, b: usize) -> io::Result<()> {
+        // SAFETY: see above.
+        unsafe { t.arm(a, b) }
+    }
+
     fn uffd_tracker() -> Tracker {
-        let t = Tracker::new(false);
-        assert_eq!(t.mode(), TrackMode::Uffd, "probe failed: {:?}", t.fallback_reason());
+        let t = Tracker::new(Tracking::Auto, false).unwrap();
+        assert_eq!(t.mode(), TrackMode::Uffd, "probe failed: {:?}", t.fallback_text());
         t
     }
 
@@ -547,9 +690,9 @@ mod tests {
 
     #[test]
     fn probe_selects_uffd_on_this_kernel() {
-        let t = Tracker::new(false);
-        assert_eq!(t.mode(), TrackMode::Uffd, "fell back: {:?}", t.fallback_reason());
-        assert_eq!(t.fallback_reason(), None);
+        let t = Tracker::new(Tracking::Auto, false).unwrap();
+        assert_eq!(t.mode(), TrackMode::Uffd, "fell back: {:?}", t.fallback_text());
+        assert_eq!(t.fallback_text(), None);
         assert!(t.armed.is_empty(), "the probe left a range armed");
         assert_eq!(t.mode().to_string(), "uffd-wp");
         assert_eq!(TrackMode::AllDirty.to_string(), "all-dirty");
@@ -570,7 +713,7 @@ mod tests {
         for i in 0..8 {
             map.write(i * P, 7); // pages 0..8 populated before arming, 8..16 never touched
         }
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
         // Reads of a populated page and first reads of never-touched pages.
         assert_eq!(map.read(2 * P), 7);
@@ -590,7 +733,7 @@ mod tests {
         for i in 0..4 {
             assert_eq!(map.read(i * P), i as u8 + 1); // pages 0..4 read (page cache) before arming
         }
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
         assert_eq!(map.read(6 * P), 7); // first read after arming
         assert_eq!(map.read(P), 2);
@@ -613,8 +756,8 @@ mod tests {
         anon.write(5 * P, 1);
         let (mut fmap, _file) = file_map(8);
         let src = temp_file(1);
-        t.arm(anon.addr(), end(&anon)).unwrap();
-        t.arm(fmap.addr(), end(&fmap)).unwrap();
+        arm(&mut t, anon.addr(), end(&anon)).unwrap();
+        arm(&mut t, fmap.addr(), end(&fmap)).unwrap();
         kernel_write(&mut anon, 5 * P + 10, 100, &src); // populated page
         kernel_write(&mut anon, 2 * P + P - 50, 100, &src); // spans untouched pages 2 and 3
         kernel_write(&mut fmap, 4 * P, 1, &src); // file page never touched
@@ -627,7 +770,7 @@ mod tests {
     fn collect_reprotects_so_a_second_collect_is_empty() {
         let mut t = uffd_tracker();
         let mut map = ScratchMap::new(8 * P).unwrap();
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         map.write(4 * P, 1);
         assert_eq!(collect(&mut t, map.addr(), end(&map)), pages(&map, &[4]));
         assert_eq!(collect(&mut t, map.addr(), end(&map)), vec![]);
@@ -639,7 +782,7 @@ mod tests {
     fn peek_reports_without_reprotecting() {
         let mut t = uffd_tracker();
         let mut map = ScratchMap::new(8 * P).unwrap();
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         map.write(0, 1);
         map.write(7 * P, 1);
         let want = pages(&map, &[0, 7]);
@@ -654,7 +797,7 @@ mod tests {
         let mut t = uffd_tracker();
         let n = 5_000;
         let mut map = ScratchMap::new(2 * n * P).unwrap();
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         let written: Vec<usize> = (0..n).map(|i| 2 * i + 1).collect(); // isolated pages
         for &i in &written {
             map.write(i * P, 1);
@@ -677,8 +820,8 @@ mod tests {
         let mut t = uffd_tracker();
         let mut map = ScratchMap::new(64 * P).unwrap();
         let mid = map.addr() + 32 * P;
-        t.arm(map.addr(), mid).unwrap();
-        t.arm(mid, end(&map)).unwrap();
+        arm(&mut t, map.addr(), mid).unwrap();
+        arm(&mut t, mid, end(&map)).unwrap();
         assert_eq!(t.armed.as_slice(), &[(map.addr(), end(&map))]);
         for i in [0, 31, 32, 63] {
             map.write(i * P, 1);
@@ -694,7 +837,7 @@ mod tests {
     fn disarmed_pages_are_not_reported_and_unregistered_memory_is_an_error_not_clean() {
         let mut t = uffd_tracker();
         let mut map = ScratchMap::new(64 * P).unwrap();
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         t.disarm(map.addr() + 16 * P, map.addr() + 32 * P).unwrap();
         t.check_invariants();
         map.write(20 * P, 1);
@@ -721,7 +864,7 @@ mod tests {
     fn empty_ranges_arm_disarm_and_collect_to_nothing() {
         let mut t = uffd_tracker();
         let map = ScratchMap::new(P).unwrap();
-        t.arm(map.addr(), map.addr()).unwrap();
+        arm(&mut t, map.addr(), map.addr()).unwrap();
         t.disarm(map.addr(), map.addr()).unwrap();
         assert!(t.armed.is_empty());
         assert_eq!(collect(&mut t, map.addr(), map.addr()), vec![]);
@@ -734,13 +877,13 @@ mod tests {
 
     #[test]
     fn force_all_dirty_reports_every_armed_page_every_time() {
-        let mut t = Tracker::new(true);
+        let mut t = Tracker::new(Tracking::AllDirty, false).unwrap();
         assert_eq!(t.mode(), TrackMode::AllDirty);
-        assert!(t.fallback_reason().is_some());
+        assert!(t.fallback_text().is_some());
         let base = 0x7000_0000_0000usize; // never touched: all-dirty mode makes no syscall
-        t.arm(base, base + 8 * P).unwrap();
-        t.arm(base + 8 * P, base + 10 * P).unwrap();
-        t.arm(base + 20 * P, base + 30 * P).unwrap();
+        arm(&mut t, base, base + 8 * P).unwrap();
+        arm(&mut t, base + 8 * P, base + 10 * P).unwrap();
+        arm(&mut t, base + 20 * P, base + 30 * P).unwrap();
         t.check_invariants();
         let want = vec![(base, base + 10 * P), (base + 20 * P, base + 30 * P)];
         assert_eq!(collect(&mut t, base, base + 100 * P), want);
@@ -764,9 +907,9 @@ mod tests {
 
     #[test]
     fn collect_does_not_merge_into_entries_the_caller_already_had() {
-        let mut t = Tracker::new(true);
+        let mut t = Tracker::new(Tracking::AllDirty, false).unwrap();
         let base = 0x7000_0000_0000usize;
-        t.arm(base, base + 2 * P).unwrap();
+        arm(&mut t, base, base + 2 * P).unwrap();
         let mut out = sysvec();
         out.push((base - P, base));
         t.collect(base, base + 2 * P, &mut out).unwrap();
@@ -795,13 +938,32 @@ mod tests {
         s
     }
 
-    /// The project's cross-check: over many rounds of random writes (user stores and kernel
-    /// `pread`s) and reads, the set the kernel reports at each collect equals the software
-    /// bitmap of pages the test wrote: none missed (bitmap is a subset of the kernel's set)
-    /// and none extra (the kernel's set is a subset of the bitmap).
+    /// The project's cross-check, for the uffd-wp rung: over many rounds of random writes (user
+    /// stores and kernel `pread`s) and reads, the set the kernel reports at each collect equals
+    /// the software bitmap of pages the test wrote: none missed (bitmap is a subset of the
+    /// kernel's set) and none extra (the kernel's set is a subset of the bitmap).
     #[test]
     fn kernel_written_set_matches_software_bitmap_over_random_workload() {
-        let mut t = uffd_tracker();
+        random_workload_cross_check(uffd_tracker());
+    }
+
+    /// The same workload under the hashed rung: every page whose bytes changed is reported
+    /// (none missed), only pages the test wrote or read are (the shared zero page after a read
+    /// of an untouched anonymous page is the one allowed extra), and the staged bytes are the
+    /// pages' bytes.
+    #[test]
+    fn hashed_rung_reports_every_changed_page_over_random_workload() {
+        let t = Tracker::new(Tracking::Hashed, false).unwrap();
+        random_workload_cross_check(t);
+    }
+
+    /// The bytes of page `i` of `map` (reading touches only that page).
+    fn page_bytes(map: &ScratchMap, i: usize) -> Vec<u8> {
+        (i * P..(i + 1) * P).map(|o| map.read(o)).collect()
+    }
+
+    fn random_workload_cross_check(mut t: Tracker) {
+        let exact_writes = t.mode() == TrackMode::Uffd;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let src = temp_file(1);
         let mut anon = ScratchMap::new(384 * P).unwrap();
@@ -813,14 +975,17 @@ mod tests {
             fmap.read(i * P); // first half read into the page cache before arming
         }
         // Arm the anonymous map in two adjacent pieces, as a growing heap would.
-        t.arm(anon.addr(), anon.addr() + 100 * P).unwrap();
-        t.arm(anon.addr() + 100 * P, end(&anon)).unwrap();
-        t.arm(fmap.addr(), end(&fmap)).unwrap();
+        arm(&mut t, anon.addr(), anon.addr() + 100 * P).unwrap();
+        arm(&mut t, anon.addr() + 100 * P, end(&anon)).unwrap();
+        arm(&mut t, fmap.addr(), end(&fmap)).unwrap();
         let mut maps = [anon, fmap];
         let mut epoch: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
         let mut total_reported = 0;
         for round in 0..50 {
             let mut wrote: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
+            let mut read: Vec<DirtySet> = maps.iter().map(|m| DirtySet::new(m.addr(), m.len() / P)).collect();
+            // The bytes of each page before its first write this round (= at the last collect).
+            let mut before: Vec<std::collections::BTreeMap<usize, Vec<u8>>> = vec![Default::default(); 2];
             for _ in 0..rng.below(64) {
                 let m = rng.below(2);
                 let page = rng.below(maps[m].len() / P);
@@ -828,15 +993,21 @@ mod tests {
                 match rng.below(8) {
                     0..=2 => {
                         maps[m].read(off);
+                        let a = maps[m].addr() + page * P;
+                        read[m].insert_range(a, a + P);
                     }
                     3 => {
                         let len = 1 + rng.below(P).min(maps[m].len() - off - 1);
+                        for i in page..(off + len).div_ceil(P) {
+                            before[m].entry(i).or_insert_with(|| page_bytes(&maps[m], i));
+                        }
                         kernel_write(&mut maps[m], off, len, &src);
                         let a = maps[m].addr() + page * P;
                         let b = (maps[m].addr() + off + len).next_multiple_of(P);
                         wrote[m].insert_range(a, b);
                     }
                     _ => {
+                        before[m].entry(page).or_insert_with(|| page_bytes(&maps[m], page));
                         maps[m].write(off, round as u8);
                         let a = maps[m].addr() + page * P;
                         wrote[m].insert_range(a, a + P);
@@ -845,23 +1016,55 @@ mod tests {
             }
             for m in 0..2 {
                 let (a, b) = (maps[m].addr(), end(&maps[m]));
-                if round % 3 == 0 {
-                    let peeked = set_of(&maps[m], &peek(&mut t, a, b));
-                    assert!(peeked.is_subset_of(&wrote[m]) && wrote[m].is_subset_of(&peeked));
+                let mut changed = DirtySet::new(a, maps[m].len() / P);
+                for (&i, old) in &before[m] {
+                    if page_bytes(&maps[m], i) != *old {
+                        changed.insert_range(a + i * P, a + (i + 1) * P);
+                    }
                 }
-                let kernel = set_of(&maps[m], &collect(&mut t, a, b));
+                assert!(changed.is_subset_of(&wrote[m]), "the test's own bookkeeping is wrong");
+                let peeked = (round % 3 == 0).then(|| set_of(&maps[m], &peek(&mut t, a, b)));
+                let reported = collect(&mut t, a, b);
+                let kernel = set_of(&maps[m], &reported);
                 kernel.check_invariants();
-                let missed: Vec<_> = wrote[m].iter_ranges().filter(|&(p, _)| !kernel.contains(p)).collect();
-                let extra: Vec<_> = kernel.iter_ranges().filter(|&(p, _)| !wrote[m].contains(p)).collect();
+                if let Some(p) = peeked {
+                    assert!(
+                        p.is_subset_of(&kernel) && kernel.is_subset_of(&p),
+                        "peek and collect differ"
+                    );
+                }
+                let missed: Vec<_> = changed.iter_ranges().filter(|&(p, _)| !kernel.contains(p)).collect();
                 assert!(
-                    wrote[m].is_subset_of(&kernel),
-                    "round {round} map {m}: kernel missed {missed:x?}"
+                    changed.is_subset_of(&kernel),
+                    "round {round} map {m}: {} missed changed pages {missed:x?}",
+                    t.mode().name()
                 );
+                let mut allowed = wrote[m].clone();
+                if !exact_writes {
+                    allowed.union_with(&read[m]);
+                }
+                let extra: Vec<_> = kernel.iter_ranges().filter(|&(p, _)| !allowed.contains(p)).collect();
                 assert!(
-                    kernel.is_subset_of(&wrote[m]),
-                    "round {round} map {m}: kernel extra {extra:x?}"
+                    kernel.is_subset_of(&allowed),
+                    "round {round} map {m}: {} reported extra {extra:x?}",
+                    t.mode().name()
                 );
-                assert_eq!(kernel.count(), wrote[m].count());
+                if exact_writes {
+                    assert!(
+                        wrote[m].is_subset_of(&kernel),
+                        "round {round} map {m}: kernel missed a write"
+                    );
+                    assert_eq!(kernel.count(), wrote[m].count());
+                }
+                if let Some(staged) = t.staged() {
+                    let mut want = Vec::new();
+                    for &(x, y) in &reported {
+                        for i in (x - a) / P..(y - a) / P {
+                            want.extend(page_bytes(&maps[m], i));
+                        }
+                    }
+                    assert!(staged == want.as_slice(), "round {round} map {m}: staged bytes differ");
+                }
                 total_reported += kernel.count();
                 epoch[m].union_with(&kernel);
                 assert!(kernel.is_subset_of(&epoch[m]));
@@ -872,11 +1075,49 @@ mod tests {
     }
 
     #[test]
+    fn forced_rungs_report_their_mode_and_missing_ones_name_the_probe_step() {
+        for (req, mode) in [
+            (Tracking::UffdWp, TrackMode::Uffd),
+            (Tracking::Hashed, TrackMode::Hashed),
+            (Tracking::AllDirty, TrackMode::AllDirty),
+        ] {
+            let t = Tracker::new(req, false).unwrap();
+            assert_eq!(t.mode(), mode);
+            assert_eq!(t.mode().name(), req.name());
+            assert!(t.fallback_text().unwrap().contains("forced"), "{:?}", t.fallback_text());
+            assert_eq!(t.staged().is_some(), mode == TrackMode::Hashed);
+            t.check_invariants();
+        }
+        match Tracker::new(Tracking::SoftDirty, false) {
+            Ok(t) => assert_eq!(t.mode(), TrackMode::SoftDirty),
+            Err((m, f)) => {
+                assert_eq!(m, TrackMode::SoftDirty);
+                assert!(f.step.starts_with("probe") || f.step.contains("another heap"), "{f}");
+            }
+        }
+        let (m, f) = Tracker::new(Tracking::SoftDirty, true).unwrap_err();
+        assert_eq!(m, TrackMode::SoftDirty);
+        assert!(f.step.contains("GlobalHeap"), "{f}");
+        for t in [
+            Tracking::Auto,
+            Tracking::UffdWp,
+            Tracking::SoftDirty,
+            Tracking::Hashed,
+            Tracking::AllDirty,
+        ] {
+            assert_eq!(t.name().parse::<Tracking>().unwrap(), t);
+            assert_eq!(t.to_string(), t.name());
+        }
+        assert!("uffd".parse::<Tracking>().is_err());
+        assert_eq!(Tracking::default(), Tracking::Auto);
+    }
+
+    #[test]
     fn parent_keeps_tracking_across_fork() {
         let mut t = uffd_tracker();
         let mut map = ScratchMap::new(8 * P).unwrap();
         map.write(0, 1);
-        t.arm(map.addr(), end(&map)).unwrap();
+        arm(&mut t, map.addr(), end(&map)).unwrap();
         map.write(P, 1); // A: written before the fork
                          // SAFETY: the child only performs volatile stores to memory it owns and `_exit`s:
                          // no allocation, no locks, no unwinding.
