@@ -31,11 +31,32 @@ const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 
-// Classic BPF opcodes (linux/bpf_common.h).
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
-const BPF_JEQ_K: u16 = 0x05 | 0x10 | 0x00; // BPF_JMP | BPF_JEQ | BPF_K
-const BPF_JSET_K: u16 = 0x05 | 0x40 | 0x00; // BPF_JMP | BPF_JSET | BPF_K
-const BPF_RET_K: u16 = 0x06 | 0x00; // BPF_RET | BPF_K
+// Classic BPF opcodes (linux/bpf_common.h): class | size | mode, or class | op | source.
+const BPF_LD: u16 = 0x00;
+const BPF_JMP: u16 = 0x05;
+const BPF_RET: u16 = 0x06;
+const BPF_W: u16 = 0x00;
+const BPF_ABS: u16 = 0x20;
+const BPF_JEQ: u16 = 0x10;
+const BPF_JSET: u16 = 0x40;
+const BPF_K: u16 = 0x00;
+const BPF_LD_W_ABS: u16 = op(&[BPF_LD, BPF_W, BPF_ABS]);
+const BPF_JEQ_K: u16 = op(&[BPF_JMP, BPF_JEQ, BPF_K]);
+const BPF_JSET_K: u16 = op(&[BPF_JMP, BPF_JSET, BPF_K]);
+const BPF_RET_K: u16 = op(&[BPF_RET, BPF_K]);
+
+/// ORs the parts of an opcode (a loop, so that zero-valued parts stay named).
+const fn op(parts: &[u16]) -> u16 {
+    let mut v = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        v |= parts[i];
+        i += 1;
+    }
+    v
+}
+
+const _: () = assert!(BPF_LD_W_ABS == 0x20 && BPF_JEQ_K == 0x15 && BPF_JSET_K == 0x45 && BPF_RET_K == 0x06);
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt: 0, jf: 0, k }
