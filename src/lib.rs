@@ -19,9 +19,9 @@
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
 //! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit, group commit, snapshot scheduling, verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
-//! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, bookkeeping memory | files |
+//! | `mem/` | `region.rs`, `alloc/`, `track/`, `dirty_set.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the dirty-page tracker ladder, the dirty bitmap, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
-//! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs` | the thin syscall layer | everything above |
+//! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs`, `pagemap.rs` | the thin syscall layer | everything above |
 //!
 //! Import rules (checked by `scripts/layers.sh` in CI):
 //! - a file imports from its own folder or from layers below it; the leaves from anywhere.

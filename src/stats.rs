@@ -33,9 +33,13 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes of the region mapped read-write (the used part).
     pub mapped_bytes: u64,
-    /// The dirty-page tracking mechanism in use: `"uffd-wp"` or `"all-dirty"`.
+    /// The dirty-page tracking rung in use: `"uffd-wp"`, `"hashed"`, `"soft-dirty"` or
+    /// `"all-dirty"` (see `Tracking`).
     pub track_mode: &'static str,
-    /// Why tracking fell back to `"all-dirty"` (the failed step and OS error), if it did.
+    /// Why better tracking rungs were not used: with `Tracking::Auto`, each skipped rung and
+    /// its failed probe step and OS error (e.g. `"uffd-wp: userfaultfd/UFFDIO_API: Operation
+    /// not permitted (os error 1)"` in a container), `None` when the best rung works; with a
+    /// forced rung, that it was forced.
     pub track_fallback: Option<std::string::String>,
     /// Pages replayed from the journal when the heap was opened.
     pub replayed_pages: u64,
