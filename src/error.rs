@@ -63,6 +63,14 @@ pub enum Error {
         /// What needed the space.
         what: String,
     },
+    /// A schema migration closure panicked while opening the heap. Nothing was committed:
+    /// the heap still holds the state from before the migration.
+    MigrationFailed {
+        /// The step that failed, `"Old (schema \"s\") -> New"`.
+        step: String,
+        /// The panic message.
+        cause: String,
+    },
 }
 
 /// Shorthand for results of this crate.
@@ -126,6 +134,10 @@ impl fmt::Display for Error {
             ),
             Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
             Error::OutOfSpace { what } => write!(f, "the heap's maximum size is exhausted: {what}"),
+            Error::MigrationFailed { step, cause } => write!(
+                f,
+                "the migration {step} panicked ({cause}); nothing was committed, the heap still holds its state from before the migration"
+            ),
         }
     }
 }

@@ -11,10 +11,13 @@
 //! The root pointer is validated at open (inside the heap, aligned) and is dereferenced only
 //! through the guards of the handle's `RwLock`, which give the usual shared/exclusive access.
 
+use crate::disk::format::meta::LEGACY_FORMAT_VERSION;
+use crate::disk::format::root::{RootRecord, ROOT_RECORD_LEN};
 use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
-use crate::mem::alloc::HeapAlloc;
+use crate::mem::alloc::{Arena, HeapAlloc};
 use crate::mem::sysmem::SysBox;
+use crate::migrate::{place, RootInfo, WORD_ROOT_RECORD};
 use crate::options::OpenOptions;
 use crate::stats::Stats;
 use std::alloc::Layout;
@@ -82,48 +85,232 @@ impl<T: Send + Sync + 'static> Heap<T> {
     }
 
     pub(crate) fn open_with(opts: &OpenOptions, dir: &Path, init: impl FnOnce(HeapAlloc) -> T) -> Result<Self> {
-        let fp = Fingerprint::of::<T>(&opts.schema);
-        let engine = Engine::open(dir, opts, &fp)?;
+        let target = Fingerprint::of::<T>(&opts.schema);
+        if opts.test_create_legacy_format {
+            return Self::open_format_1(opts, dir, init, &target);
+        }
+        let kind = Fingerprint::root_record_kind();
+        let engine = Engine::open(dir, opts, &kind)?;
         let arena = engine.arena();
-        let word = engine.root_word().load(Ordering::Acquire);
-        let layout = Layout::new::<T>();
-        let root = if word == 0 {
-            let value = init(HeapAlloc::new(arena));
-            let p = if layout.size() == 0 {
-                NonNull::<T>::dangling()
+        let legacy = engine.meta().version == LEGACY_FORMAT_VERSION;
+        let word = engine.root_word().load(Ordering::Acquire) as usize;
+        if word == 0 {
+            // A new heap (or its creator died before the first commit).
+            let p = place(arena, init(HeapAlloc::new(arena)))?;
+            let record = RootRecord::new(p as u64, target.size, target.align, target.type_name, &target.schema, 0);
+            install_record(arena, None, &record)?;
+            engine.root_word().store(p as u64, Ordering::Release);
+            if legacy {
+                engine.commit_durable()?;
+                engine.upgrade_meta(&kind)?;
             } else {
-                NonNull::new(arena.alloc(layout).cast::<T>()).ok_or_else(|| Error::OutOfSpace {
-                    what: format!("the root ({} bytes)", layout.size()),
-                })?
-            };
-            // SAFETY: p is a fresh allocation of T's layout (or dangling for a ZST), valid for
-            // writes and not aliased.
-            unsafe { p.as_ptr().write(value) };
-            engine.root_word().store(p.as_ptr() as u64, Ordering::Release);
-            engine.commit()?;
-            p
-        } else {
-            let addr = word as usize;
-            let in_heap = layout.size() == 0 || arena.contains(addr as *const u8);
-            if addr % layout.align() != 0 || !in_heap {
-                return Err(Error::corrupt(
-                    dir,
-                    0,
-                    format!("root pointer {addr:#x} does not point into the heap"),
-                ));
+                engine.commit()?;
             }
-            NonNull::new(addr as *mut T).ok_or_else(|| Error::corrupt(dir, 0, "null root pointer"))?
+            return Ok(Self::from_parts(engine, p));
+        }
+        let (record_at, stored) = if legacy {
+            upgrade_format_1(&engine, dir, word, &kind)?
+        } else {
+            read_record(arena, dir)?
         };
-        Ok(Heap {
+        check_root_pointer(arena, dir, word, &stored)?;
+        let chain = crate::migrate::plan(opts, &stored, &target)?;
+        if chain.is_empty() {
+            return Ok(Self::from_parts(engine, word));
+        }
+        let p = crate::migrate::run(&engine, word, &chain)?;
+        let record = RootRecord::new(
+            p as u64,
+            target.size,
+            target.align,
+            target.type_name,
+            &target.schema,
+            stored.migrations.saturating_add(chain.len() as u32),
+        );
+        install_record(arena, Some(record_at), &record)?;
+        engine.root_word().store(p as u64, Ordering::Release);
+        engine.freeze_commits(false);
+        engine.commit()?;
+        Ok(Self::from_parts(engine, p))
+    }
+
+    fn from_parts(engine: SysBox<Engine>, root: usize) -> Self {
+        Heap {
             engine: Some(engine),
             lock: RwLock::new(()),
-            root,
+            root: NonNull::new(root as *mut T).expect("validated non-null root"),
             _marker: PhantomData,
-        })
+        }
+    }
+
+    /// Tests only: the open of the previous release (meta format 1: the root type in `meta`,
+    /// no root record), to create heaps that the upgrade at the next open is tested on.
+    fn open_format_1(
+        opts: &OpenOptions,
+        dir: &Path,
+        init: impl FnOnce(HeapAlloc) -> T,
+        fp: &Fingerprint,
+    ) -> Result<Self> {
+        let engine = Engine::open(dir, opts, fp)?;
+        let arena = engine.arena();
+        let word = engine.root_word().load(Ordering::Acquire) as usize;
+        if word == 0 {
+            let p = place(arena, init(HeapAlloc::new(arena)))?;
+            engine.root_word().store(p as u64, Ordering::Release);
+            engine.commit()?;
+            return Ok(Self::from_parts(engine, p));
+        }
+        let layout = Layout::new::<T>();
+        let in_heap = layout.size() == 0 || arena.contains(word as *const u8);
+        if word % layout.align() != 0 || !in_heap {
+            return Err(Error::corrupt(
+                dir,
+                0,
+                format!("root pointer {word:#x} does not point into the heap"),
+            ));
+        }
+        Ok(Self::from_parts(engine, word))
     }
 }
 
+/// Upgrade of a format-1 heap with a committed root (`docs/design.md`, "Format upgrade"):
+/// step 1 writes a root record holding the identity `meta` recorded and commits it durably,
+/// step 2 rewrites `meta` in format 2. A crash between the two leaves a format-1 `meta` and a
+/// record, which the next open finds and reuses. Returns the record's address and contents.
+fn upgrade_format_1(engine: &Engine, dir: &Path, word: usize, kind: &Fingerprint) -> Result<(usize, RootRecord)> {
+    let arena = engine.arena();
+    let m = engine.meta();
+    let record = RootRecord {
+        root: word as u64,
+        size: m.root_size,
+        align: m.root_align,
+        type_hash: m.root_type_hash,
+        schema_hash: m.schema_hash,
+        migrations: 0,
+        type_name: m.root_type_name.clone(),
+        schema: m.schema.clone(),
+    };
+    if !record.align.is_power_of_two() {
+        return Err(Error::corrupt(
+            dir.join("meta"),
+            0,
+            "root alignment is not a power of two",
+        ));
+    }
+    check_root_pointer(arena, dir, word, &record)?;
+    // A record left by an upgrade that crashed before step 2 is reused (not leaked).
+    let earlier = read_record(arena, dir).ok().map(|(at, _)| at);
+    let at = install_record(arena, earlier, &record)?;
+    engine.commit_durable()?;
+    engine.upgrade_meta(kind)?;
+    Ok((at, record))
+}
+
+/// Writes `record` into the record block at `at` (or a new block) and points
+/// `user_words[2]` to it; returns the block's address.
+fn install_record(arena: &'static Arena, at: Option<usize>, record: &RootRecord) -> Result<usize> {
+    let at = match at {
+        Some(at) => at,
+        None => {
+            let p = arena.alloc(Layout::from_size_align(ROOT_RECORD_LEN, 8).expect("constant layout"));
+            if p.is_null() {
+                return Err(Error::OutOfSpace {
+                    what: "the root record".to_string(),
+                });
+            }
+            p as usize
+        }
+    };
+    let bytes = record.encode();
+    // SAFETY: `at` is a live block of ROOT_RECORD_LEN bytes in the heap (fresh, or validated
+    // by read_record), owned by the root record and not referenced elsewhere.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, ROOT_RECORD_LEN) };
+    arena.user_words()[WORD_ROOT_RECORD].store(at as u64, Ordering::Release);
+    Ok(at)
+}
+
+/// Reads and validates the root record that `user_words[2]` points to.
+fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
+    let at = arena.user_words()[WORD_ROOT_RECORD].load(Ordering::Acquire) as usize;
+    let end = arena.base + arena.extent();
+    if at == 0 {
+        return Err(Error::corrupt(dir, 0, "the heap has a root but no root record"));
+    }
+    if at % 8 != 0 || !arena.contains(at as *const u8) || at.checked_add(ROOT_RECORD_LEN).is_none_or(|e| e > end) {
+        return Err(Error::corrupt(
+            dir,
+            0,
+            format!("root record pointer {at:#x} does not point into the heap"),
+        ));
+    }
+    // SAFETY: [at, at + ROOT_RECORD_LEN) lies inside the mapped extent (checked above); no
+    // handle exists yet, so nothing writes it meanwhile.
+    let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, ROOT_RECORD_LEN) };
+    let record = RootRecord::decode(bytes)
+        .map_err(|(off, what)| Error::corrupt(dir, 0, format!("root record at {at:#x}, byte {off}: {what}")))?;
+    Ok((at, record))
+}
+
+/// Checks that the root pointer lies inside the heap, aligned as the record says, and agrees
+/// with the record.
+fn check_root_pointer(arena: &Arena, dir: &Path, word: usize, record: &RootRecord) -> Result<()> {
+    let end = (arena.base + arena.extent()) as u64;
+    let in_heap = record.size == 0
+        || (arena.contains(word as *const u8) && (word as u64).checked_add(record.size).is_some_and(|e| e <= end));
+    if record.root != word as u64 {
+        return Err(Error::corrupt(
+            dir,
+            0,
+            format!(
+                "root pointer {word:#x} disagrees with the root record ({:#x})",
+                record.root
+            ),
+        ));
+    }
+    if word as u64 % record.align != 0 || !in_heap {
+        return Err(Error::corrupt(
+            dir,
+            0,
+            format!("root pointer {word:#x} does not point into the heap"),
+        ));
+    }
+    Ok(())
+}
+
 impl OpenOptions {
+    /// Reads the root identity of the `Heap<T>` heap in `dir` without knowing `T` (for tools
+    /// that print it): recovers the heap, reads its root record (or, for a format-1 heap,
+    /// `meta`), and releases it without committing or upgrading anything. Takes the heap's
+    /// lock ([`Error::Locked`] while a program has it open). A missing heap is
+    /// [`Error::InvalidArgument`]; a `GlobalHeap` heap is [`Error::Incompatible`].
+    pub fn read_root_info(&self, dir: impl AsRef<Path>) -> Result<RootInfo> {
+        let dir = dir.as_ref();
+        if self.vfs.open(&dir.join("meta"), false).is_err() {
+            return Err(Error::invalid(format!(
+                "{} holds no heap (no meta file)",
+                dir.display()
+            )));
+        }
+        let engine = Engine::open(dir, self, &Fingerprint::root_record_kind())?;
+        let m = engine.meta();
+        if m.version == LEGACY_FORMAT_VERSION {
+            return Ok(RootInfo {
+                type_name: m.root_type_name.clone(),
+                schema: m.schema.clone(),
+                size: m.root_size,
+                align: m.root_align,
+                type_hash: m.root_type_hash,
+                migrations: 0,
+                format_version: m.version,
+            });
+        }
+        if engine.root_word().load(Ordering::Acquire) == 0 {
+            return Err(Error::invalid(format!("{} holds no committed root yet", dir.display())));
+        }
+        let (_, r) = read_record(engine.arena(), dir)?;
+        Ok(RootInfo::from_record(&r, m.version))
+    }
+
     /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
     pub fn open<T: Send + Sync + 'static>(
         &self,
@@ -177,6 +364,13 @@ impl<T> Heap<T> {
     /// Current counters.
     pub fn stats(&self) -> Stats {
         self.engine().stats()
+    }
+
+    /// The root identity the heap has committed: type name, schema id, layout, migrations.
+    pub fn root_info(&self) -> Result<RootInfo> {
+        let e = self.engine();
+        let (_, r) = read_record(e.arena(), e.dir())?;
+        Ok(RootInfo::from_record(&r, crate::disk::format::meta::FORMAT_VERSION))
     }
 
     /// Checks the heap's invariants: allocator structures, the checksums of the snapshot

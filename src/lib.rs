@@ -53,6 +53,7 @@ mod global;
 mod heap;
 pub mod io;
 mod mem;
+mod migrate;
 mod options;
 mod stats;
 mod sys;
@@ -62,6 +63,7 @@ pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use mem::alloc::HeapAlloc;
+pub use migrate::RootInfo;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;

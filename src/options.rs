@@ -33,6 +33,11 @@ pub struct OpenOptions {
     pub(crate) force_all_dirty: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    /// Schema migrations offered to [`OpenOptions::open`](crate::OpenOptions::open), in the
+    /// order given: `migrate.rs`'s steps, type-erased so this leaf stays below the API.
+    pub(crate) migrations: std::vec::Vec<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Tests only: create heaps in meta format 1 (as the previous release did).
+    pub(crate) test_create_legacy_format: bool,
     #[cfg(any(test, feature = "testing"))]
     pub(crate) test_planted_bug: Option<PlantedBug>,
 }
@@ -59,6 +64,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("snapshot_interval", &self.snapshot_interval)
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)
+            .field("migrations", &self.migrations.len())
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +87,8 @@ impl Default for OpenOptions {
             force_all_dirty: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            migrations: std::vec::Vec::new(),
+            test_create_legacy_format: false,
             #[cfg(any(test, feature = "testing"))]
             test_planted_bug: None,
         }
@@ -162,6 +170,14 @@ impl OpenOptions {
     #[doc(hidden)]
     pub fn test_snapshot_stop_after(&mut self, step: Option<u8>) -> &mut Self {
         self.test_snapshot_stop_after = step;
+        self
+    }
+
+    /// Tests only: create a new heap in meta format 1, the format of the previous release
+    /// (the root type in `meta`, no root record), to test the upgrade at the next open.
+    #[doc(hidden)]
+    pub fn test_create_legacy_format(&mut self, yes: bool) -> &mut Self {
+        self.test_create_legacy_format = yes;
         self
     }
 

@@ -35,6 +35,14 @@ impl Engine {
         self.commit_inner(false)
     }
 
+    /// Commits and waits until the commit is durable, whatever the durability mode (the
+    /// format upgrade needs the root record durable before it rewrites `meta`).
+    pub(crate) fn commit_durable(&self) -> Result<u64> {
+        let seq = self.commit_inner(false)?;
+        self.wait_durable(seq)?;
+        Ok(seq)
+    }
+
     pub(super) fn commit_inner(&self, force_snapshot: bool) -> Result<u64> {
         let mut cs = lock(&self.commit);
         self.check_poison()?;
@@ -48,6 +56,11 @@ impl Engine {
 
     /// Steps 2-4 of the commit path, with the commit lock held by the caller.
     pub(super) fn commit_locked(&self, cs: &mut CommitState, force_snapshot: bool) -> Result<u64> {
+        if self.frozen.load(Ordering::Acquire) {
+            return Err(Error::invalid(
+                "commit refused: a root migration is running (its closure must not commit)",
+            ));
+        }
         // Back-pressure: if the journal has grown to twice the snapshot threshold while the
         // snapshot writer still runs, wait for it, so that disk use stays bounded by two
         // snapshot files and about three thresholds of journal however slow the writer is.

@@ -145,6 +145,9 @@ pub(crate) struct Engine {
     counters: Counters,
     lock_file: Box<dyn VFile>,
     closed: AtomicBool,
+    /// Set while a root migration runs (`Engine::freeze_commits`): every commit is refused,
+    /// so no state between taking the old root and installing the new one is ever committed.
+    frozen: AtomicBool,
 }
 
 impl Engine {
@@ -180,6 +183,18 @@ impl Engine {
         }
         self.poisoned.store(true, Ordering::Release);
         err
+    }
+
+    /// Poisons the heap with `cause` (a root migration failed halfway in memory): every later
+    /// commit fails, so the half-migrated state never becomes durable.
+    pub(crate) fn poison_with(&self, cause: String) {
+        let _ = self.poison(Error::invalid(cause));
+    }
+
+    /// While `on`, every commit (explicit, at close, or a snapshot) returns an error: a root
+    /// migration runs and the heap holds no consistent state to commit.
+    pub(crate) fn freeze_commits(&self, on: bool) {
+        self.frozen.store(on, Ordering::Release);
     }
 
     /// Whether an earlier failure poisoned the heap.

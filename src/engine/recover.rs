@@ -26,7 +26,7 @@
 //! segment 0 is mapped; each `unsafe` block states its range.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
-use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
+use crate::disk::format::meta::{fnv1a, Meta, MetaError, FORMAT_VERSION, LEGACY_FORMAT_VERSION, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
 use crate::disk::journal::{
     journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
@@ -54,6 +54,10 @@ pub(crate) struct Fingerprint {
     pub align: u64,
     pub type_name: &'static str,
     pub schema: String,
+    /// The caller reads the root identity of a format-1 heap from [`Engine::meta`] and
+    /// checks it itself (format 1 recorded the user's root type in `meta`; `Heap<T>` passes
+    /// the root-record kind, which such a heap does not name yet).
+    pub legacy_root: bool,
 }
 
 impl Fingerprint {
@@ -64,10 +68,27 @@ impl Fingerprint {
             align: std::mem::align_of::<T>() as u64,
             type_name: std::any::type_name::<T>(),
             schema: schema.to_string(),
+            legacy_root: false,
+        }
+    }
+
+    /// The fingerprint of the root record kind that format-2 `meta` records for a `Heap<T>`
+    /// (the user's root type lives in the committed root record).
+    pub(crate) fn root_record_kind() -> Fingerprint {
+        Fingerprint {
+            size: crate::disk::format::root::ROOT_RECORD_LEN as u64,
+            align: 8,
+            type_name: crate::disk::format::root::ROOT_RECORD_KIND,
+            schema: String::new(),
+            legacy_root: true,
         }
     }
 
     fn check(&self, m: &Meta) -> Result<()> {
+        if m.version == LEGACY_FORMAT_VERSION && self.legacy_root && m.root_type_name != self.type_name {
+            // A format-1 `Heap<T>` heap: the typed layer checks the recorded root type.
+            return Ok(());
+        }
         if fnv1a(self.type_name.as_bytes()) != m.root_type_hash
             || self.size != m.root_size
             || self.align != m.root_align
@@ -184,7 +205,7 @@ fn read_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) ->
                 MetaError::Version(v) => Error::incompatible(format!(
                     "{} has format version {v}, this build reads version {}",
                     meta_path.display(),
-                    crate::disk::format::meta::FORMAT_VERSION
+                    FORMAT_VERSION
                 )),
             })?;
             fp.check(&meta)?;
@@ -499,6 +520,7 @@ fn assemble(
         counters,
         lock_file,
         closed: AtomicBool::new(false),
+        frozen: AtomicBool::new(false),
     };
     let engine = SysBox::new_in(engine, System);
     if opts.durability == Durability::Eventual {
@@ -524,6 +546,11 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     }
     let region = Region::reserve_anywhere(max_size as usize)?;
     let meta = Meta {
+        version: if opts.test_create_legacy_format {
+            LEGACY_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         heap_id: sys::random_u64(),
         page_size: sys::OS_PAGE as u32,
         base: region.base() as u64,
@@ -538,6 +565,13 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
         root_type_name: fp.type_name.to_string(),
         schema: fp.schema.clone(),
     };
+    write_meta(vfs, dir, &meta)?;
+    Ok((meta, region))
+}
+
+/// Writes `meta` as `meta.tmp`, syncs it, renames it over `meta` and syncs the directory: a
+/// crash leaves the old `meta` (or none) or the new one, whole.
+fn write_meta(vfs: &dyn Vfs, dir: &Path, meta: &Meta) -> Result<()> {
     let tmp = dir.join("meta.tmp");
     let path = dir.join("meta");
     let f = vfs.open(&tmp, true).map_err(io_err("create", &tmp))?;
@@ -547,5 +581,32 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     drop(f);
     vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
     vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
-    Ok((meta, region))
+    Ok(())
+}
+
+impl Engine {
+    /// The heap directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The meta header as read (or created) at open.
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Upgrade step 2 of a format-1 heap: rewrites `meta` in format 2 with the root fields of
+    /// `kind` (the caller has made the root record durable first, see `docs/design.md`,
+    /// "Format upgrade"). Idempotent; the in-memory header keeps what was read at open.
+    pub(crate) fn upgrade_meta(&self, kind: &Fingerprint) -> Result<()> {
+        let mut m = self.meta.clone();
+        m.version = FORMAT_VERSION;
+        m.root_size = kind.size;
+        m.root_align = kind.align;
+        m.root_type_hash = fnv1a(kind.type_name.as_bytes());
+        m.schema_hash = fnv1a(kind.schema.as_bytes());
+        m.root_type_name = kind.type_name.to_string();
+        m.schema = kind.schema.clone();
+        write_meta(&*self.vfs, &self.dir, &m)
+    }
 }

@@ -9,6 +9,7 @@
 
 pub(crate) mod journal;
 pub(crate) mod meta;
+pub(crate) mod root;
 pub(crate) mod snapshot;
 
 fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
