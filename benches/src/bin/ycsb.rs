@@ -11,7 +11,7 @@
 //! Environment variables (defaults in brackets):
 //! - `YCSB_RECORDS` [100000]: records loaded (one `u64` key, one 100-byte value each);
 //! - `YCSB_OPS_BATCH` [100000]: operations of A, B and F when committing every 100 operations;
-//! - `YCSB_OPS_EACH` [4000]: operations of A, B and F when committing every operation;
+//! - `YCSB_OPS_EACH` [6000]: operations of A, B and F when committing every operation;
 //! - `YCSB_OPS_READ` [500000]: operations of C (reads, in read transactions of 100);
 //! - `YCSB_BASELINE_MAX_COMMITS` [40]: the no-store baseline rewrites the whole map at every
 //!   commit (about 11 MB), so in the workload rows it runs only the first operations of the
@@ -26,8 +26,9 @@
 //!   end of the run).
 //!
 //! Rows: load (commit per 1,000 inserts), then A, B, F with a commit every 100 operations and
-//! every operation, and C; all peers are open at once and take turns within each row (the order
-//! rotates from row to row) so that changes in machine load hit every peer alike. A batch of
+//! every operation, and C. All peers are open at once; each row is cut into 10 slices and the
+//! peers take turns slice by slice (the order rotates), so that a change in the disk's latency
+//! (other jobs on the machine) reaches every peer alike. A batch of
 //! operations runs in one transaction; a batch that only reads uses a read transaction and
 //! commits nothing (so in "every op" rows a read is its own read transaction).
 //!
@@ -89,7 +90,7 @@ impl Config {
         Config {
             records: env_usize("YCSB_RECORDS", 100_000) as u64,
             ops_batch: env_usize("YCSB_OPS_BATCH", 100_000),
-            ops_each: env_usize("YCSB_OPS_EACH", 4_000),
+            ops_each: env_usize("YCSB_OPS_EACH", 6_000),
             ops_read: env_usize("YCSB_OPS_READ", 500_000),
             baseline_max_commits: env_usize("YCSB_BASELINE_MAX_COMMITS", 40).max(1),
             lat_samples: env_usize("YCSB_LAT_SAMPLES", 1_000).max(20),
@@ -119,9 +120,10 @@ struct Cell {
     io: Io,
     thread_io: Io,
     snapshots: Option<u64>,
-    /// snapheap's journal record bytes written in the row (`Stats::journal_bytes` growth), when
-    /// no snapshot started or finished during the row (a snapshot resets the counter).
-    journal_bytes: Option<u64>,
+    /// snapheap's journal record bytes (`Stats::journal_bytes` growth) summed over the slices
+    /// of the row during which no snapshot started or finished (a snapshot resets the counter),
+    /// and the commits of those slices.
+    journal_bytes: Option<(u64, usize)>,
 }
 
 impl Cell {
@@ -130,6 +132,33 @@ impl Cell {
     }
     fn per_commit(&self, b: u64) -> Option<f64> {
         (self.commits > 0).then(|| b as f64 / self.commits as f64)
+    }
+
+    /// snapheap's journal record bytes per commit, over the slices without snapshots.
+    fn journal_per_commit(&self) -> Option<f64> {
+        match self.journal_bytes {
+            Some((b, c)) if c > 0 => Some(b as f64 / c as f64),
+            _ => None,
+        }
+    }
+
+    /// Adds the measurements of a later slice of the same row.
+    fn add(&mut self, o: &Cell) {
+        self.ops += o.ops;
+        self.commits += o.commits;
+        self.elapsed += o.elapsed;
+        self.io.wchar += o.io.wchar;
+        self.io.write_bytes += o.io.write_bytes;
+        self.thread_io.wchar += o.thread_io.wchar;
+        self.thread_io.write_bytes += o.thread_io.write_bytes;
+        self.snapshots = match (self.snapshots, o.snapshots) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.journal_bytes = match (self.journal_bytes, o.journal_bytes) {
+            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -170,7 +199,11 @@ fn run_cell(store: &mut dyn Store, ops: &[Op], every: usize) -> (Cell, Tally) {
                 && b.last_fork_micros == a.last_fork_micros;
             (
                 Some(b.snapshots - a.snapshots),
-                quiet.then(|| b.journal_bytes - a.journal_bytes),
+                Some(if quiet {
+                    (b.journal_bytes - a.journal_bytes, commits)
+                } else {
+                    (0, 0)
+                }),
             )
         }
         _ => (None, None),
@@ -422,18 +455,47 @@ fn main() {
         });
     }
 
+    // Each row is cut into SLICES slices; the peers take turns slice by slice (rotating who
+    // goes first), so a change in the disk's latency (other jobs on the machine) reaches every
+    // peer alike instead of whichever ran during it.
+    const SLICES: usize = 10;
     let mut results: Vec<(String, Vec<(Peer, Cell)>)> = Vec::new();
-    for (ri, row) in rows.iter().enumerate() {
+    for row in &rows {
         let n = stores.len();
-        let mut cells: Vec<(Peer, Cell)> = Vec::new();
-        for j in 0..n {
-            let (peer, store) = &mut stores[(ri + j) % n];
-            let ops = if *peer == Peer::Baseline && row.workload.is_some() {
-                &row.ops[..baseline_prefix(&row.ops, row.every, cfg.baseline_max_commits)]
-            } else {
-                &row.ops[..]
-            };
-            let (cell, t) = run_cell(&mut **store, ops, row.every);
+        let mut cells: Vec<Option<Cell>> = vec![None; n];
+        let mut tallies = vec![Tally::default(); n];
+        let slices: Vec<Vec<&[Op]>> = stores
+            .iter()
+            .map(|(peer, _)| {
+                let ops = if *peer == Peer::Baseline && row.workload.is_some() {
+                    &row.ops[..baseline_prefix(&row.ops, row.every, cfg.baseline_max_commits)]
+                } else {
+                    &row.ops[..]
+                };
+                let len = ops.len().div_ceil(row.every).div_ceil(SLICES) * row.every;
+                ops.chunks(len.max(1)).collect()
+            })
+            .collect();
+        for si in 0..SLICES {
+            for j in 0..n {
+                let i = (si + j) % n;
+                let Some(ops) = slices[i].get(si) else {
+                    continue;
+                };
+                let (cell, t) = run_cell(&mut *stores[i].1, ops, row.every);
+                tallies[i].found += t.found;
+                tallies[i].missing += t.missing;
+                match &mut cells[i] {
+                    Some(c) => c.add(&cell),
+                    None => cells[i] = Some(cell),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            let peer = stores[i].0;
+            let cell = cell.expect("every peer ran the row");
+            let t = tallies[i];
             assert_eq!(t.missing, 0, "{} {}: {} reads missed", peer.name(), row.name, t.missing);
             eprintln!(
                 "  {:<20} {:<9} {:>9} ops {:>8.2} s {:>10} ops/s",
@@ -443,10 +505,10 @@ fn main() {
                 cell.elapsed.as_secs_f64(),
                 fmt_rate(cell.ops_per_s())
             );
-            cells.push((*peer, cell));
+            out.push((peer, cell));
         }
-        cells.sort_by_key(|(p, _)| PEERS.iter().position(|x| x == p));
-        results.push((row.name.clone(), cells));
+        out.sort_by_key(|(p, _)| PEERS.iter().position(|x| x == p));
+        results.push((row.name.clone(), out));
     }
 
     // The full-history peers hold the same data: compare a sample of values.
@@ -632,8 +694,9 @@ fn main() {
                 "write_bytes_per_commit": c.per_commit(c.io.write_bytes),
                 "thread_wchar_per_commit": c.per_commit(c.thread_io.wchar),
                 "snapheap_snapshots": c.snapshots,
-                "snapheap_journal_record_bytes": c.journal_bytes,
-                "snapheap_journal_record_bytes_per_commit": c.journal_bytes.and_then(|j| c.per_commit(j)),
+                "snapheap_journal_record_bytes_quiet_slices": c.journal_bytes.map(|j| j.0),
+                "snapheap_commits_quiet_slices": c.journal_bytes.map(|j| j.1),
+                "snapheap_journal_record_bytes_per_commit": c.journal_per_commit(),
             })).collect::<Vec<_>>(),
         }));
     }
@@ -678,7 +741,7 @@ fn main() {
         line.push_str(&format!(
             " {} | {} | {} |",
             fmt_bytes(snap.and_then(|c| c.1.per_commit(c.1.thread_io.wchar))),
-            fmt_bytes(snap.and_then(|c| c.1.journal_bytes.and_then(|j| c.1.per_commit(j)))),
+            fmt_bytes(snap.and_then(|c| c.1.journal_per_commit())),
             snap.and_then(|c| c.1.snapshots)
                 .map(|s| s.to_string())
                 .unwrap_or("-".into())
