@@ -2,7 +2,7 @@
 //! baseline on the YCSB core workloads, with restart costs and the physical floor of a commit,
 //! all measured in one run at equal durability (every commit synced before it returns).
 //!
-//! Run with (about 10 minutes on a 2-core VM):
+//! Run with (2-8 minutes on the 2-core VM here, depending on how fast its disk syncs at the time):
 //!
 //! ```sh
 //! cargo run --release --manifest-path benches/Cargo.toml --bin ycsb
@@ -10,9 +10,9 @@
 //!
 //! Environment variables (defaults in brackets):
 //! - `YCSB_RECORDS` [100000]: records loaded (one `u64` key, one 100-byte value each);
-//! - `YCSB_OPS_BATCH` [100000]: operations of A, B and F when committing every 100 operations;
-//! - `YCSB_OPS_EACH` [6000]: operations of A, B and F when committing every operation;
-//! - `YCSB_OPS_READ` [500000]: operations of C (reads, in read transactions of 100);
+//! - `YCSB_OPS_BATCH` [200000]: operations of A, B and F when committing every 100 operations;
+//! - `YCSB_OPS_EACH` [10000]: operations of A, B and F when committing every operation;
+//! - `YCSB_OPS_READ` [1000000]: operations of C (reads, in read transactions of 100);
 //! - `YCSB_BASELINE_MAX_COMMITS` [40]: the no-store baseline rewrites the whole map at every
 //!   commit (about 11 MB), so in the workload rows it runs only the first operations of the
 //!   stream, up to this many commits, and its ops/s is computed from those (the load runs whole);
@@ -89,9 +89,9 @@ impl Config {
         };
         Config {
             records: env_usize("YCSB_RECORDS", 100_000) as u64,
-            ops_batch: env_usize("YCSB_OPS_BATCH", 100_000),
-            ops_each: env_usize("YCSB_OPS_EACH", 6_000),
-            ops_read: env_usize("YCSB_OPS_READ", 500_000),
+            ops_batch: env_usize("YCSB_OPS_BATCH", 200_000),
+            ops_each: env_usize("YCSB_OPS_EACH", 10_000),
+            ops_read: env_usize("YCSB_OPS_READ", 1_000_000),
             baseline_max_commits: env_usize("YCSB_BASELINE_MAX_COMMITS", 40).max(1),
             lat_samples: env_usize("YCSB_LAT_SAMPLES", 1_000).max(20),
             kill_after: env_usize("YCSB_KILL_AFTER", 200).max(1),
