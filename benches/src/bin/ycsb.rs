@@ -32,10 +32,13 @@
 //! operations runs in one transaction; a batch that only reads uses a read transaction and
 //! commits nothing (so in "every op" rows a read is its own read transaction).
 //!
-//! Bytes per commit: `wchar` of `/proc/self/io` (bytes handed to write system calls by the
-//! process, including snapheap's reaped snapshot children) and `write_bytes` (page-cache bytes
-//! sent to storage, in whole pages), per row divided by the row's commits; for snapheap also the
-//! committing thread's own `wchar` (its journal writes; see `snapheap_benches::ycsb::io`).
+//! Bytes per commit (the headline measure is `wchar`): `wchar` of `/proc/self/io` (bytes handed
+//! to write system calls by the process, including snapheap's reaped snapshot children) and
+//! `write_bytes` (page-cache folios dirtied, counted whole: with ext4's large folios a 4 KiB
+//! write into a file written in 1 MiB chunks counts 1 MiB, though only the dirty blocks reach
+//! the device), per row divided by the row's commits; for snapheap also the committing thread's
+//! own `wchar` and its journal record bytes (`Stats::journal_bytes`; `wchar` also counts the
+//! journal's pre-zeroing of space ahead of its end). See `snapheap_benches::ycsb::io`.
 //!
 //! Restart: (a) clean close of the store as the workloads left it, open, 1,000 zipfian reads;
 //! (b) a child process (this binary, `writer` mode) loads the records into a fresh store,
@@ -718,7 +721,7 @@ fn main() {
     }
 
     println!();
-    println!("## Bytes written per commit: wchar (write syscalls, process incl. reaped children) / write_bytes (page cache to storage)");
+    println!("## Bytes written per commit: wchar (write syscalls, process incl. reaped children) / write_bytes (page-cache folios dirtied: whole large folios, so it overcounts small writes into files written in big chunks)");
     println!();
     println!(
         "| row | {} | snapheap thread wchar | snapheap journal records | snapheap snapshots in row |",
@@ -923,9 +926,7 @@ fn main() {
     let doc = chart::svg(
         "snapheap vs embedded stores: YCSB, every commit durable",
         &[
-            &format!(
-                "snapheap's advantage (log scale; above 1x snapheap is faster): ops/s ratios, restart time ratios, commit latency vs raw pwrite+fdatasync."
-            ),
+            "snapheap's advantage (log scale; above 1x snapheap is faster): ops/s ratios, restart time ratios, commit latency vs raw pwrite+fdatasync.",
             &format!(
                 "{} records (u64 key, 100-byte value), zipfian 0.99, redb/SQLite WAL FULL/LMDB/bincode file at equal durability. Run {started}.",
                 cfg.records
