@@ -32,6 +32,10 @@
 //! operations runs in one transaction; a batch that only reads uses a read transaction and
 //! commits nothing (so in "every op" rows a read is its own read transaction).
 //!
+//! Ratios: snapheap's ops/s over each peer's for the whole row, and (for the best database)
+//! also the median over the 10 slices of the per-slice ratio, which a transient slow patch of
+//! the disk moves less.
+//!
 //! Bytes per commit (the headline measure is `wchar`): `wchar` of `/proc/self/io` (bytes handed
 //! to write system calls by the process, including snapheap's reaped snapshot children) and
 //! `write_bytes` (page-cache folios dirtied, counted whole: with ext4's large folios a 4 KiB
@@ -127,6 +131,8 @@ struct Cell {
     /// of the row during which no snapshot started or finished (a snapshot resets the counter),
     /// and the commits of those slices.
     journal_bytes: Option<(u64, usize)>,
+    /// ops/s of each slice, in slice order.
+    slice_rates: Vec<f64>,
 }
 
 impl Cell {
@@ -158,6 +164,7 @@ impl Cell {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.slice_rates.extend_from_slice(&o.slice_rates);
         self.journal_bytes = match (self.journal_bytes, o.journal_bytes) {
             (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
             (a, b) => a.or(b),
@@ -220,6 +227,7 @@ fn run_cell(store: &mut dyn Store, ops: &[Op], every: usize) -> (Cell, Tally) {
             thread_io: t1.since(t0),
             snapshots,
             journal_bytes,
+            slice_rates: vec![ops.len() as f64 / elapsed.as_secs_f64()],
         },
         t,
     )
@@ -238,6 +246,28 @@ fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// The median of snapheap's ops/s over the peer's, slice by slice: the two ran one after the
+/// other in each slice, so a slow patch of the disk affects both sides of each ratio; less
+/// sensitive to one bad slice than the ratio of totals.
+fn paired_median(snap: &Cell, peer: &Cell) -> Option<f64> {
+    let mut r: Vec<f64> = snap
+        .slice_rates
+        .iter()
+        .zip(&peer.slice_rates)
+        .map(|(s, p)| s / p)
+        .collect();
+    if r.is_empty() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    Some(if n % 2 == 1 {
+        r[n / 2]
+    } else {
+        (r[n / 2 - 1] + r[n / 2]) / 2.0
+    })
 }
 
 fn quantile(xs: &[Duration], q: f64) -> Duration {
@@ -632,8 +662,11 @@ fn main() {
     println!();
     println!("## Throughput (ops/s) and snapheap's ratio (snapheap ops/s / peer ops/s)");
     println!();
-    let mut head = format!("| row | {} | best db | snap/best |", names.join(" | "));
-    let mut sep = format!("|---|{}---|---:|", "---:|".repeat(names.len()));
+    let mut head = format!(
+        "| row | {} | best db | snap/best | snap/best, slice median |",
+        names.join(" | ")
+    );
+    let mut sep = format!("|---|{}---|---:|---:|", "---:|".repeat(names.len()));
     for p in cfg.peers.iter().filter(|p| **p != Peer::Snapheap) {
         head.push_str(&format!(" snap/{} |", p.name()));
         sep.push_str("---:|");
@@ -659,10 +692,16 @@ fn main() {
             (Some(s), Some((_, b))) => Some(s / b),
             _ => None,
         };
+        let cell_of = |p: Peer| cells.iter().find(|c| c.0 == p).map(|c| &c.1);
+        let paired_best = match (cell_of(Peer::Snapheap), best.and_then(|b| cell_of(b.0))) {
+            (Some(s), Some(b)) => paired_median(s, b),
+            _ => None,
+        };
         line.push_str(&format!(
-            " {} | {} |",
+            " {} | {} | {} |",
             best.map(|b| b.0.name()).unwrap_or("-"),
-            ratio_best.map(|r| format!("**{r:.2}x**")).unwrap_or("-".into())
+            ratio_best.map(|r| format!("**{r:.2}x**")).unwrap_or("-".into()),
+            paired_best.map(|r| format!("{r:.2}x")).unwrap_or("-".into())
         ));
         let mut bars = Vec::new();
         if let Some(r) = ratio_best {
@@ -684,12 +723,14 @@ fn main() {
             "row": name,
             "best_db": best.map(|b| b.0.name()),
             "snapheap_over_best": ratio_best,
+            "snapheap_over_best_slice_median": paired_best,
             "peers": cells.iter().map(|(p, c)| serde_json::json!({
                 "peer": p.name(),
                 "ops": c.ops,
                 "commits": c.commits,
                 "seconds": c.elapsed.as_secs_f64(),
                 "ops_per_s": c.ops_per_s(),
+                "slice_ops_per_s": c.slice_rates,
                 "wchar": c.io.wchar,
                 "write_bytes": c.io.write_bytes,
                 "thread_wchar": c.thread_io.wchar,
