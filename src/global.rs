@@ -387,8 +387,15 @@ impl GlobalHeap {
     /// while `init` and `f` run: do not call `with_root`, `commit` or `snapshot` inside them.
     ///
     /// Panics when the registry is full ([`MAX_ROOTS`] types) or the heap is exhausted.
-    pub fn with_root<T: Send + 'static, R>(&self, init: impl FnOnce() -> T, f: impl FnOnce(&mut T) -> R) -> R {
+    pub fn with_root<T: crate::GlobalPersist + Send + 'static, R>(
+        &self,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
         let arena = self.ready();
+        if self.engine().is_some() {
+            crate::persist::assert_installed(arena);
+        }
         let _g = lock(&self.roots);
         let word = self.registry_word(arena);
         let reg = self.registry(word);

@@ -35,6 +35,7 @@ mod heap;
 pub mod io;
 mod journal;
 mod options;
+mod persist;
 mod region;
 mod snapshot;
 mod stats;
@@ -49,6 +50,11 @@ pub use heap::{Heap, ReadGuard, WriteGuard};
 #[doc(hidden)]
 pub use options::PlantedBug;
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+#[doc(hidden)]
+pub use persist::__private;
+pub use persist::{GlobalPersist, Persist};
+#[cfg(feature = "derive")]
+pub use snapheap_derive::{GlobalPersist, Persist};
 pub use stats::Stats;
 
 #[doc(hidden)]

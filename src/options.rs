@@ -170,7 +170,7 @@ impl OpenOptions {
     }
 
     /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
-    pub fn open<T: Send + Sync + 'static>(
+    pub fn open<T: crate::Persist + Send + Sync + 'static>(
         &self,
         dir: impl AsRef<Path>,
         init: impl FnOnce(HeapAlloc) -> T,
