@@ -75,6 +75,11 @@
 //!
 //! # What must not be stored in roots
 //!
+//! `with_root` requires `T:` [`GlobalPersist`](crate::GlobalPersist), which refuses at compile
+//! time the types listed here that the compiler can see (references, `fn` pointers, `dyn`
+//! objects, locks, OS handles); a persistent heap that is not the `#[global_allocator]` panics
+//! at `with_root`.
+//!
 //! Everything reachable from a root must stay meaningful in the next run:
 //! - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
 //!   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They

@@ -8,9 +8,15 @@
 //! See `docs/design.md` for the on-disk format, the commit and snapshot protocols and the
 //! recovery algorithm, and the README for guarantees and when not to use the crate.
 //!
+//! Only types valid after a restart may be stored in a root, and the compiler checks it: a
+//! [`Heap<T>`] requires `T:` [`Persist`], a [`GlobalHeap`] root [`GlobalPersist`]; derive
+//! them with `#[derive(Persist)]` / `#[derive(GlobalPersist)]` (feature `derive`, on by
+//! default).
+//!
 //! # Layers (top to bottom)
 //!
-//! - [`Heap`], [`OpenOptions`], [`collections`]: the typed API (`heap.rs`, `options.rs`).
+//! - [`Heap`], [`OpenOptions`], [`collections`]: the typed API (`heap.rs`, `options.rs`);
+//!   [`Persist`] and [`GlobalPersist`]: what a root may hold (`persist.rs`).
 //! - [`GlobalHeap`]: the whole process's heap as `#[global_allocator]`, roots of plain std
 //!   types, reclaim of unreachable blocks at open (`global.rs`).
 //! - `engine`: one open heap: region, allocator, tracker, journal, snapshots, recovery.

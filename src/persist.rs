@@ -162,8 +162,12 @@ pub unsafe trait GlobalPersist {}
 macro_rules! both {
     ($($t:ty),* $(,)?) => {$(
         // SAFETY: plain data (or a handle valid in every run, see its item): no pointers.
+        // (`do_not_recommend`: keeps these out of the compiler's "other types implement the
+        // trait" list, which for `String` would suggest `str`.)
+        #[diagnostic::do_not_recommend]
         unsafe impl Persist for $t {}
         // SAFETY: as above.
+        #[diagnostic::do_not_recommend]
         unsafe impl GlobalPersist for $t {}
     )*};
 }

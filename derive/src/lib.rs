@@ -104,6 +104,8 @@ fn emit(
             ::snapheap::__private::#assert_fn::<#ty>();
         }
     });
+    // The unused `&Self` argument gives the function the struct's implied bounds
+    // (`T: 'a` for a field `&'a T`), which a free function would otherwise lack.
     quote! {
         // SAFETY: every field's type implements the trait whenever the type parameters do
         // (proved by the check function below), and the type is neither a union nor packed.
@@ -112,7 +114,7 @@ fn emit(
 
         const _: () = {
             #[allow(dead_code, unused_qualifications, clippy::all)]
-            fn __snapheap_check_fields #impl_generics () #where_clause {
+            fn __snapheap_check_fields #impl_generics (_: &#self_ty) #where_clause {
                 #(#checks)*
             }
         };
