@@ -7,8 +7,8 @@
 //! unsafe impl<T: Persist> Persist for S<T> {}
 //! unsafe impl<T: GlobalPersist> GlobalPersist for S<T> {}
 //! const _: () = {
-//!     fn check<T: Persist>() { assert_persist::<A>(); assert_persist::<B>(); }
-//!     fn check_global<T: GlobalPersist>() { assert_global::<A>(); assert_global::<B>(); }
+//!     fn check<T: Persist>(_: &S<T>) { assert_persist::<A>(); assert_persist::<B>(); }
+//!     fn check_global<T: GlobalPersist>(_: &S<T>) { assert_global::<A>(); assert_global::<B>(); }
 //! };
 //! ```
 //!
