@@ -4,21 +4,20 @@
 //! Synchronisation lives here, outside the persistent region: the `RwLock` that guards the
 //! root is a field of the handle, so no lock is ever captured inside the heap's image.
 //!
-//! # What may be stored in the root
+//! What a root may hold is documented on [`Heap`] ("What may be stored in the root").
 //!
-//! `T` must implement [`Persist`]: values whose bytes stay meaningful in another run of the
-//! program (see its docs for what is admitted, what is refused and why, and what remains the
-//! caller's responsibility). The root type's name, size and alignment and the user schema id
-//! are recorded at creation and checked at every open; a layout change that keeps all three is
-//! undetectable, so bump the schema id when the meaning of the data changes.
+//! # Safety
+//!
+//! The root pointer is validated at open (inside the heap, aligned) and is dereferenced only
+//! through the guards of the handle's `RwLock`, which give the usual shared/exclusive access.
 
-use crate::alloc::HeapAlloc;
 use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
+use crate::mem::alloc::HeapAlloc;
+use crate::mem::sysmem::SysBox;
 use crate::options::OpenOptions;
 use crate::persist::Persist;
 use crate::stats::Stats;
-use crate::SysBox;
 use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -47,6 +46,14 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// s.commit()?;
 /// # Ok::<(), snapheap::Error>(())
 /// ```
+///
+/// # What may be stored in the root
+///
+/// `T` must implement [`Persist`]: values whose bytes stay meaningful in another run of the
+/// program (see its docs for what is admitted, what is refused and why, and what remains the
+/// caller's responsibility). The root type's name, size and alignment and the user schema id
+/// are recorded at creation and checked at every open; a layout change that keeps all three is
+/// undetectable, so bump the schema id when the meaning of the data changes.
 pub struct Heap<T: Persist> {
     engine: Option<SysBox<Engine>>,
     lock: RwLock<()>,
@@ -111,6 +118,17 @@ impl<T: Persist + Send + Sync + 'static> Heap<T> {
             root,
             _marker: PhantomData,
         })
+    }
+}
+
+impl OpenOptions {
+    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
+    pub fn open<T: Persist + Send + Sync + 'static>(
+        &self,
+        dir: impl AsRef<Path>,
+        init: impl FnOnce(HeapAlloc) -> T,
+    ) -> Result<Heap<T>> {
+        Heap::open_with(self, dir.as_ref(), init)
     }
 }
 

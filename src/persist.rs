@@ -29,7 +29,7 @@
 //!   Trait`, locks, OS handles or thread handles, in either trait.
 
 use crate::collections::{HashMap, HashSet, PersistentState, String as HeapString};
-use crate::HeapAlloc;
+use crate::mem::alloc::HeapAlloc;
 
 /// Types whose values stay valid in a [`Heap<T>`](crate::Heap) root after a restart: they
 /// hold no pointer that is invalid in another run of the program.
@@ -247,7 +247,7 @@ both!(
 // The heap's own handle and hasher. A `HeapAlloc` is the address of its arena in the
 // control area just below the region's base; the region is mapped at its recorded base at
 // every open and the arena placed there again (`Arena::attach`), so the handle's bits name
-// the same live arena in every run (`alloc/handle.rs`). `PersistentState` is its seed, inline.
+// the same live arena in every run (`mem/alloc/handle.rs`). `PersistentState` is its seed, inline.
 both!(HeapAlloc, PersistentState, HeapString);
 
 both_generic! {
@@ -355,9 +355,9 @@ unsafe impl<T: ?Sized + GlobalPersist> GlobalPersist for std::sync::Arc<T> {}
 /// [`GlobalHeap`](crate::GlobalHeap) that is not the `#[global_allocator]` would give std's
 /// collections buffers from another allocator, and [`GlobalPersist`] would not hold. Checked
 /// once per arena (one allocation), then remembered.
-pub(crate) fn assert_installed(arena: *const crate::alloc::Arena) {
+pub(crate) fn assert_installed(arena: *const crate::mem::alloc::Arena) {
     use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
-    static CHECKED: AtomicPtr<crate::alloc::Arena> = AtomicPtr::new(std::ptr::null_mut());
+    static CHECKED: AtomicPtr<crate::mem::alloc::Arena> = AtomicPtr::new(std::ptr::null_mut());
     if std::ptr::eq(CHECKED.load(Relaxed), arena) {
         return;
     }
@@ -386,11 +386,11 @@ pub(crate) fn assert_installed(arena: *const crate::alloc::Arena) {
 pub mod __private {
     /// Compiles only if `T: Persist`; the derive calls it once per field type.
     #[inline(always)]
-    pub const fn assert_persist<T: ?Sized + super::Persist>() {}
+    pub const fn assert_persist<T: ?Sized + crate::persist::Persist>() {}
 
     /// Compiles only if `T: GlobalPersist`; the derive calls it once per field type.
     #[inline(always)]
-    pub const fn assert_global_persist<T: ?Sized + super::GlobalPersist>() {}
+    pub const fn assert_global_persist<T: ?Sized + crate::persist::GlobalPersist>() {}
 }
 
 #[cfg(test)]
