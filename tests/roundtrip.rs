@@ -7,6 +7,7 @@ use snapheap::collections::{HashMap, String, Vec};
 use snapheap::{Heap, HeapAlloc};
 use std::fmt::Write;
 
+#[derive(snapheap::Persist)]
 struct State {
     map: HashMap<u64, String>,
     blobs: Vec<Vec<u8>>,
@@ -169,6 +170,7 @@ fn two_heaps_work_side_by_side_in_one_process() {
 #[test]
 fn the_issue_api_example_compiles_and_round_trips() {
     use snapheap::{Durability, OpenOptions, Stats};
+    #[derive(snapheap::Persist)]
     struct State {
         map: HashMap<u64, String>,
         log: Vec<u64>,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub const DIR: &str = "/sim/heap";
 
 /// The root type of the harness heap.
+#[derive(snapheap::Persist)]
 pub struct Root {
     pub version: u64,
     pub blocks: HVec<HVec<u64>>,
