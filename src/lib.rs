@@ -42,7 +42,7 @@ mod sys;
 mod track;
 
 pub use alloc::HeapAlloc;
-pub use engine::{SnapshotFileState, VerifyReport};
+pub use engine::{release_detached, SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};

@@ -27,11 +27,14 @@
 //!   deleted; the others form a gap-free chain of sequence numbers starting at that snapshot.
 
 mod commit;
+mod detach;
 mod durable;
 mod open;
 mod snap;
 mod verify;
 
+pub(crate) use detach::release as release_detached_at;
+pub use detach::release_detached;
 pub use verify::{SnapshotFileState, VerifyReport};
 
 use crate::alloc::Arena;
@@ -139,6 +142,8 @@ pub(crate) struct Engine {
     counters: Counters,
     lock_file: Box<dyn VFile>,
     closed: AtomicBool,
+    /// Set by a `close` whose final commit succeeded (see `detach.rs`).
+    closed_with_commit: AtomicBool,
 }
 
 impl Engine {
@@ -223,6 +228,7 @@ impl Engine {
         let mut result = Ok(());
         if commit_and_snapshot && !self.is_poisoned() {
             result = self.commit_inner(false).map(drop);
+            self.closed_with_commit.store(result.is_ok(), Ordering::Release);
         }
         {
             let mut cs = lock(&self.commit);
@@ -248,7 +254,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close(false);
-        // The region (and with it every mapping of the heap) is unmapped when `grow` drops,
-        // after the allocator was closed above, so stale `HeapAlloc`s no longer touch it.
+        // The region stays mapped: values allocated from the heap may outlive the handle.
+        // `detach` moves it (and the armed tracker) to the list of detached heaps, leaving an
+        // inert region in `grow`; only an explicit, unsafe release unmaps it.
+        detach::detach(self);
     }
 }

@@ -124,6 +124,10 @@ impl Engine {
         }
 
         let meta_path = dir.join("meta");
+        // The memory of this heap's earlier handle in this process, when it is still mapped
+        // (`detach.rs`): recovery then only checks that the files end exactly where that
+        // memory is, and adopts it instead of mapping the files over it.
+        let mut adopting: Option<super::detach::Taken> = None;
         let (meta, mut region) = match read_file(&*vfs, &meta_path, META_LEN)? {
             Some(bytes) => {
                 let meta = Meta::decode(&bytes).map_err(|e| match e {
@@ -135,7 +139,24 @@ impl Engine {
                     )),
                 })?;
                 fp.check(&meta)?;
-                let region = Region::reserve(meta.base as usize, meta.max_size as usize)?;
+                let region = match super::detach::take(meta.base as usize) {
+                    Some(t) => {
+                        let refuse = |reason: &str| Error::Detached {
+                            dir: dir.clone(),
+                            reason: reason.to_string(),
+                        };
+                        if let Some(why) = t.get().refuse {
+                            return Err(refuse(why));
+                        }
+                        if t.get().heap_id != meta.heap_id {
+                            return Err(refuse("the directory now holds another heap at the same address"));
+                        }
+                        let r = t.shadow();
+                        adopting = Some(t);
+                        r
+                    }
+                    None => Region::reserve(meta.base as usize, meta.max_size as usize)?,
+                };
                 (meta, region)
             }
             None => create_meta(&*vfs, &dir, opts, fp)?,
@@ -162,7 +183,7 @@ impl Engine {
         if let Some(n) = newest {
             let h = snaps[n].expect("newest is valid");
             let f = &snap_files[n];
-            if h.extent > 0 {
+            if h.extent > 0 && adopting.is_none() {
                 map_snapshot(&mut region, &**f, h.extent as usize, &dir.join(SNAPSHOT_FILES[n]))?;
             }
             prev_interval = read_dirty_bitmap(&**f, &h, base, meta.max_size as usize);
@@ -219,9 +240,20 @@ impl Engine {
                         format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
                     ));
                 }
-                region
-                    .grow(g.extent as usize)
-                    .map_err(io_err("mmap (grow heap)", &scan.path))?;
+                if adopting.is_none() {
+                    region
+                        .grow(g.extent as usize)
+                        .map_err(io_err("mmap (grow heap)", &scan.path))?;
+                } else if g.extent as usize > region.extent() {
+                    return Err(Error::Detached {
+                        dir: dir.clone(),
+                        reason: format!(
+                            "its files describe {:#x} bytes, more than the {:#x} bytes still mapped",
+                            g.extent,
+                            region.extent()
+                        ),
+                    });
+                }
                 for run in &scan.runs[g.runs.clone()] {
                     if run.region_offset % sys::OS_PAGE as u64 != 0
                         || run.len % sys::OS_PAGE as u64 != 0
@@ -237,6 +269,15 @@ impl Engine {
                         ));
                     }
                     let addr = base + run.region_offset as usize;
+                    if adopting.is_some() {
+                        // The memory already holds these pages (checked by the commit number
+                        // below); read them anyway so damage is reported as on any open.
+                        let mut scratch = vec![0u8; run.len as usize];
+                        read_run(&*f, &scan.path, run, &mut scratch)?;
+                        replayed.push((addr, addr + run.len as usize));
+                        replayed_pages += run.len / sys::OS_PAGE as u64;
+                        continue;
+                    }
                     // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
                     // and nothing has been handed out yet, so no reference aliases it.
                     let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
@@ -279,6 +320,18 @@ impl Engine {
             }
         }
 
+        if let Some(t) = &adopting {
+            if t.get().seq != expect_seq {
+                return Err(Error::Detached {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "its files changed since: they end at commit {expect_seq}, the memory still mapped holds commit {}",
+                        t.get().seq
+                    ),
+                });
+            }
+        }
+
         // Journal writer.
         let journal = match scans.last() {
             Some(last) => JournalWriter::resume(&*vfs, last)?,
@@ -286,16 +339,28 @@ impl Engine {
         };
 
         // Tracking, allocator (attached last: nothing after it can fail).
-        let mut tracker = Tracker::new(opts.force_all_dirty);
         let fresh = !any_state;
-        if fresh {
-            region.grow(SEGMENT).map_err(io_err("mmap (first segment)", &dir))?;
-        }
-        if region.extent() > 0 {
-            tracker
-                .arm(base, base + region.extent())
-                .map_err(io_err("userfaultfd (arm)", &dir))?;
-        }
+        let tracker = match adopting.take() {
+            // Adopted: the tracker is armed on the whole extent and reports every page
+            // written since the commit the files end at (checked above).
+            Some(t) => {
+                let (r, tracker) = t.adopt();
+                region = r;
+                tracker
+            }
+            None => {
+                let mut tracker = Tracker::new(opts.force_all_dirty);
+                if fresh {
+                    region.grow(SEGMENT).map_err(io_err("mmap (first segment)", &dir))?;
+                }
+                if region.extent() > 0 {
+                    tracker
+                        .arm(base, base + region.extent())
+                        .map_err(io_err("userfaultfd (arm)", &dir))?;
+                }
+                tracker
+            }
+        };
         let grow = SysBox::new_in(
             GrowCtx {
                 region: Mutex::new(region),
@@ -366,6 +431,7 @@ impl Engine {
             counters,
             lock_file,
             closed: AtomicBool::new(false),
+            closed_with_commit: AtomicBool::new(false),
         };
         let engine = SysBox::new_in(engine, System);
         if opts.durability == Durability::Eventual {
