@@ -32,12 +32,12 @@
 use super::{lock, Engine};
 use crate::error::{Error, Result};
 use crate::format::meta::{Meta, META_LEN};
+use crate::options::OpenOptions;
 use crate::region::Region;
 use crate::sys::{self, OS_PAGE};
 use crate::track::Tracker;
 use crate::SysVec;
 use std::alloc::System;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -53,6 +53,10 @@ pub(crate) struct DetachedHeap {
     pub(super) heap_id: u64,
     /// The last commit of the detached heap (durable when `refuse` is `None`).
     pub(super) seq: u64,
+    /// [`journal_digest`] of the last journal at detach: tells this heap's durable state at
+    /// `seq` from another lineage that reached the same `seq` (a restored backup, another
+    /// crash image of a simulated disk).
+    pub(super) digest: Option<u64>,
     /// Why a reopen must not adopt this memory, if it must not.
     pub(super) refuse: Option<&'static str>,
 }
@@ -78,16 +82,43 @@ pub(super) fn detach(e: &Engine) {
         None
     };
     privatise_file_pages(&region);
+    let digest = {
+        let cs = lock(&e.commit);
+        journal_digest(&*cs.journal.file(), cs.journal.end())
+    };
     let entry = DetachedHeap {
         region,
         tracker,
         heap_id: e.meta.heap_id,
         seq: last_seq,
+        digest,
         refuse,
     };
     let mut list = lock(&DETACHED);
     debug_assert!(list.iter().all(|d| d.region.base() != base));
     list.push(entry);
+}
+
+/// A 64-bit digest (FNV-1a) of the journal file's first `end` bytes: its header (id, start
+/// and the random salt chosen when it was created) and every complete commit group in it.
+/// `None` when the file cannot be read. Costs one read of the journal (after a `close` that
+/// took a snapshot, only its header).
+pub(super) fn journal_digest(f: &dyn crate::io::VFile, end: u64) -> Option<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < end {
+        let n = ((end - off) as usize).min(buf.len());
+        let got = f.read_at(&mut buf[..n], off).ok()?;
+        if got == 0 {
+            return None;
+        }
+        for &b in &buf[..got] {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        off += got as u64;
+    }
+    Some(h)
 }
 
 /// Whether the tracker reports any page of `[base, base + extent)` written since the last
@@ -210,7 +241,8 @@ pub(crate) unsafe fn release(base: usize) -> bool {
 /// earlier [`Heap::close`](crate::Heap::close) or drop of its handle, so that the next open
 /// maps the heap from its files even when they changed since (or the handle was dropped with
 /// uncommitted changes; see [`Error::Detached`]). Returns `Ok(false)` when this process holds
-/// no such memory for that heap. Reads only the heap's `meta` file.
+/// no such memory for that heap. Reads only the heap's `meta` file. Same as
+/// [`OpenOptions::release_detached`] with the default options (the real file system).
 ///
 /// Values allocated from the heap stay valid after a close, because its memory stays mapped
 /// until the process exits; this call unmaps it.
@@ -221,18 +253,25 @@ pub(crate) unsafe fn release(base: usize) -> bool {
 /// out of its root) is used or dropped after this call. `HeapAlloc` handles themselves stay
 /// harmless (allocation through them fails).
 pub unsafe fn release_detached(dir: impl AsRef<Path>) -> Result<bool> {
-    let path = dir.as_ref().join("meta");
-    let mut bytes = Vec::with_capacity(META_LEN);
-    std::fs::File::open(&path)
-        .and_then(|f| f.take(META_LEN as u64).read_to_end(&mut bytes))
-        .map_err(|e| Error::io("read", &path, e))?;
-    let meta = Meta::decode(&bytes).map_err(|_| Error::corrupt(&path, 0, "meta file does not decode"))?;
     // SAFETY: forwarded contract.
-    Ok(unsafe { release(meta.base as usize) })
+    unsafe { OpenOptions::new().release_detached(dir) }
 }
 
-/// Whether this process holds a detached heap at `base` (tests).
-#[cfg(test)]
-pub(crate) fn is_detached(base: usize) -> bool {
-    lock(&DETACHED).iter().any(|d| d.region.base() == base)
+impl OpenOptions {
+    /// [`release_detached`](crate::release_detached) for a heap on these options' file
+    /// system (the `meta` file is read through [`OpenOptions::vfs`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`release_detached`](crate::release_detached).
+    pub unsafe fn release_detached(&self, dir: impl AsRef<Path>) -> Result<bool> {
+        let path = dir.as_ref().join("meta");
+        let f = self.vfs.open(&path, false).map_err(|e| Error::io("open", &path, e))?;
+        let mut bytes = vec![0u8; META_LEN];
+        let n = f.read_at(&mut bytes, 0).map_err(|e| Error::io("read", &path, e))?;
+        bytes.truncate(n);
+        let meta = Meta::decode(&bytes).map_err(|_| Error::corrupt(&path, 0, "meta file does not decode"))?;
+        // SAFETY: forwarded contract.
+        Ok(unsafe { release(meta.base as usize) })
+    }
 }

@@ -320,23 +320,28 @@ impl Engine {
             }
         }
 
-        if let Some(t) = &adopting {
-            if t.get().seq != expect_seq {
-                return Err(Error::Detached {
-                    dir: dir.clone(),
-                    reason: format!(
-                        "its files changed since: they end at commit {expect_seq}, the memory still mapped holds commit {}",
-                        t.get().seq
-                    ),
-                });
-            }
-        }
-
         // Journal writer.
         let journal = match scans.last() {
             Some(last) => JournalWriter::resume(&*vfs, last)?,
             None => JournalWriter::create(&*vfs, &dir, meta.heap_id, first_journal, start_seq)?,
         };
+
+        if let Some(t) = &adopting {
+            let d = t.get();
+            let same = d.seq == expect_seq
+                && d.digest.is_some()
+                && d.digest == super::detach::journal_digest(&*journal.file(), journal.end());
+            if !same {
+                return Err(Error::Detached {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "its files changed since (they end at commit {expect_seq}, the memory still mapped holds commit {}{})",
+                        d.seq,
+                        if d.seq == expect_seq { " of another history" } else { "" }
+                    ),
+                });
+            }
+        }
 
         // Tracking, allocator (attached last: nothing after it can fail).
         let fresh = !any_state;
