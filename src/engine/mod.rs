@@ -6,6 +6,8 @@
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snap.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `detach.rs`: what stays of a closed heap (its memory, still mapped for values that
+//!   outlived the handle) and adopting it at a reopen in the same process.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
