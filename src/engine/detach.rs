@@ -30,13 +30,14 @@
 //! (`MADV_POPULATE_WRITE`), which changes no contents.
 
 use super::{lock, Engine};
+use crate::disk::format::meta::{Meta, META_LEN};
+use crate::disk::journal::JournalWriter;
 use crate::error::{Error, Result};
-use crate::format::meta::{Meta, META_LEN};
+use crate::mem::region::Region;
+use crate::mem::sysmem::SysVec;
+use crate::mem::track::Tracker;
 use crate::options::OpenOptions;
-use crate::region::Region;
 use crate::sys::{self, OS_PAGE};
-use crate::track::Tracker;
-use crate::SysVec;
 use std::alloc::System;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -196,6 +197,41 @@ impl Taken {
         self.0.as_ref().expect("taken")
     }
 
+    /// Recovery step 2 for a detached heap: refuses early when the memory must not be adopted
+    /// whatever the files say.
+    pub(super) fn check_adoptable(&self, dir: &Path, meta: &Meta) -> Result<()> {
+        let d = self.get();
+        if let Some(why) = d.refuse {
+            return Err(refuse(dir, why.to_string()));
+        }
+        if d.heap_id != meta.heap_id {
+            return Err(refuse(
+                dir,
+                "the directory now holds another heap at the same address".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After recovery step 4: the files must end exactly where the memory is (same commit,
+    /// same last journal bytes), or adopting would pair the memory with another state.
+    pub(super) fn check_same_state(&self, dir: &Path, journal: &JournalWriter) -> Result<()> {
+        let d = self.get();
+        let seq = journal.next_seq() - 1;
+        let same = d.seq == seq && d.digest.is_some() && d.digest == journal_digest(&*journal.file(), journal.end());
+        if same {
+            return Ok(());
+        }
+        Err(refuse(
+            dir,
+            format!(
+                "its files changed since (they end at commit {seq}, the memory still mapped holds commit {}{})",
+                d.seq,
+                if d.seq == seq { " of another history" } else { "" }
+            ),
+        ))
+    }
+
     /// Adopts the memory: the region (left mapped if the open still fails) and its tracker.
     pub(super) fn adopt(mut self) -> (Region, Tracker) {
         let d = self.0.take().expect("taken");
@@ -210,6 +246,13 @@ impl Drop for Taken {
         if let Some(d) = self.0.take() {
             lock(&DETACHED).push(d);
         }
+    }
+}
+
+fn refuse(dir: &Path, reason: String) -> Error {
+    Error::Detached {
+        dir: dir.to_path_buf(),
+        reason,
     }
 }
 
