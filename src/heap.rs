@@ -191,11 +191,49 @@ impl<T: Persist> Heap<T> {
     /// Commits any changes, takes a snapshot if the journal is not empty (so the next open
     /// replays nothing), and releases the heap. Dropping a `Heap` without `close` releases it
     /// without committing (like a crash, which is always safe).
+    ///
+    /// The heap's memory stays mapped until the process exits: values allocated from it that
+    /// outlive the handle (collections outside the root, values moved out of it) stay valid
+    /// (allocating through them fails, freeing does nothing, writes are not persisted). A later
+    /// open of the same heap in this process takes that memory over; see
+    /// [`Error::Detached`] for when it cannot, and [`Heap::close_and_release`] to unmap it.
     pub fn close(mut self) -> Result<()> {
         let engine = self.engine.take().expect("engine present until close");
         let r = engine.close(true);
         drop(engine);
         r
+    }
+
+    /// [`close`](Heap::close), then unmaps the heap's memory, which a closed heap otherwise
+    /// keeps until the process exits; the next open in this process maps the heap from its
+    /// files.
+    ///
+    /// # Safety
+    ///
+    /// No value allocated from this heap (through [`Heap::alloc`] or a guard's `alloc`, or
+    /// moved out of the root) is used or dropped after this call.
+    pub unsafe fn close_and_release(self) -> Result<()> {
+        let base = self.engine().base();
+        let r = self.close();
+        // SAFETY: forwarded contract.
+        unsafe { crate::engine::release_detached_at(base) };
+        r
+    }
+
+    /// Drops the handle without committing (as a crash would) and unmaps the heap's memory, so
+    /// that the next open in this process recovers the last durable state from the files, as a
+    /// restart would. A plain drop keeps the memory mapped for values that outlive the handle,
+    /// and a reopen in this process then refuses with [`Error::Detached`] if there were
+    /// uncommitted changes.
+    ///
+    /// # Safety
+    ///
+    /// As for [`close_and_release`](Heap::close_and_release).
+    pub unsafe fn drop_and_release(self) {
+        let base = self.engine().base();
+        drop(self);
+        // SAFETY: forwarded contract.
+        unsafe { crate::engine::release_detached_at(base) };
     }
 }
 

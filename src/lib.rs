@@ -63,7 +63,7 @@ mod persist;
 mod stats;
 mod sys;
 
-pub use engine::{SnapshotFileState, VerifyReport};
+pub use engine::{release_detached, SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
