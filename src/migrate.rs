@@ -29,6 +29,7 @@ use crate::engine::{Engine, Fingerprint};
 use crate::error::{Error, Result};
 use crate::mem::alloc::{Arena, HeapAlloc};
 use crate::options::OpenOptions;
+use crate::persist::Persist;
 use std::alloc::Layout;
 use std::sync::Arc;
 
@@ -104,9 +105,11 @@ impl OpenOptions {
     ///
     /// ```no_run
     /// use snapheap::collections::{HashMap, String};
-    /// use snapheap::{HeapAlloc, OpenOptions};
+    /// use snapheap::{HeapAlloc, OpenOptions, Persist};
     ///
+    /// #[derive(Persist)]
     /// struct StateV1 { names: HashMap<u64, String> }
+    /// #[derive(Persist)]
     /// struct StateV2 { names: HashMap<u64, String>, visits: u64 }
     ///
     /// let heap = OpenOptions::new()
@@ -136,8 +139,8 @@ impl OpenOptions {
         f: impl Fn(Old, HeapAlloc) -> New + Send + Sync + 'static,
     ) -> &mut Self
     where
-        Old: Send + Sync + 'static,
-        New: Send + Sync + 'static,
+        Old: Persist + Send + Sync + 'static,
+        New: Persist + Send + Sync + 'static,
     {
         let run = move |old_ptr: usize, arena: &'static Arena| -> Result<usize> {
             // SAFETY: the chain search matched the recorded root with `Old`'s fingerprint and

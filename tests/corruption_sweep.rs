@@ -90,7 +90,7 @@ fn commit(heap: &Heap<Root>, rng: &mut Rng, model: &mut Model) {
 fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..3 {
         commit(&heap, &mut rng, &mut model);
@@ -114,7 +114,7 @@ fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
 fn build_journal_only(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..7 {
         commit(&heap, &mut rng, &mut model);
@@ -130,7 +130,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
     {
-        let heap = options().open(dir, Root::new_in).unwrap();
+        let heap = released(options().open(dir, Root::new_in)).unwrap();
         record(&heap, &mut model);
         for _ in 0..2 {
             commit(&heap, &mut rng, &mut model);
@@ -143,7 +143,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     }
     let mut o = options();
     o.test_snapshot_stop_after(Some(6)); // pages, bitmap and their sync; no valid header
-    let heap = o.open(dir, Root::new_in).unwrap();
+    let heap = released(o.open(dir, Root::new_in)).unwrap();
     commit(&heap, &mut rng, &mut model);
     change(&heap, &mut rng);
     let _ = heap.snapshot(); // the writer "dies": reported or not, the journal rotated
@@ -520,10 +520,10 @@ impl Outcome {
 
 fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit: bool) -> Outcome {
     let init_ran = std::cell::Cell::new(false);
-    let heap = match options().open(dir, |a| {
+    let heap = match released(options().open(dir, |a| {
         init_ran.set(true);
         Root::new_in(a)
-    }) {
+    })) {
         Ok(h) => h,
         Err(Error::Corrupt { .. }) => return Outcome::Corrupt,
         Err(Error::Incompatible { .. }) => return Outcome::Incompatible,
@@ -559,7 +559,7 @@ fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit
             Err(e) => return Outcome::Wrong(format!("commit after recovering {seq} failed: {e}")),
         };
         drop(heap);
-        let heap = match options().open(dir, Root::new_in) {
+        let heap = match released(options().open(dir, Root::new_in)) {
             Ok(h) => h,
             Err(e) => return Outcome::Wrong(format!("reopen after a commit on recovered {seq} failed: {e}")),
         };
@@ -940,7 +940,7 @@ fn sweep_driver_reports_planted_panic_crash_hang_and_wrong_content() {
 
 /// A heap with a snapshot (generation 1 in `snapshot-0`) and an empty journal after it.
 fn snapshotted_heap(dir: &Path) -> PathBuf {
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     heap.write().extend(0..1000u64);
     heap.snapshot().unwrap();
     drop(heap);
@@ -965,7 +965,7 @@ fn patch(path: &Path, off: u64, bytes: &[u8], reseal: bool) {
 }
 
 fn expect_corrupt(dir: &Path, case: &str) {
-    match options().open(dir, Root::new_in) {
+    match released(options().open(dir, Root::new_in)) {
         Err(Error::Corrupt { what, .. }) => println!("{case}: {what}"),
         Err(e) => panic!("{case}: expected Error::Corrupt, got {e}"),
         Ok(_) => panic!("{case}: opened"),

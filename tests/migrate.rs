@@ -109,7 +109,7 @@ fn a_chain_skips_a_release_and_runs_both_steps_in_one_open() {
     assert_eq!(big_addr(&h.read().big), addr);
     assert_eq!(h.stats().commit_seq, seq + 1, "the whole chain is one commit");
     h.verify().unwrap();
-    drop(h);
+    h.close().unwrap();
     let h: Heap<v3::State> = options(3).open(&dir, |_| unreachable!()).unwrap();
     check_v3(&h.read(), 1000);
 }
@@ -143,7 +143,7 @@ fn a_missing_step_is_incompatible_and_names_the_stored_type_and_the_offered_step
         "{msg}"
     );
     // Nothing was committed: v1 still opens with its data.
-    let h = options(1).open(&dir, |_| unreachable!()).unwrap();
+    let h = options(1).open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 10);
     h.verify().unwrap();
 }
@@ -167,12 +167,18 @@ fn a_panicking_migration_fails_the_open_and_commits_nothing() {
     let msg = e.to_string();
     assert!(matches!(e, Error::MigrationFailed { .. }), "{msg}");
     assert!(msg.contains("boom in the middle") && msg.contains("v1::State"), "{msg}");
+    // In this process the half-migrated memory stays mapped (values could still point into
+    // it), so a reopen here is refused until it is released ...
+    let e = options(1).open::<v1::State>(&dir, |_| unreachable!()).err().unwrap();
+    assert!(matches!(e, Error::Detached { .. }), "{e}");
+    // SAFETY: the failed migration's values were dropped while unwinding; none escaped.
+    assert!(unsafe { snapheap::release_detached(&dir) }.unwrap());
     // The durable state is the one from before: v1 opens unchanged, nothing was committed.
-    let h = options(1).open(&dir, |_| unreachable!()).unwrap();
+    let h = options(1).open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 5000);
     assert_eq!(h.stats().commit_seq, seq);
     h.verify().unwrap();
-    drop(h);
+    h.close().unwrap();
     // And the good migration then runs.
     let h: Heap<v2::State> = options(2).open(&dir, |_| unreachable!()).unwrap();
     check_v2(&h.read(), 5000);
@@ -198,7 +204,7 @@ fn the_schema_alone_selects_a_step_when_the_type_keeps_its_name() {
     assert_eq!(*h.read(), 700);
     let info = h.root_info().unwrap();
     assert_eq!((info.schema.as_str(), info.migrations), ("s2", 1));
-    drop(h);
+    h.close().unwrap();
     // Reopening with the same options does not run the step again.
     assert_eq!(*o.open(&dir, |_| 0u64).unwrap().read(), 700);
 }
@@ -227,7 +233,7 @@ fn a_format_1_heap_is_upgraded_at_its_first_open_and_can_migrate_in_the_same_ope
     check_v2(&h.read(), 3000);
     assert_eq!(big_addr(&h.read().big), addr);
     h.verify().unwrap();
-    drop(h);
+    h.close().unwrap();
     assert_eq!(meta_version(&dir), 2);
     let h: Heap<v2::State> = options(2).open(&dir, |_| unreachable!()).unwrap();
     check_v2(&h.read(), 3000);
@@ -242,21 +248,21 @@ fn an_upgrade_interrupted_between_the_record_commit_and_the_meta_rewrite_complet
     o.open(&dir, |a| init_v1(a, 100)).unwrap().close().unwrap();
     let format_1_meta = std::fs::read(dir.join("meta")).unwrap();
     // Upgrade step 1 (the record committed durably) and step 2 (meta rewritten) ...
-    let h = options(1).open(&dir, |_| unreachable!()).unwrap();
+    let h = options(1).open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 100);
-    drop(h);
+    h.close().unwrap();
     assert_eq!(meta_version(&dir), 2);
     // ... then put the format-1 meta back: the state a crash between the steps leaves.
     std::fs::write(dir.join("meta"), &format_1_meta).unwrap();
     // The previous release's code (format 1) still opens it: it ignores the record.
-    let h = o.open(&dir, |_| unreachable!()).unwrap();
+    let h = o.open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 100);
-    drop(h);
+    h.close().unwrap();
     // This release reuses the record and finishes the upgrade.
-    let h = options(1).open(&dir, |_| unreachable!()).unwrap();
+    let h = options(1).open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 100);
     h.verify().unwrap();
-    drop(h);
+    h.close().unwrap();
     assert_eq!(meta_version(&dir), 2);
     let h: Heap<v3::State> = options(3).open(&dir, |_| unreachable!()).unwrap();
     check_v3(&h.read(), 100);
@@ -272,6 +278,8 @@ fn a_new_format_1_heap_whose_creator_died_before_its_first_commit_is_created_in_
     // Drop without commit after creation is not possible through the API (open commits),
     // so make a format-1 meta with an empty image: create, then remove every commit.
     o.open(&dir, |a| init_v1(a, 1)).unwrap().close().unwrap();
+    // SAFETY: every value of that heap was in its root, and the handle is closed.
+    unsafe { snapheap::release_detached(&dir) }.unwrap();
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let n = e.file_name().into_string().unwrap();
         if n.starts_with("journal-") || n.starts_with("snapshot-") {
@@ -280,8 +288,8 @@ fn a_new_format_1_heap_whose_creator_died_before_its_first_commit_is_created_in_
     }
     let h = options(1).open(&dir, |a| init_v1(a, 50)).unwrap();
     check_v1(&h.read(), 50);
-    drop(h);
+    h.close().unwrap();
     assert_eq!(meta_version(&dir), 2);
-    let h = options(1).open(&dir, |_| unreachable!()).unwrap();
+    let h = options(1).open::<v1::State>(&dir, |_| unreachable!()).unwrap();
     check_v1(&h.read(), 50);
 }

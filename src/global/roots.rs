@@ -16,6 +16,7 @@ use super::{unsafe_arena, GlobalHeap};
 use crate::disk::format::meta::fnv1a;
 use crate::engine::lock;
 use crate::mem::alloc::{Arena, SLICE};
+use crate::persist::GlobalPersist;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
@@ -95,14 +96,17 @@ impl GlobalHeap {
     ///
     /// Panics if the heap also holds a root of type `New` already, or if the recorded root's
     /// size or alignment differ from `Old`'s.
-    pub fn migrate_root<Old: Send + 'static, New: Send + 'static>(&self, f: impl FnOnce(Old) -> New) -> bool {
+    pub fn migrate_root<Old: GlobalPersist + Send + 'static, New: GlobalPersist + Send + 'static>(
+        &self,
+        f: impl FnOnce(Old) -> New,
+    ) -> bool {
         self.migrate_root_named::<Old, New>(std::any::type_name::<Old>(), f)
     }
 
     /// As [`migrate_root`](GlobalHeap::migrate_root), for an old root recorded under the type
     /// name `old_type_name` (`std::any::type_name` of the old release's type, e.g.
     /// `"app::State"` when this release renamed it `app::v1::State`).
-    pub fn migrate_root_named<Old: Send + 'static, New: Send + 'static>(
+    pub fn migrate_root_named<Old: GlobalPersist + Send + 'static, New: GlobalPersist + Send + 'static>(
         &self,
         old_type_name: &str,
         f: impl FnOnce(Old) -> New,

@@ -6,10 +6,11 @@
 #![allow(dead_code)]
 
 use snapheap::collections::{HashMap, String, Vec};
-use snapheap::{HeapAlloc, OpenOptions};
+use snapheap::{HeapAlloc, OpenOptions, Persist};
 
 pub mod v1 {
     use super::*;
+    #[derive(Persist)]
     pub struct State {
         pub counter: u64,
         pub name: String,
@@ -21,6 +22,7 @@ pub mod v1 {
 
 pub mod v2 {
     use super::*;
+    #[derive(Persist)]
     pub struct State {
         pub counter: u64,
         pub name: String,
@@ -32,6 +34,7 @@ pub mod v2 {
 
 pub mod v3 {
     use super::*;
+    #[derive(Persist)]
     pub struct State {
         pub counter: u64,
         pub name: String,
