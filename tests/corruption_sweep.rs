@@ -1001,3 +1001,47 @@ fn allocator_extent_beyond_the_recovered_image_is_corrupt_not_a_crash() {
     patch(&snap, header + 256, &3u64.to_le_bytes(), false);
     expect_corrupt(&dir, "allocator extent of two segments in a one-segment image");
 }
+
+#[test]
+fn every_damaged_byte_of_the_root_record_and_its_pointers_is_corrupt_not_a_crash() {
+    let _serial = serial();
+    let scratch = SweepDir::new("root-record");
+    let dir = scratch.0.join("heap");
+    let snap = snapshotted_heap(&dir);
+    let image = std::fs::read(&snap).unwrap();
+    let base = u64_at(&std::fs::read(dir.join("meta")).unwrap(), 24);
+    // The arena header at 8192 of the image keeps `user_words` at 64: word 0 is the root
+    // pointer, word 2 the root record's address (docs/design.md, "Root record").
+    let words = PAGE + 8192 + 64;
+    let record = u64_at(&image, (words + 16) as usize);
+    assert!(record > base, "the heap has a root record");
+    let at = PAGE + (record - base);
+    let mut cases = 0;
+    let mut check = |off: u64, new: u8, what: &str| {
+        let old = image[off as usize];
+        if new == old {
+            return;
+        }
+        patch(&snap, off, &[new], false);
+        expect_corrupt(&dir, what);
+        patch(&snap, off, &[old], false);
+        cases += 1;
+    };
+    for i in 0..448u64 {
+        let old = image[(at + i) as usize];
+        check(at + i, old ^ (1 << (i % 8)), &format!("root record byte {i} flipped"));
+        if i % 7 == 0 {
+            check(at + i, 0xff, &format!("root record byte {i} set to 0xff"));
+        }
+    }
+    for (word, name) in [(0u64, "root pointer"), (2, "root record pointer")] {
+        for bit in 0..64u64 {
+            let off = words + 8 * word + bit / 8;
+            let old = image[off as usize];
+            check(off, old ^ (1 << (bit % 8)), &format!("{name} bit {bit} flipped"));
+        }
+    }
+    println!("{cases} damaged root-record cases, each Error::Corrupt");
+    // Undamaged again, the heap opens.
+    released(options().open(&dir, Root::new_in)).unwrap().close().unwrap();
+}
