@@ -37,6 +37,37 @@ pub const RECORD_HEADER_LEN: usize = jf::RECORD_HEADER_LEN;
 pub const FIRST_RECORD_OFFSET: u64 = jf::FIRST_RECORD_OFFSET;
 /// Offset of the meta header checksum.
 pub const META_CRC_OFFSET: usize = crate::disk::format::meta::CRC_OFFSET;
+/// Offset of the root record checksum, and the record's length.
+pub const ROOT_RECORD_CRC_OFFSET: usize = crate::disk::format::root::ROOT_CRC_OFFSET;
+/// Length of a root record.
+pub const ROOT_RECORD_LEN: usize = crate::disk::format::root::ROOT_RECORD_LEN;
+
+/// A decoded root record (`format::root::RootRecord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRecordFields {
+    /// Address of the root.
+    pub root: u64,
+    /// Alignment of the root type.
+    pub align: u64,
+    /// The root type's name.
+    pub type_name: String,
+    /// The schema id.
+    pub schema: String,
+}
+
+/// Decodes a root record (`format::root::RootRecord::decode`); on success also checks that
+/// encoding the result gives back the input's first bytes.
+pub fn root_record(b: &[u8]) -> Result<RootRecordFields, (u64, String)> {
+    let r = crate::disk::format::root::RootRecord::decode(b).map_err(|(off, what)| (off as u64, what))?;
+    assert_eq!(&r.encode()[..], &b[..ROOT_RECORD_LEN], "decode and encode disagree");
+    Ok(RootRecordFields {
+        root: r.root,
+        align: r.align,
+        type_name: r.type_name,
+        schema: r.schema,
+    })
+}
+
 /// Offset of the snapshot header checksum.
 pub const SNAPSHOT_CRC_OFFSET: usize = crate::disk::format::snapshot::CRC_OFFSET;
 
@@ -188,6 +219,21 @@ pub fn snapshot_header(b: &[u8], heap_id: u64, max_size: u64) -> Result<Snapshot
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_root_record_seed_decodes() {
+        let seed = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/root_record/valid-record"
+        ))
+        .unwrap();
+        let r = root_record(&seed[1..]).unwrap();
+        assert_eq!((r.type_name.as_str(), r.schema.as_str()), ("app::v2::State", "app-v2"));
+        let mut damaged = seed[1..].to_vec();
+        damaged[70] ^= 1;
+        assert!(root_record(&damaged).is_err());
+    }
+
     use super::*;
 
     #[test]
