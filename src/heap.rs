@@ -55,7 +55,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// `T` must implement [`Persist`]: values whose bytes stay meaningful in another run of the
 /// program (see its docs for what is admitted, what is refused and why, and what remains the
 /// caller's responsibility). The root type's name, size and alignment and the user schema id
-/// are recorded at creation and checked at every open; a layout change that keeps all three is
+/// are committed with the root (its root record) and checked at every open (a changed type
+/// is converted by [`OpenOptions::migrate`]); a layout change that keeps all three is
 /// undetectable, so bump the schema id when the meaning of the data changes.
 pub struct Heap<T: Persist> {
     engine: Option<SysBox<Engine>>,
