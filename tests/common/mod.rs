@@ -138,14 +138,14 @@ pub fn line_reader(
 /// the next open in this process recovers from the files, as after a crash, instead of
 /// refusing with `Error::Detached`. For tests that keep every value they allocate in the
 /// root (the `unsafe` contract of the release).
-pub struct Released<T>(Option<snapheap::Heap<T>>);
+pub struct Released<T: snapheap::Persist>(Option<snapheap::Heap<T>>);
 
 /// Wraps the result of an open in [`Released`].
-pub fn released<T>(r: snapheap::Result<snapheap::Heap<T>>) -> snapheap::Result<Released<T>> {
+pub fn released<T: snapheap::Persist>(r: snapheap::Result<snapheap::Heap<T>>) -> snapheap::Result<Released<T>> {
     r.map(|h| Released(Some(h)))
 }
 
-impl<T> Released<T> {
+impl<T: snapheap::Persist> Released<T> {
     /// Closes the heap (commit and snapshot), then releases its memory.
     pub fn close(mut self) -> snapheap::Result<()> {
         let h = self.0.take().expect("open");
@@ -154,14 +154,14 @@ impl<T> Released<T> {
     }
 }
 
-impl<T> std::ops::Deref for Released<T> {
+impl<T: snapheap::Persist> std::ops::Deref for Released<T> {
     type Target = snapheap::Heap<T>;
     fn deref(&self) -> &snapheap::Heap<T> {
         self.0.as_ref().expect("open")
     }
 }
 
-impl<T> Drop for Released<T> {
+impl<T: snapheap::Persist> Drop for Released<T> {
     fn drop(&mut self) {
         if let Some(h) = self.0.take() {
             // SAFETY: the tests using this keep every heap value in the root.
