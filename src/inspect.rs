@@ -57,7 +57,13 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at byte offset {}: {}", self.file.display(), self.offset, self.what)
+        write!(
+            f,
+            "{} at byte offset {}: {}",
+            self.file.display(),
+            self.offset,
+            self.what
+        )
     }
 }
 
@@ -216,7 +222,11 @@ pub struct GroupInfo {
 impl GroupInfo {
     /// Pages stored as whole images.
     pub fn full_pages(&self) -> u64 {
-        self.runs.iter().filter(|r| r.kind == RunKind::Full).map(|r| r.pages).sum()
+        self.runs
+            .iter()
+            .filter(|r| r.kind == RunKind::Full)
+            .map(|r| r.pages)
+            .sum()
     }
 }
 
@@ -262,7 +272,9 @@ pub struct CheckReport {
     pub groups: u64,
     /// Pages replayed into the private image.
     pub pages_replayed: u64,
-    /// The last commit of the recovered image (0 for an empty heap).
+    /// Whether the image was rebuilt (false when the journal chain is broken or unreadable).
+    pub replayed: bool,
+    /// The last commit of the recovered image (0 for an empty heap or when not replayed).
     pub last_seq: u64,
     /// The allocator invariant check's counts, when it ran and passed.
     pub allocator: Option<AllocatorCounts>,
@@ -437,7 +449,10 @@ impl Inspector {
         // Snapshot files: dirty bitmaps of every valid one, the newest one's data in full.
         for (i, s) in snaps.iter().enumerate() {
             if let SnapshotState::Valid { extent, .. } = s.state {
-                let f = self.vfs.open(&s.path, false).map_err(|e| Error::io("open", &s.path, e))?;
+                let f = self
+                    .vfs
+                    .open(&s.path, false)
+                    .map_err(|e| Error::io("open", &s.path, e))?;
                 if let Some(p) = check_bitmap(&*f, &s.path, extent)? {
                     r.problems.push(p);
                 } else {
@@ -495,7 +510,11 @@ impl Inspector {
                 });
             }
         }
-        for name in self.vfs.list(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))? {
+        for name in self
+            .vfs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list directory", &self.dir, e))?
+        {
             let s = name.to_string_lossy();
             if s.ends_with(".tmp") {
                 r.notes.push(Problem {
@@ -515,7 +534,10 @@ impl Inspector {
         let mut sources: Vec<(PathBuf, PageRun)> = Vec::new();
         if let Some(n) = newest {
             if snap_extent > 0 {
-                let f = self.vfs.open(&snaps[n].path, false).map_err(|e| Error::io("open", &snaps[n].path, e))?;
+                let f = self
+                    .vfs
+                    .open(&snaps[n].path, false)
+                    .map_err(|e| Error::io("open", &snaps[n].path, e))?;
                 map_snapshot(&mut region, &*f, snap_extent as usize, &snaps[n].path)?;
             }
         }
@@ -541,6 +563,7 @@ impl Inspector {
             }
         }
         progress(total, total);
+        r.replayed = true;
         let any_state = newest.is_some() || r.groups > 0;
         if any_state {
             let newest_path = newest.map(|n| snaps[n].path.clone());
@@ -599,8 +622,14 @@ impl Inspector {
                 _ => None,
             })
             .unwrap_or((0, 1));
-        let names = self.vfs.list(&self.dir).map_err(|e| Error::io("list directory", &self.dir, e))?;
-        let mut ids: Vec<u64> = names.iter().filter_map(|n| n.to_str().and_then(parse_journal_file_name)).collect();
+        let names = self
+            .vfs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list directory", &self.dir, e))?;
+        let mut ids: Vec<u64> = names
+            .iter()
+            .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
+            .collect();
         ids.sort_unstable();
         let last_id = ids.last().copied();
         let mut out = Vec::new();
@@ -668,13 +697,18 @@ impl Inspector {
     /// Bytes after `valid_end` of the newest journal that are not zeros (pre-zeroed space is
     /// not a tail), or `None`.
     fn torn_tail(&self, scan: &JournalScan) -> Result<Option<u64>> {
-        let f = self.vfs.open(&scan.path, false).map_err(|e| Error::io("open", &scan.path, e))?;
+        let f = self
+            .vfs
+            .open(&scan.path, false)
+            .map_err(|e| Error::io("open", &scan.path, e))?;
         let len = f.len().map_err(|e| Error::io("fstat", &scan.path, e))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = scan.valid_end;
         while pos < len {
             let n = (len - pos).min(buf.len() as u64) as usize;
-            let got = f.read_at(&mut buf[..n], pos).map_err(|e| Error::io("read", &scan.path, e))?;
+            let got = f
+                .read_at(&mut buf[..n], pos)
+                .map_err(|e| Error::io("read", &scan.path, e))?;
             if buf[..got].iter().any(|&b| b != 0) {
                 return Ok(Some(len - scan.valid_end));
             }
@@ -743,7 +777,10 @@ fn snapshot_state(f: &dyn VFile, path: &Path, len: u64, meta: &Meta) -> Result<S
         },
         Ok(h) if len < h.file_len() => damaged(
             len,
-            format!("the file is {len} bytes but its header describes {} (the file is not used)", h.file_len()),
+            format!(
+                "the file is {len} bytes but its header describes {} (the file is not used)",
+                h.file_len()
+            ),
         ),
         Ok(h) => SnapshotState::Valid {
             generation: h.generation,
@@ -761,7 +798,9 @@ fn check_bitmap(f: &dyn VFile, path: &Path, extent: u64) -> Result<Option<Proble
     let crc = crate::disk::format::get_u32(&hb, crate::disk::format::snapshot::DIRTY_CRC_OFFSET);
     let len = crate::disk::format::snapshot::dirty_len_for(extent) as usize;
     let mut buf = vec![0u8; len];
-    let n = read_full_v(f, &mut buf, DATA_OFFSET + extent).map_err(|e| Error::io("read", path, e))?;
+    let n = f
+        .read_at(&mut buf, DATA_OFFSET + extent)
+        .map_err(|e| Error::io("read", path, e))?;
     if n != len || crc32fast::hash(&buf) != crc {
         return Ok(Some(Problem {
             file: path.to_path_buf(),
@@ -778,7 +817,7 @@ fn read_through(f: &dyn VFile, path: &Path, off: u64, len: u64, done: &mut dyn F
     let mut pos = 0u64;
     while pos < len {
         let n = (len - pos).min(buf.len() as u64) as usize;
-        match read_full_v(f, &mut buf[..n], off + pos) {
+        match f.read_at(&mut buf[..n], off + pos) {
             Ok(got) if got == n => {}
             Ok(got) => {
                 return Err(Problem {
@@ -823,7 +862,10 @@ fn replay_one(
     let mut pages = 0;
     for (g, info) in scan.groups.iter().zip(groups_of(scan)) {
         if g.extent > meta.max_size || g.extent % SEGMENT as u64 != 0 {
-            return Err(bad(info.offset, format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent)));
+            return Err(bad(
+                info.offset,
+                format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
+            ));
         }
         region
             .grow(g.extent as usize)
@@ -854,6 +896,11 @@ fn replay_one(
     Ok(pages)
 }
 
+/// The grow hook of the inspected image: it never grows (the checker only reads).
+///
+/// # Safety
+///
+/// None needed: it touches nothing; `unsafe` only to match the allocator's hook type.
 unsafe fn no_grow(_ctx: *const (), _new_extent: usize) -> bool {
     false
 }
@@ -1017,10 +1064,6 @@ fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn read_full_v(f: &dyn VFile, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    f.read_at(buf, off)
 }
 
 fn read_only_error() -> std::io::Error {

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "snapheap", version, about = "Inspect, check and compact snapheap heap directories offline")]
+#[command(
+    name = "snapheap",
+    version,
+    about = "Inspect, check and compact snapheap heap directories offline"
+)]
 struct Cli {
     /// Print one JSON document on stdout instead of text (no progress bar).
     #[arg(long, global = true)]
@@ -79,7 +83,10 @@ fn run(dir: &Path, json: bool, f: impl FnOnce(&Path) -> snapheap::Result<()>) ->
 
 fn cannot_run(dir: &Path, json: bool, e: &snapheap::Error) -> u8 {
     if json {
-        println!("{}", json!({ "dir": dir, "error": e.to_string(), "exit_code": CANNOT_RUN }));
+        println!(
+            "{}",
+            json!({ "dir": dir, "error": e.to_string(), "exit_code": CANNOT_RUN })
+        );
     } else {
         eprintln!("snapheap: {}: {e}", dir.display());
     }
@@ -95,7 +102,8 @@ fn problem_json(p: &Problem) -> Value {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+    p.file_name()
+        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// `1.5 MiB`-style sizes for the text output.
@@ -123,9 +131,20 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
     println!("heap            {}", i.dir.display());
     println!("format          version {}", i.format_version);
     println!("heap id         {:016x}", i.heap_id);
-    println!("region          base {:#x}, max size {} ({})", i.base, hex(i.max_size), size(i.max_size));
-    println!("root type       {} (size {}, align {})", i.root_type_name, i.root_size, i.root_align);
-    println!("schema          {}", if i.schema.is_empty() { "(none)" } else { &i.schema });
+    println!(
+        "region          base {:#x}, max size {} ({})",
+        i.base,
+        hex(i.max_size),
+        size(i.max_size)
+    );
+    println!(
+        "root type       {} (size {}, align {})",
+        i.root_type_name, i.root_size, i.root_align
+    );
+    println!(
+        "schema          {}",
+        if i.schema.is_empty() { "(none)" } else { &i.schema }
+    );
     println!("created         {} (unix seconds)", i.created_unix);
     for s in &i.snapshots {
         let state = match &s.state {
@@ -290,14 +309,25 @@ fn print_check(dir: &Path, r: &CheckReport, json: bool) -> u8 {
     }
     println!("checked {}:", dir.display());
     println!("  checksums        {} verified", r.checksums);
-    println!("  snapshots        {} headers, {} of data read", r.snapshot_headers, size(r.snapshot_bytes_read));
+    println!(
+        "  snapshots        {} headers, {} of data read",
+        r.snapshot_headers,
+        size(r.snapshot_bytes_read)
+    );
     println!(
         "  journals         {} in the chain, {}, {} commit groups",
         r.journals,
         size(r.journal_bytes),
         r.groups
     );
-    println!("  replay           {} pages into a private image, up to commit {}", r.pages_replayed, r.last_seq);
+    if r.replayed {
+        println!(
+            "  replay           {} pages into a private image, up to commit {}",
+            r.pages_replayed, r.last_seq
+        );
+    } else {
+        println!("  replay           not run (the journal chain is broken)");
+    }
     match r.allocator {
         Some(a) => println!(
             "  allocator        ok: {} segments, {} slabs, {} spans, {} huge; {} used, {} free in slabs",
@@ -311,10 +341,10 @@ fn print_check(dir: &Path, r: &CheckReport, json: bool) -> u8 {
         None => println!("  allocator        not checked"),
     }
     for n in &r.notes {
-        println!("note: {n}");
+        print_entry("note", n);
     }
     for p in &r.problems {
-        println!("PROBLEM: {p}");
+        print_entry("PROBLEM", p);
     }
     if r.healthy() {
         println!("healthy");
@@ -322,6 +352,21 @@ fn print_check(dir: &Path, r: &CheckReport, json: bool) -> u8 {
         println!("{} problem(s) found", r.problems.len());
     }
     code
+}
+
+/// `LABEL: file at byte offset N:` and the description wrapped to 100 columns.
+fn print_entry(label: &str, p: &Problem) {
+    println!("{label}: {} at byte offset {}:", p.file.display(), p.offset);
+    let mut line = String::from("   ");
+    for word in p.what.split_whitespace() {
+        if line.len() + 1 + word.len() > 100 && line.len() > 3 {
+            println!("{line}");
+            line = String::from("   ");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    println!("{line}");
 }
 
 fn kind_name(k: RunKind) -> &'static str {
@@ -337,7 +382,10 @@ fn journal(dir: &Path, from: u64, pages: bool, json: bool) -> snapheap::Result<(
         println!("{}", json!({ "dir": dir, "groups": gs }));
         return Ok(());
     }
-    println!("{:<24} {:>8} {:>12} {:>10} {:>8} {:>8}", "journal", "seq", "offset", "bytes", "full", "delta");
+    println!(
+        "{:<24} {:>8} {:>12} {:>10} {:>8} {:>8}",
+        "journal", "seq", "offset", "bytes", "full", "delta"
+    );
     for g in &groups {
         let delta: u64 = g.runs.iter().map(|r| r.pages).sum::<u64>() - g.full_pages();
         println!(
@@ -416,12 +464,17 @@ fn compact(dir: &Path, json: bool, show_progress: bool) -> snapheap::Result<()> 
             r.seq
         );
         println!(
-            "  before  {} ({} bytes), {} journals",
+            "  before  {} ({} bytes), {} journal file(s)",
             size(r.bytes_before),
             r.bytes_before,
             r.journals_before
         );
-        println!("  after   {} ({} bytes), {} journals", size(r.bytes_after), r.bytes_after, r.journals_after);
+        println!(
+            "  after   {} ({} bytes), {} journal file(s)",
+            size(r.bytes_after),
+            r.bytes_after,
+            r.journals_after
+        );
     }
     Ok(())
 }

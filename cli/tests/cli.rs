@@ -84,7 +84,10 @@ fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect();
     v.sort();
@@ -188,7 +191,12 @@ fn damaged(name: &str, snapshot: bool, after: u64) -> (PathBuf, Value) {
 }
 
 fn newest_snapshot(info: &Value) -> PathBuf {
-    let s = info["snapshots"].as_array().unwrap().iter().find(|s| s["newest"] == true).unwrap();
+    let s = info["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["newest"] == true)
+        .unwrap();
     PathBuf::from(s["file"].as_str().unwrap())
 }
 
@@ -200,6 +208,10 @@ fn expect_problem(dir: &Path, file: &Path, offset: u64) -> Value {
     assert_eq!(code(&o), 1, "{text}");
     let line = format!("PROBLEM: {} at byte offset {offset}:", file.display());
     assert!(text.contains(&line), "expected `{line}` in:\n{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with(' ')).all(|l| l.len() <= 100),
+        "{text}"
+    );
     let (c, v) = json(&["check"], dir);
     assert_eq!(c, 1);
     assert_eq!(v["healthy"], false);
@@ -222,7 +234,7 @@ fn flipped_byte_in_snapshot_header() {
     let snap = newest_snapshot(&info);
     flip(&snap, 32); // seq
     let v = expect_problem(&dir, &snap, 124); // the header checksum
-    // Recovery would fall back to no snapshot, and the journals it needs are gone.
+                                              // Recovery would fall back to no snapshot, and the journals it needs are gone.
     assert!(v["problems"].as_array().unwrap().len() >= 2, "{v}");
 }
 
@@ -235,7 +247,10 @@ fn flipped_byte_in_snapshot_data() {
     let v = expect_problem(&dir, &snap, 4096 + 8192);
     assert!(v["allocator"].is_null());
     assert!(
-        entry_for(&v["problems"], &snap)["what"].as_str().unwrap().contains("allocator state"),
+        entry_for(&v["problems"], &snap)["what"]
+            .as_str()
+            .unwrap()
+            .contains("allocator state"),
         "{v}"
     );
 }
@@ -275,7 +290,7 @@ fn torn_journal_tail_is_a_note() {
     let o = run(&["check"], &dir);
     let text = stdout(&o);
     assert_eq!(code(&o), 0, "a torn tail loses no durable commit: {text}");
-    let line = format!("note: {} at byte offset {valid_end}: torn tail", j.display());
+    let line = format!("note: {} at byte offset {valid_end}:\n    torn tail", j.display());
     assert!(text.contains(&line), "expected `{line}` in:\n{text}");
     let (c, v) = json(&["check"], &dir);
     assert_eq!(c, 0);
