@@ -409,7 +409,7 @@ fn journal(dir: &Path, from: u64, pages: bool, json: bool) -> snapheap::Result<(
             }
         }
     }
-    println!("{} commit groups", groups.len());
+    println!("{} commit group(s)", groups.len());
     Ok(())
 }
 
