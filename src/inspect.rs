@@ -811,9 +811,10 @@ fn check_bitmap(f: &dyn VFile, path: &Path, extent: u64) -> Result<Option<Proble
     Ok(None)
 }
 
-/// Reads `[off, off + len)` of a file in 8 MiB steps (an unreadable range is a problem).
+/// Reads `[off, off + len)` of a file in 256 KiB steps (an unreadable range is a problem). The
+/// buffer stays in the CPU cache: with 8 MiB steps the copy ran at a quarter of the speed.
 fn read_through(f: &dyn VFile, path: &Path, off: u64, len: u64, done: &mut dyn FnMut(u64)) -> Result<(), Problem> {
-    let mut buf = vec![0u8; 8 << 20];
+    let mut buf = vec![0u8; 256 << 10];
     let mut pos = 0u64;
     while pos < len {
         let n = (len - pos).min(buf.len() as u64) as usize;
