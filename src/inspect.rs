@@ -180,7 +180,7 @@ pub struct HeapInfo {
 /// How a page run's pages are stored in the journal.
 ///
 /// The listing of `snapheap journal` is built over this enum: a new journal record kind is
-/// one more variant here and one more arm in [`run_kind`] and in the tool's printer.
+/// one more variant here and one more arm in `run_kind` (this module) and in the tool's printer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunKind {
     /// Whole page images (`PAGES` records).
