@@ -20,7 +20,7 @@
 //!
 //! | Layer | Files | Owns | Never sees |
 //! |---|---|---|---|
-//! | API | `heap.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`) | [`Heap`], guards, [`OpenOptions::open`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`] | |
+//! | API | `heap.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
 //! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit, group commit, snapshot scheduling, verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
@@ -56,6 +56,7 @@ mod engine;
 mod error;
 mod global;
 mod heap;
+pub mod inspect;
 pub mod io;
 mod mem;
 mod options;

@@ -61,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) use recover::Fingerprint;
+pub(crate) use snapshot::SNAPSHOT_FILES;
 
 /// What the allocator's growth hook needs: the region and the tracker. Boxed separately so its
 /// address is stable before the arena exists.
