@@ -7,25 +7,29 @@
 //! read the minimum and the median, not one run.
 //!
 //! The tracker is crate-internal, so this example compiles its two source files into itself
-//! (`#[path]` modules) with the two crate-root items they use; it measures the very code the
+//! (`#[path]` modules) with the module paths they import by; it measures the very code the
 //! crate runs.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
-/// The crate root's bookkeeping vector, as in `src/lib.rs`.
-type SysVec<T> = allocator_api2::vec::Vec<T, System>;
-
 #[path = "../src/sys/mod.rs"]
 mod sys;
-#[path = "../src/track.rs"]
+#[path = "../src/mem/sysmem.rs"]
+mod sysmem;
+#[path = "../src/mem/track.rs"]
 mod track;
+/// The crate's module paths the tracker imports by (`crate::mem::...`).
+mod mem {
+    pub(crate) use super::{sysmem, track};
+}
 
+use mem::sysmem::SysVec;
+use mem::track::Tracker;
 use sys::uffd::{PageRegion, Pagemap, ScanQuery, ScratchMap};
 use sys::OS_PAGE as P;
-use track::Tracker;
 
 const ROUNDS: usize = 9;
 

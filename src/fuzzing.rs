@@ -1,23 +1,20 @@
 //! Entry points for the fuzz targets in `fuzz/` (not part of the public API): thin wrappers
 //! that hand arbitrary bytes to the internal decoders and the journal scanner, and return
 //! what they decoded in plain types. No logic of their own beyond adapting types (the
-//! scanner reads through the [`Vfs`] seam, so bytes are served by a one-file in-memory
-//! [`Vfs`]).
+//! scanner reads through the `Vfs` seam, so bytes are served by the simulated disk,
+//! `io::SimVfs`, holding one file).
 //!
 //! # Invariants
 //!
 //! - Every function here is total: whatever the input, it returns (`Ok`/`Err`/`None`); a
 //!   panic, a crash or a hang is a bug of the decoder it wraps.
 
-use crate::format::journal::{self as jf, RecordHeader};
-use crate::format::meta::{Meta, MetaError};
-use crate::format::snapshot::SnapHeader;
-use crate::io::{VFile, Vfs};
-use crate::Error;
-use std::io;
-use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use crate::disk::format::journal::{self as jf, RecordHeader};
+use crate::disk::format::meta::{Meta, MetaError};
+use crate::disk::format::snapshot::SnapHeader;
+use crate::error::Error;
+use crate::io::sim::SimVfs;
+use std::path::Path;
 
 /// A decoded journal file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +36,9 @@ pub const RECORD_HEADER_LEN: usize = jf::RECORD_HEADER_LEN;
 /// File offset of a journal's first record.
 pub const FIRST_RECORD_OFFSET: u64 = jf::FIRST_RECORD_OFFSET;
 /// Offset of the meta header checksum.
-pub const META_CRC_OFFSET: usize = crate::format::meta::CRC_OFFSET;
+pub const META_CRC_OFFSET: usize = crate::disk::format::meta::CRC_OFFSET;
 /// Offset of the snapshot header checksum.
-pub const SNAPSHOT_CRC_OFFSET: usize = crate::format::snapshot::CRC_OFFSET;
+pub const SNAPSHOT_CRC_OFFSET: usize = crate::disk::format::snapshot::CRC_OFFSET;
 
 /// Decodes a journal file header (`format::journal::decode_header`).
 pub fn journal_header(b: &[u8]) -> Result<JournalHeader, String> {
@@ -100,8 +97,9 @@ pub struct JournalScan {
 
 /// Scans `bytes` as journal `journal_id` of heap `heap_id` (`journal::scan_journal`).
 pub fn scan_journal(bytes: &[u8], heap_id: u64, journal_id: u64, is_last: bool) -> Result<JournalScan, Error> {
-    let vfs = OneFile(Arc::from(bytes));
-    let s = crate::journal::scan_journal(&vfs, Path::new("journal"), heap_id, journal_id, is_last)?;
+    let vfs = SimVfs::new();
+    vfs.write_file(Path::new("journal"), bytes);
+    let s = crate::disk::journal::scan_journal(&vfs, Path::new("journal"), heap_id, journal_id, is_last)?;
     Ok(JournalScan {
         header: JournalHeader {
             heap_id: s.header.heap_id,
@@ -152,7 +150,7 @@ pub fn meta(b: &[u8]) -> Result<MetaFields, (u64, String)> {
             schema: m.schema,
         }),
         Err(MetaError::Corrupt(off, what)) => Err((off, what)),
-        Err(MetaError::Version(v)) => Err((crate::format::meta::VERSION_OFFSET as u64, format!("version {v}"))),
+        Err(MetaError::Version(v)) => Err((crate::disk::format::meta::VERSION_OFFSET as u64, format!("version {v}"))),
     }
 }
 
@@ -186,63 +184,6 @@ pub fn snapshot_header(b: &[u8], heap_id: u64, max_size: u64) -> Result<Snapshot
         dirty_len: h.dirty_len,
         file_len: h.file_len(),
     })
-}
-
-/// A directory with one read-only file, whatever its name.
-struct OneFile(Arc<[u8]>);
-
-struct MemFile(Arc<[u8]>);
-
-fn read_only() -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, "read-only in-memory file")
-}
-
-impl VFile for MemFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
-        let n = buf.len().min(self.0.len() - start);
-        buf[..n].copy_from_slice(&self.0[start..start + n]);
-        Ok(n)
-    }
-    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn allocate(&self, _: u64) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn set_len(&self, _: u64) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-    fn raw_fd(&self) -> Option<RawFd> {
-        None
-    }
-}
-
-impl Vfs for OneFile {
-    fn open(&self, _: &Path, _: bool) -> io::Result<Box<dyn VFile>> {
-        Ok(Box::new(MemFile(Arc::clone(&self.0))))
-    }
-    fn remove(&self, _: &Path) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn sync_dir(&self, _: &Path) -> io::Result<()> {
-        Ok(())
-    }
-    fn list(&self, _: &Path) -> io::Result<Vec<PathBuf>> {
-        Ok(vec![PathBuf::from("journal")])
-    }
-    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

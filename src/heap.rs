@@ -4,24 +4,19 @@
 //! Synchronisation lives here, outside the persistent region: the `RwLock` that guards the
 //! root is a field of the handle, so no lock is ever captured inside the heap's image.
 //!
-//! # What may be stored in the root
+//! What a root may hold is documented on [`Heap`] ("What may be stored in the root").
 //!
-//! Anything whose bytes stay meaningful in another run of the same program: integers, floats,
-//! `bool`, `char`, the [`collections`](crate::collections) (which allocate through
-//! [`HeapAlloc`]), raw pointers into the heap, and structs/enums/arrays of these. Not:
-//! references or pointers into the executable or other memory (`&'static str`, `fn` pointers,
-//! `Box<dyn Trait>` vtables, `std` collections that allocate from the global allocator), OS
-//! handles (file descriptors, thread ids), and synchronisation objects (a `Mutex` captured
-//! while held is held forever). The root type's name, size and alignment and the user schema id
-//! are recorded at creation and checked at every open; a layout change that keeps all three is
-//! undetectable, so bump the schema id when the meaning of the data changes.
+//! # Safety
+//!
+//! The root pointer is validated at open (inside the heap, aligned) and is dereferenced only
+//! through the guards of the handle's `RwLock`, which give the usual shared/exclusive access.
 
-use crate::alloc::HeapAlloc;
 use crate::engine::{Engine, Fingerprint, VerifyReport};
 use crate::error::{Error, Result};
+use crate::mem::alloc::HeapAlloc;
+use crate::mem::sysmem::SysBox;
 use crate::options::OpenOptions;
 use crate::stats::Stats;
-use crate::SysBox;
 use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -49,6 +44,18 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// s.commit()?;
 /// # Ok::<(), snapheap::Error>(())
 /// ```
+///
+/// # What may be stored in the root
+///
+/// Anything whose bytes stay meaningful in another run of the same program: integers, floats,
+/// `bool`, `char`, the [`collections`](crate::collections) (which allocate through
+/// [`HeapAlloc`]), raw pointers into the heap, and structs/enums/arrays of these. Not:
+/// references or pointers into the executable or other memory (`&'static str`, `fn` pointers,
+/// `Box<dyn Trait>` vtables, `std` collections that allocate from the global allocator), OS
+/// handles (file descriptors, thread ids), and synchronisation objects (a `Mutex` captured
+/// while held is held forever). The root type's name, size and alignment and the user schema id
+/// are recorded at creation and checked at every open; a layout change that keeps all three is
+/// undetectable, so bump the schema id when the meaning of the data changes.
 pub struct Heap<T> {
     engine: Option<SysBox<Engine>>,
     lock: RwLock<()>,
@@ -113,6 +120,17 @@ impl<T: Send + Sync + 'static> Heap<T> {
             root,
             _marker: PhantomData,
         })
+    }
+}
+
+impl OpenOptions {
+    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
+    pub fn open<T: Send + Sync + 'static>(
+        &self,
+        dir: impl AsRef<Path>,
+        init: impl FnOnce(HeapAlloc) -> T,
+    ) -> Result<Heap<T>> {
+        Heap::open_with(self, dir.as_ref(), init)
     }
 }
 

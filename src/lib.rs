@@ -8,16 +8,36 @@
 //! See `docs/design.md` for the on-disk format, the commit and snapshot protocols and the
 //! recovery algorithm, and the README for guarantees and when not to use the crate.
 //!
-//! # Layers (top to bottom)
+//! # Code map
 //!
-//! - [`Heap`], [`OpenOptions`], [`collections`]: the typed API (`heap.rs`, `options.rs`).
-//! - [`GlobalHeap`]: the whole process's heap as `#[global_allocator]`, roots of plain std
-//!   types, reclaim of unreachable blocks at open (`global.rs`).
-//! - `engine`: one open heap: region, allocator, tracker, journal, snapshots, recovery.
-//! - `alloc`: the size-class allocator whose state lives inside the region.
-//! - `track`: which pages were written since the last commit (userfaultfd + `PAGEMAP_SCAN`).
-//! - `journal`, `snapshot`, `format`: files and their byte layouts.
-//! - [`io`]: the file-system seam; `sys`: the thin syscall layer.
+//! This file holds the API only (`mod` and `pub use` lines). Below it, one folder per layer,
+//! top (what users touch) to bottom (syscalls):
+//!
+//! | Layer | Files | Owns | Never sees |
+//! |---|---|---|---|
+//! | API | `heap.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`) | [`Heap`], guards, [`OpenOptions::open`], [`collections`], [`GlobalHeap`] | |
+//! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
+//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit, group commit, snapshot scheduling, verify | the typed API |
+//! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
+//! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, bookkeeping memory | files |
+//! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
+//! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs` | the thin syscall layer | everything above |
+//!
+//! Import rules (checked by `scripts/layers.sh` in CI):
+//! - a file imports from its own folder or from layers below it; the leaves from anywhere.
+//!   The one call upward is the allocator's grow callback, a function pointer
+//!   (`engine::grow_hook`);
+//! - inside the crate, import by module path (`crate::mem::sysmem::SysVec`), never through
+//!   this file's re-exports (`crate::Error`).
+//!
+//! # Test support
+//!
+//! Compiled only with the `testing` cargo feature (the crate's own tests turn it on through a
+//! dev-dependency on itself, so plain `cargo test` runs everything), all `#[doc(hidden)]`:
+//! the simulated disk `io::SimVfs` with its crash modes and faults (`io/sim.rs`), the
+//! allocator test region `alloc_testing` (`mem/alloc/testing.rs`), the fuzz entry points
+//! `fuzzing` (`fuzzing.rs`) and `PlantedBug` (`options.rs`). Each lives next to what it fakes
+//! or drives, so it needs no wider visibility of the internals.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
@@ -25,58 +45,34 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("snapheap supports 64-bit Linux only");
 
-mod alloc;
 pub mod collections;
+mod disk;
 mod engine;
 mod error;
-mod format;
 mod global;
 mod heap;
 pub mod io;
-mod journal;
+mod mem;
 mod options;
-mod region;
-mod snapshot;
 mod stats;
 mod sys;
-mod track;
 
-pub use alloc::HeapAlloc;
 pub use engine::{SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
+pub use mem::alloc::HeapAlloc;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;
 pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
 pub use stats::Stats;
 
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
-pub use alloc::testing as alloc_testing;
+pub use mem::alloc::testing as alloc_testing;
 
 /// Entry points for the fuzz targets (`fuzz/`); not part of the public API.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-
-/// A vector for the crate's own bookkeeping. It allocates from [`std::alloc::System`], never
-/// from the global allocator, because snapheap may *be* the global allocator and its commit
-/// path runs while that allocator is paused.
-pub(crate) type SysVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
-
-/// A box for the crate's own bookkeeping, allocated from [`std::alloc::System`] (see [`SysVec`]).
-pub(crate) type SysBox<T> = allocator_api2::boxed::Box<T, std::alloc::System>;
-
-/// Appends `src` to `v` with one `memcpy`. (`allocator_api2`'s `extend_from_slice` goes
-/// through a generic clone loop that copies byte by byte: about 2 us per 4 KiB page, a third
-/// of a commit's CPU before this helper.)
-pub(crate) fn extend_bytes<A: allocator_api2::alloc::Allocator>(v: &mut allocator_api2::vec::Vec<u8, A>, src: &[u8]) {
-    v.reserve(src.len());
-    let len = v.len();
-    // SAFETY: `reserve` guarantees capacity for `src.len()` more bytes after `len`; `src` cannot
-    // overlap `v`'s spare capacity (we hold `&mut v`, and `src` is a shared borrow of other
-    // memory); every byte up to `len + src.len()` is initialised by the copy before `set_len`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), v.as_mut_ptr().add(len), src.len());
-        v.set_len(len + src.len());
-    }
-}

@@ -1,9 +1,9 @@
 //! [`OpenOptions`] and [`Durability`]: how a heap is opened and how commits reach the disk.
+//!
+//! A leaf: plain settings that every layer may read. [`OpenOptions::open`] lives in
+//! `heap.rs`, so this file imports nothing above `io`.
 
-use crate::heap::Heap;
 use crate::io::{OsVfs, Vfs};
-use crate::{HeapAlloc, Result};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ pub enum Durability {
     Eventual,
 }
 
-/// Options for opening or creating a heap. [`Heap::open`] uses the defaults.
+/// Options for opening or creating a heap. [`Heap::open`](crate::Heap::open) uses the defaults.
 #[derive(Clone)]
 pub struct OpenOptions {
     pub(crate) max_size: u64,
@@ -33,11 +33,13 @@ pub struct OpenOptions {
     pub(crate) force_all_dirty: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) test_planted_bug: Option<PlantedBug>,
 }
 
-/// Tests only: deliberately broken protocol steps, used by the reliability suite to prove that
+/// Tests only (`testing` feature): deliberately broken protocol steps, used by the reliability suite to prove that
 /// its crash harness detects lost or inconsistent states (`tests/crash_points.rs`).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
@@ -79,6 +81,7 @@ impl Default for OpenOptions {
             force_all_dirty: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            #[cfg(any(test, feature = "testing"))]
             test_planted_bug: None,
         }
     }
@@ -133,7 +136,7 @@ impl OpenOptions {
         self
     }
 
-    /// Whether [`Heap::close`] takes a snapshot when the journal is not empty, so that the next
+    /// Whether [`Heap::close`](crate::Heap::close) takes a snapshot when the journal is not empty, so that the next
     /// open replays nothing (default true).
     pub fn snapshot_on_close(&mut self, yes: bool) -> &mut Self {
         self.snapshot_on_close = yes;
@@ -163,18 +166,28 @@ impl OpenOptions {
     }
 
     /// Tests only: plant a known bug (see [`PlantedBug`]) to check that the tests catch it.
+    #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
     }
 
-    /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
-    pub fn open<T: Send + Sync + 'static>(
-        &self,
-        dir: impl AsRef<Path>,
-        init: impl FnOnce(HeapAlloc) -> T,
-    ) -> Result<Heap<T>> {
-        Heap::open_with(self, dir.as_ref(), init)
+    /// Whether the tests planted [`PlantedBug::SkipJournalSync`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_skip_journal_sync(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::SkipJournalSync);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::SnapshotHeaderFirst`]; always false without
+    /// the `testing` feature.
+    pub(crate) fn planted_snapshot_header_first(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::SnapshotHeaderFirst);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
     }
 }

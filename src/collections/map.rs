@@ -3,7 +3,7 @@
 //! those (`insert`, `get`, `entry`, `iter`, `retain`, ...) is available.
 
 use super::PersistentState;
-use crate::HeapAlloc;
+use crate::mem::alloc::HeapAlloc;
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;

@@ -1,5 +1,5 @@
 //! Collections that live in a persistent heap: `Vec`, `Box`, `HashMap`, `HashSet` and
-//! `String`, all allocating through [`HeapAlloc`](crate::HeapAlloc).
+//! `String`, all allocating through [`HeapAlloc`](crate::mem::alloc::HeapAlloc).
 //!
 //! `Vec` and `Box` are `allocator_api2`'s types with the heap's allocator. `HashMap` and
 //! `HashSet` are thin wrappers over `hashbrown`'s, with [`PersistentState`] as the hasher: the
@@ -17,7 +17,7 @@ pub use map::{HashMap, HashSet};
 pub use string::String;
 
 /// A growable array in the heap.
-pub type Vec<T> = allocator_api2::vec::Vec<T, crate::HeapAlloc>;
+pub type Vec<T> = allocator_api2::vec::Vec<T, crate::mem::alloc::HeapAlloc>;
 
 /// An owned value in the heap.
-pub type Box<T> = allocator_api2::boxed::Box<T, crate::HeapAlloc>;
+pub type Box<T> = allocator_api2::boxed::Box<T, crate::mem::alloc::HeapAlloc>;

@@ -3,9 +3,14 @@
 //! # Invariants
 //!
 //! - `bytes` is always valid UTF-8.
+//!
+//! # Safety
+//!
+//! `as_str` skips the UTF-8 check: every constructor and mutator appends only bytes of a
+//! `&str` or `char`, so `bytes` stays valid UTF-8.
 
 use super::Vec;
-use crate::HeapAlloc;
+use crate::mem::alloc::HeapAlloc;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
@@ -41,7 +46,7 @@ impl String {
 
     /// Appends `s`.
     pub fn push_str(&mut self, s: &str) {
-        crate::extend_bytes(&mut self.bytes, s.as_bytes());
+        crate::mem::sysmem::extend_bytes(&mut self.bytes, s.as_bytes());
     }
 
     /// Appends one character.

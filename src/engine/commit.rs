@@ -12,11 +12,18 @@
 //!    durable, sharing the sync with concurrent committers (`durable.rs`).
 //!
 //! What a crash at each step leaves is analysed in `docs/design.md` ("Commit protocol").
+//!
+//! # Safety
+//!
+//! The capture reads dirty ranges of the region while the allocator is paused: the ranges lie
+//! inside the mapped extent (the tracker reports only armed pages); the commit lock excludes
+//! mutation of the root, so the only concurrent writes are into blocks unreachable from it,
+//! whose pages the next collect reports again.
 
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};
+use crate::mem::sysmem::SysVec;
 use crate::options::Durability;
-use crate::SysVec;
 use std::alloc::System;
 use std::sync::atomic::Ordering;
 
@@ -44,7 +51,7 @@ impl Engine {
         // Back-pressure: if the journal has grown to twice the snapshot threshold while the
         // snapshot writer still runs, wait for it, so that disk use stays bounded by two
         // snapshot files and about three thresholds of journal however slow the writer is.
-        let journal_bytes = cs.journal.end() - crate::format::journal::FIRST_RECORD_OFFSET;
+        let journal_bytes = cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         let block = cs.pending.is_some() && journal_bytes >= self.opts.snapshot_after_journal_bytes.saturating_mul(2);
         self.reap(cs, block);
         let base = self.base();
@@ -87,9 +94,10 @@ impl Engine {
                 Ok(end) => {
                     self.durable.written(seq, end);
                     cs.last_seq = seq;
-                    self.counters
-                        .journal_bytes
-                        .store(end - crate::format::journal::FIRST_RECORD_OFFSET, Ordering::Relaxed);
+                    self.counters.journal_bytes.store(
+                        end - crate::disk::format::journal::FIRST_RECORD_OFFSET,
+                        Ordering::Relaxed,
+                    );
                 }
                 Err(e) => return Err(self.poison(e)),
             }
@@ -104,7 +112,7 @@ impl Engine {
 
     /// Whether the journal volume or the interval asks for a snapshot.
     fn snapshot_due(&self, cs: &CommitState) -> bool {
-        let bytes = cs.journal.end() - crate::format::journal::FIRST_RECORD_OFFSET;
+        let bytes = cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         if bytes >= self.opts.snapshot_after_journal_bytes {
             return true;
         }

@@ -1,11 +1,11 @@
 //! The engine: one open heap. It owns the region, the allocator, the dirty-page tracker, the
 //! journal and the snapshot files, and runs the commit, snapshot and recovery protocols.
 //!
-//! - `open.rs`: creating a heap directory and recovering an existing one.
+//! - `recover.rs`: creating a heap directory and recovering an existing one.
 //! - `commit.rs`: capturing dirty pages at a commit point and appending them to the journal.
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
-//! - `snap.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
@@ -25,31 +25,37 @@
 //!   `prev_interval` = the pages that differ between the two snapshot files (when known).
 //! - Journals with an id below the newest durable snapshot's `journal_id` are garbage and are
 //!   deleted; the others form a gap-free chain of sequence numbers starting at that snapshot.
+//!
+//! # Safety
+//!
+//! [`grow_hook`] is the allocator's one call upward, a function pointer with a `*const ()`
+//! context: the context is the engine's boxed [`GrowCtx`], which outlives the arena's use.
 
 mod commit;
 mod durable;
-mod open;
-mod snap;
+mod recover;
+mod snapshot;
 mod verify;
 
 pub use verify::{SnapshotFileState, VerifyReport};
 
-use crate::alloc::Arena;
+use crate::disk::format::meta::Meta;
+use crate::disk::format::snapshot::SnapHeader;
+use crate::disk::journal::JournalWriter;
 use crate::error::{Error, Result};
-use crate::format::meta::Meta;
-use crate::format::snapshot::SnapHeader;
 use crate::io::{VFile, Vfs};
-use crate::journal::JournalWriter;
+use crate::mem::alloc::Arena;
+use crate::mem::dirty_set::DirtySet;
+use crate::mem::region::Region;
+use crate::mem::sysmem::{SysBox, SysVec};
+use crate::mem::track::Tracker;
 use crate::options::OpenOptions;
-use crate::region::Region;
 use crate::stats::Stats;
-use crate::track::{DirtySet, Tracker};
-use crate::{SysBox, SysVec};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub(crate) use open::Fingerprint;
+pub(crate) use recover::Fingerprint;
 
 /// What the allocator's growth hook needs: the region and the tracker. Boxed separately so its
 /// address is stable before the arena exists.
@@ -104,7 +110,7 @@ pub(crate) struct CommitState {
     snap_files: [Box<dyn VFile>; 2],
     snaps: [Option<SnapHeader>; 2],
     /// A forked snapshot writer that has not been reaped yet.
-    pending: Option<snap::Pending>,
+    pending: Option<snapshot::Pending>,
     last_seq: u64,
     last_snapshot_at: std::time::Instant,
 }
@@ -230,7 +236,7 @@ impl Engine {
             if result.is_ok() && !self.is_poisoned() {
                 result = self.wait_durable(cs.last_seq);
             }
-            let journal_has_commits = cs.journal.end() > crate::format::journal::FIRST_RECORD_OFFSET;
+            let journal_has_commits = cs.journal.end() > crate::disk::format::journal::FIRST_RECORD_OFFSET;
             if commit_and_snapshot
                 && result.is_ok()
                 && self.opts.snapshot_on_close

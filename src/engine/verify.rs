@@ -31,12 +31,12 @@
 //! Reads the region `[base, base + extent)`, which stays mapped while the engine lives; see
 //! the SAFETY comment at the read.
 
-use super::{lock, snap::SNAPSHOT_FILES, CommitState, Engine};
+use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Engine};
+use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
+use crate::disk::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, PageRun};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
-use crate::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, PageRun};
+use crate::mem::sysmem::SysVec;
 use crate::sys::OS_PAGE;
-use crate::SysVec;
 use std::alloc::System;
 use std::fmt;
 

@@ -2,8 +2,9 @@
 //! [`VFile`], so that tests can substitute a simulated disk that separates written bytes from
 //! durable bytes and injects failures (see `tests/` and the reliability suite).
 //!
-//! [`OsVfs`] is the real implementation over the [`crate::sys`] layer; [`SimVfs`] (hidden,
-//! for tests) is a simulated disk with power-loss and fault injection (`sim.rs`).
+//! [`OsVfs`] is the real implementation over the `sys` layer; `SimVfs` (hidden, compiled
+//! only with the `testing` feature) is a simulated disk with power-loss and fault injection
+//! (`sim.rs`), the crate's one in-memory [`Vfs`].
 //!
 //! # Invariants
 //!
@@ -12,10 +13,14 @@
 //! - After any `Err` from `write_at` or `sync_data`, the caller must assume nothing about the
 //!   file's durable contents beyond what an earlier successful sync covered.
 
+#![forbid(unsafe_code)]
+
 mod os;
-mod sim;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod sim;
 
 pub use os::OsVfs;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use sim::{CrashMode, Fault, FaultOn, Replayer, SimTrace, SimVfs, TraceOp, SECTOR};
 

@@ -27,7 +27,11 @@
 //!
 //! `raw_fd()` is `None` for every simulated file: the engine then reads the snapshot into
 //! anonymous memory instead of mapping it, and writes snapshots in-process instead of in a
-//! forked child (see `engine/open.rs` and `engine/snap.rs`).
+//! forked child (see `engine/recover.rs` and `engine/snapshot.rs`).
+//!
+//! Test support only (compiled with the `testing` feature): about 730 lines without its tests,
+//! kept in one file because the inodes, the durable/written split, the trace and its replay
+//! share one `State` whose invariants are stated once below.
 //!
 //! # Invariants
 //!

@@ -1,5 +1,5 @@
 //! userfaultfd write-protection in asynchronous mode and the `PAGEMAP_SCAN` ioctl: the raw
-//! kernel interface under the dirty-page tracker (`crate::track`).
+//! kernel interface under the dirty-page tracker (`crate::mem::track`).
 //!
 //! The system headers on the build machines (linux-libc-dev 6.1) and the `libc` crate lack most
 //! of these definitions, so they are declared here from the kernel's UAPI headers

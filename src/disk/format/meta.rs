@@ -139,7 +139,7 @@ impl Meta {
         if page_size != crate::sys::OS_PAGE as u32 {
             return Err(corrupt(PAGE_SIZE_OFFSET, "page size is not 4096"));
         }
-        let seg = crate::alloc::SEGMENT as u64;
+        let seg = crate::mem::alloc::SEGMENT as u64;
         let base = get_u64(b, BASE_OFFSET);
         let max_size = get_u64(b, MAX_SIZE_OFFSET);
         if base % seg != 0 || base < seg || base.checked_add(max_size).is_none_or(|e| e > 1 << 47) {

@@ -1,7 +1,7 @@
 //! Snapshots: planning, forking the writer, reaping it, rotating journals.
 //!
 //! At a commit boundary, with the allocator paused, the engine plans which pages the *older*
-//! snapshot file lacks, forks, and lets the child write them (`crate::snapshot`). The parent
+//! snapshot file lacks, forks, and lets the child write them (`crate::disk::snapshot`). The parent
 //! then makes the current journal durable, starts journal `id + 1` (whose first commit follows
 //! the snapshot's sequence number) and goes on. When the child is reaped successfully, the
 //! journals older than the new snapshot are deleted.
@@ -9,16 +9,22 @@
 //! Which pages the older file lacks: every page captured since the older file was written,
 //! i.e. `prev_interval ∪ since_snap`, plus every page beyond the older file's extent. When that
 //! is unknown (first snapshots, a failed writer, a damaged bitmap) the whole extent is written.
+//!
+//! # Safety
+//!
+//! `fork()` runs while the commit lock is held and the allocator is paused; the child runs
+//! only `disk::snapshot::child_main`, which is async-signal-safe (no allocation, no locks).
+//! The in-process writer (simulated disks) reads the plan's runs, mapped at plan time.
 
 use super::{lock, CommitState, Engine};
+use crate::disk::format::snapshot::{dirty_len_for, SnapHeader};
+use crate::disk::journal::{parse_journal_file_name, JournalWriter};
+use crate::disk::snapshot::{self as writer, Plan, Step};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{dirty_len_for, SnapHeader};
 use crate::io::{VFile, Vfs};
-use crate::journal::{parse_journal_file_name, JournalWriter};
-use crate::snapshot::{self as writer, Plan, Step};
+use crate::mem::dirty_set::DirtySet;
+use crate::mem::sysmem::SysVec;
 use crate::sys;
-use crate::track::DirtySet;
-use crate::SysVec;
 use std::alloc::System;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -102,7 +108,7 @@ impl Engine {
             header,
             bitmap,
             stop_after: self.opts.test_snapshot_stop_after.and_then(Step::from_u8),
-            header_first: self.opts.test_planted_bug == Some(crate::PlantedBug::SnapshotHeaderFirst),
+            header_first: self.opts.planted_snapshot_header_first(),
         };
         (target, plan)
     }

@@ -29,10 +29,10 @@
 //! (at open, before the heap is handed out; at growth, for pages never handed out; at close,
 //! after the heap handle is gone).
 
-use crate::alloc::CTRL_SIZE;
 use crate::error::{Error, Result};
+use crate::mem::alloc::CTRL_SIZE;
+use crate::mem::sysmem::SysVec;
 use crate::sys;
-use crate::SysVec;
 use std::alloc::System;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
@@ -49,7 +49,7 @@ const BASE_MIN: usize = 0x1000_0000_0000;
 const BASE_MAX: usize = 0x6000_0000_0000;
 
 /// Alignment of a heap's base address.
-pub(crate) const BASE_ALIGN: usize = crate::alloc::SEGMENT;
+pub(crate) const BASE_ALIGN: usize = crate::mem::alloc::SEGMENT;
 
 /// A reserved range with its current mapping state.
 #[derive(Debug)]

@@ -5,6 +5,8 @@
 //! The getters below take offsets the callers have already bounds-checked against a fixed
 //! header length; they never panic on their own (they read zero past the end).
 
+#![forbid(unsafe_code)]
+
 pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod snapshot;

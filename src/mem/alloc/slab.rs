@@ -592,13 +592,13 @@ impl Arena {
 
 #[cfg(test)]
 mod tests {
-    use crate::alloc::testing::TestRegion;
+    use crate::mem::alloc::testing::TestRegion;
     use std::alloc::{GlobalAlloc, Layout};
     use std::collections::BTreeSet;
 
     const N: usize = 1000;
 
-    fn alloc_n(a: &crate::HeapAlloc, l: Layout) -> Vec<usize> {
+    fn alloc_n(a: &crate::mem::alloc::HeapAlloc, l: Layout) -> Vec<usize> {
         (0..N)
             .map(|i| {
                 // SAFETY: nonzero layout.

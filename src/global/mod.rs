@@ -1,98 +1,11 @@
 //! [`GlobalHeap`]: snapheap as the process's `#[global_allocator]`, with roots of plain `std`
 //! types, commits and snapshots, and reclaim of unreachable blocks at open.
 //!
-//! ```no_run
-//! #[global_allocator]
-//! static HEAP: snapheap::GlobalHeap = snapheap::GlobalHeap::new();
-//!
-//! fn main() {
-//!     let runs = HEAP.with_root(Vec::<String>::new, |log| {
-//!         log.push(format!("run {}", log.len() + 1));
-//!         log.len()
-//!     });
-//!     HEAP.commit().expect("commit");
-//!     println!("this program ran {runs} times");
-//! }
-//! ```
-//!
-//! # Configuration
-//!
-//! - `SNAPHEAP_DIR=/path`: the heap is persistent and lives in that directory (created if
-//!   missing). Unset or empty: the heap is *volatile*: the same allocator over an anonymous
-//!   region (so a benchmark sees the allocator's cost without persistence), roots work, and
-//!   `commit`/`snapshot` do nothing.
-//! - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
-//!   "What must not be stored"). Risky: only when the heap holds no pointers into the
-//!   executable.
-//! - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
-//! - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
-//!   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
-//!
-//! If persistence was asked for and the heap cannot be opened (locked by another process for
-//! more than [`LOCK_WAIT`], damaged, another build, address range taken), the first allocation
-//! prints the reason on stderr and aborts the process: running on a volatile heap instead
-//! would silently lose the data the user asked to keep.
-//!
-//! # Initialisation
-//!
-//! The first call into the allocator (often before `main`) initialises the heap. While that
-//! runs (`state == INITIALIZING`), every allocation of every thread, including the engine's
-//! own `PathBuf`s and `Box`es made while opening, goes to [`System`]; afterwards allocations
-//! go to the heap's arena. `dealloc` and `realloc` route by address: a pointer inside the
-//! heap's reserved range belongs to the arena, any other to `System` (the reserved range is
-//! never handed out by `System`, so the test is exact). A `realloc` of a `System` block after
-//! initialisation moves it into the heap. While a thread runs an engine call (`commit`,
-//! `snapshot`, `stats`, `verify`) its own allocations go to `System` too: the engine pauses the
-//! arena inside those calls, and the pausing thread must not wait for its own pause.
-//!
-//! Every heap block is handed out entirely zeroed (slab blocks with a `memset` of their block
-//! size, spans and huge blocks only when their memory is not fresh), so that no stale word of
-//! an earlier user survives in a live block's slack to mislead the reclaim (see below). This is
-//! the main cost over the plain arena; `benches/RESULTS-global.md` measures it.
-//!
-//! # Roots and commits
-//!
-//! [`GlobalHeap::with_root`] keeps one root per type in a registry block inside the heap
-//! (keyed by the type's name, checked against its size and alignment). A process-local mutex
-//! serialises `with_root` calls and commits, so a commit never captures a root halfway through
-//! an update; do not call `with_root`, `commit` or `snapshot` from inside a `with_root`
-//! closure (it would deadlock). Other threads may keep allocating during a commit: the engine
-//! pauses the allocator while it captures the written pages. Nothing is committed at exit:
-//! call [`GlobalHeap::commit`] for the state to keep.
-//!
-//! # Reclaim
-//!
-//! At open, every allocated block not reachable from the root registry is freed: a
-//! conservative mark phase treats every 8-byte word of a reachable block that points into an
-//! allocated block (anywhere inside it) as a reference. What earlier runs left behind (std's
-//! buffers, thread-locals, leaked temporaries, values dropped after the last commit) does not
-//! accumulate. Conservative means a stale word can keep garbage alive, never the reverse:
-//! blocks are zeroed when handed out, but a live structure may still hold bytes its owner no
-//! longer uses (a `Vec` after `pop`, removed slots of a `BTreeMap` node or hash table), and an
-//! integer that happens to look like a heap address keeps its target. Pointers stored in
-//! other forms than a plain address inside the target (tagged, compressed, XOR-ed, or only one
-//! past the end) are not seen: such types must not be the only owners of heap blocks in roots.
-//!
-//! # What must not be stored in roots
-//!
-//! Everything reachable from a root must stay meaningful in the next run:
-//! - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
-//!   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
-//!   stay valid only for the *same* build at the same load address; snapheap records an id of
-//!   the executable (its GNU build-id, or its size and modification time) and refuses to open
-//!   a heap written by another build ([`crate::Error::Incompatible`]). With
-//!   position-independent executables and ASLR even the same build may load elsewhere, so
-//!   avoid them altogether;
-//! - no pointers to memory outside the heap (stack, `mmap`ed buffers, memory allocated before
-//!   the heap was initialised);
-//! - no OS handles (`File`, sockets, thread ids, `Instant`s);
-//! - no locks that might be held at a commit (a `Mutex` captured locked stays locked), and no
-//!   `Rc`/`Arc` shared with non-root memory you expect to be freed;
-//! - values whose alignment exceeds 64 KiB (the arena cannot place them).
-//!
-//! A child made with a bare `fork()` that keeps running Rust code shares the heap's lock and
-//! journal with its parent: it must not commit (exec'ing children, as `std::process::Command`
-//! makes them, are fine).
+//! The user guide (configuration, initialisation, roots and commits, reclaim, what must not
+//! be stored in roots) is the documentation of [`GlobalHeap`]. Files: `mod.rs` (the type, its
+//! initialisation state machine and its API), `alloc.rs` (the `GlobalAlloc` impl, zeroed
+//! blocks, the cold path), `roots.rs` (the in-heap root registry), `reclaim.rs` (mark and
+//! sweep at open).
 //!
 //! # Invariants
 //!
@@ -100,7 +13,7 @@
 //!   before `READY` is published and never change after.
 //! - `state == READY ∧ arena ≠ null` ⇒ every allocation is served by the arena; pointers in
 //!   `[base, base + max_size)` are arena blocks, all others `System` blocks.
-//! - The registry word (`user_words[0]`) is 0 or the address of a [`Registry`] block with
+//! - The registry word (`user_words[0]`) is 0 or the address of a `Registry` block (`roots.rs`) with
 //!   `len <= MAX_ROOTS`; `user_words[1]` is 0 or the executable id of the last writer.
 //!
 //! # Safety
@@ -109,15 +22,22 @@
 //! `&'static` references derived from the stored pointers are valid. Root pointers come from
 //! the registry, which only this module writes (under `roots`), and were validated at open.
 
-use crate::alloc::{Arena, MEDIUM_MAX, SEGMENT, SLICE, SLICES_PER_SEGMENT};
+mod alloc;
+mod reclaim;
+mod roots;
+
+pub use roots::MAX_ROOTS;
+use roots::{registry_at, Registry, RootEntry, REGISTRY_TYPE_NAME, WORD_REGISTRY};
+
+use crate::disk::format::meta::fnv1a;
 use crate::engine::{lock, Engine, Fingerprint};
 use crate::error::{Error, Result};
-use crate::format::meta::fnv1a;
+use crate::mem::alloc::{Arena, SEGMENT, SLICE};
+use crate::mem::region::Region;
+use crate::mem::sysmem::SysBox;
 use crate::options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
-use crate::region::Region;
 use crate::stats::Stats;
 use crate::sys::process;
-use crate::{SysBox, SysVec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ffi::OsStr;
@@ -137,34 +57,8 @@ const READY: u8 = 2;
 /// before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The root type name recorded in `meta` for heaps of a [`GlobalHeap`] (a `Heap<T>` cannot
-/// open them by mistake, nor the other way round).
-const REGISTRY_TYPE_NAME: &str = "snapheap::GlobalHeap root registry v1";
-const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"SHROOTS1");
-/// Most root types one heap can hold.
-pub const MAX_ROOTS: usize = 64;
-/// `user_words` index of the registry pointer (the same word as `Heap<T>`'s root pointer).
-const WORD_REGISTRY: usize = 0;
 /// `user_words` index of the executable id.
 const WORD_BUILD: usize = 1;
-
-/// One root: a value of the type whose name hashes to `type_hash`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RootEntry {
-    type_hash: u64,
-    size: u64,
-    align: u64,
-    ptr: u64,
-}
-
-/// The root registry, one block in the heap.
-#[repr(C)]
-struct Registry {
-    magic: u64,
-    len: u64,
-    entries: [RootEntry; MAX_ROOTS],
-}
 
 thread_local! {
     /// Set while this thread runs an engine call (commit, snapshot, stats, verify): its
@@ -203,7 +97,102 @@ struct Config {
     snapshot_after_journal_bytes: u64,
 }
 
-/// A persistent heap usable as `#[global_allocator]`. See the [module docs](self).
+/// A persistent heap usable as `#[global_allocator]`: the whole process's heap, with roots of
+/// plain `std` types, commits and snapshots, and reclaim of unreachable blocks at open.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static HEAP: snapheap::GlobalHeap = snapheap::GlobalHeap::new();
+///
+/// fn main() {
+///     let runs = HEAP.with_root(Vec::<String>::new, |log| {
+///         log.push(format!("run {}", log.len() + 1));
+///         log.len()
+///     });
+///     HEAP.commit().expect("commit");
+///     println!("this program ran {runs} times");
+/// }
+/// ```
+///
+/// # Configuration
+///
+/// - `SNAPHEAP_DIR=/path`: the heap is persistent and lives in that directory (created if
+///   missing). Unset or empty: the heap is *volatile*: the same allocator over an anonymous
+///   region (so a benchmark sees the allocator's cost without persistence), roots work, and
+///   `commit`/`snapshot` do nothing.
+/// - `SNAPHEAP_ALLOW_OTHER_BUILD=1`: open a heap written by another build of the program (see
+///   "What must not be stored"). Risky: only when the heap holds no pointers into the
+///   executable.
+/// - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
+/// - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
+///   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
+///
+/// If persistence was asked for and the heap cannot be opened (locked by another process for
+/// more than [`LOCK_WAIT`], damaged, another build, address range taken), the first allocation
+/// prints the reason on stderr and aborts the process: running on a volatile heap instead
+/// would silently lose the data the user asked to keep.
+///
+/// # Initialisation
+///
+/// The first call into the allocator (often before `main`) initialises the heap. While that
+/// runs (`state == INITIALIZING`), every allocation of every thread, including the engine's
+/// own `PathBuf`s and `Box`es made while opening, goes to [`System`]; afterwards allocations
+/// go to the heap's arena. `dealloc` and `realloc` route by address: a pointer inside the
+/// heap's reserved range belongs to the arena, any other to `System` (the reserved range is
+/// never handed out by `System`, so the test is exact). A `realloc` of a `System` block after
+/// initialisation moves it into the heap. While a thread runs an engine call (`commit`,
+/// `snapshot`, `stats`, `verify`) its own allocations go to `System` too: the engine pauses the
+/// arena inside those calls, and the pausing thread must not wait for its own pause.
+///
+/// Every heap block is handed out entirely zeroed (slab blocks with a `memset` of their block
+/// size, spans and huge blocks only when their memory is not fresh), so that no stale word of
+/// an earlier user survives in a live block's slack to mislead the reclaim (see below). This is
+/// the main cost over the plain arena; `benches/RESULTS-global.md` measures it.
+///
+/// # Roots and commits
+///
+/// [`GlobalHeap::with_root`] keeps one root per type in a registry block inside the heap
+/// (keyed by the type's name, checked against its size and alignment). A process-local mutex
+/// serialises `with_root` calls and commits, so a commit never captures a root halfway through
+/// an update; do not call `with_root`, `commit` or `snapshot` from inside a `with_root`
+/// closure (it would deadlock). Other threads may keep allocating during a commit: the engine
+/// pauses the allocator while it captures the written pages. Nothing is committed at exit:
+/// call [`GlobalHeap::commit`] for the state to keep.
+///
+/// # Reclaim
+///
+/// At open, every allocated block not reachable from the root registry is freed: a
+/// conservative mark phase treats every 8-byte word of a reachable block that points into an
+/// allocated block (anywhere inside it) as a reference. What earlier runs left behind (std's
+/// buffers, thread-locals, leaked temporaries, values dropped after the last commit) does not
+/// accumulate. Conservative means a stale word can keep garbage alive, never the reverse:
+/// blocks are zeroed when handed out, but a live structure may still hold bytes its owner no
+/// longer uses (a `Vec` after `pop`, removed slots of a `BTreeMap` node or hash table), and an
+/// integer that happens to look like a heap address keeps its target. Pointers stored in
+/// other forms than a plain address inside the target (tagged, compressed, XOR-ed, or only one
+/// past the end) are not seen: such types must not be the only owners of heap blocks in roots.
+///
+/// # What must not be stored in roots
+///
+/// Everything reachable from a root must stay meaningful in the next run:
+/// - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
+///   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
+///   stay valid only for the *same* build at the same load address; snapheap records an id of
+///   the executable (its GNU build-id, or its size and modification time) and refuses to open
+///   a heap written by another build ([`crate::Error::Incompatible`]). With
+///   position-independent executables and ASLR even the same build may load elsewhere, so
+///   avoid them altogether;
+/// - no pointers to memory outside the heap (stack, `mmap`ed buffers, memory allocated before
+///   the heap was initialised);
+/// - no OS handles (`File`, sockets, thread ids, `Instant`s);
+/// - no locks that might be held at a commit (a `Mutex` captured locked stays locked), and no
+///   `Rc`/`Arc` shared with non-root memory you expect to be freed;
+/// - values whose alignment exceeds 64 KiB (the arena cannot place them).
+///
+/// A child made with a bare `fork()` that keeps running Rust code shares the heap's lock and
+/// journal with its parent: it must not commit (exec'ing children, as `std::process::Command`
+/// makes them, are fine).
+///
 pub struct GlobalHeap {
     state: AtomicU8,
     /// The arena once `READY` (null before, and in the `System` fallback).
@@ -276,7 +265,7 @@ impl GlobalHeap {
                         return a;
                     }
                 }
-                _ => crate::alloc::backoff(&mut round),
+                _ => crate::mem::alloc::backoff(&mut round),
             }
         }
     }
@@ -342,7 +331,7 @@ impl GlobalHeap {
             Ok(r) => r,
             Err(what) => open_failed(dir, &Error::corrupt(dir, 0, what)),
         };
-        match reclaim(arena, registry.map(|r| r as usize)) {
+        match reclaim::reclaim(arena, registry.map(|r| r as usize)) {
             Ok(n) => self.reclaimed.store(n, Relaxed),
             Err(what) => open_failed(dir, &Error::corrupt(dir, 0, format!("reclaim: {what}"))),
         }
@@ -524,68 +513,12 @@ impl GlobalHeap {
         }
         Ok(report)
     }
-
-    // ---- registry --------------------------------------------------------------------------
-
-    fn registry_word(&self, arena: *const Arena) -> &AtomicU64 {
-        match unsafe_arena(arena) {
-            Some(a) => &a.user_words()[WORD_REGISTRY],
-            None => &self.fallback_word,
-        }
-    }
-
-    /// The registry, created on first use. Caller holds `roots`.
-    fn registry(&self, word: &AtomicU64) -> *mut Registry {
-        let w = word.load(Acquire);
-        if w != 0 {
-            return w as *mut Registry;
-        }
-        let layout = Layout::new::<Registry>();
-        // SAFETY: nonzero size.
-        let p = unsafe { self.alloc_zeroed(layout) } as *mut Registry;
-        if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        // SAFETY: p is a fresh zeroed block for a Registry (all-zero is valid).
-        unsafe { (*p).magic = REGISTRY_MAGIC };
-        word.store(p as u64, Release);
-        p
-    }
 }
 
 /// The arena behind a stored pointer.
 fn unsafe_arena(a: *const Arena) -> Option<&'static Arena> {
     // SAFETY: non-null arenas were leaked at initialisation (module Safety).
     unsafe { a.as_ref() }
-}
-
-/// Validates the registry word of a heap just opened: 0 (no registry yet) or a registry block
-/// whose entries point into the heap.
-fn registry_at(arena: &Arena, word: u64) -> std::result::Result<Option<*mut Registry>, String> {
-    if word == 0 {
-        return Ok(None);
-    }
-    let p = word as usize;
-    let size = std::mem::size_of::<Registry>();
-    if p % 8 != 0 || !arena.contains(p as *const u8) || p + size > arena.base + arena.extent() {
-        return Err(format!("root registry pointer {p:#x} does not point into the heap"));
-    }
-    // SAFETY: [p, p + size) lies inside the mapped extent.
-    let reg = unsafe { &*(p as *const Registry) };
-    if reg.magic != REGISTRY_MAGIC || reg.len as usize > MAX_ROOTS {
-        return Err(format!(
-            "root registry at {p:#x} is damaged (magic {:#x}, {} roots)",
-            reg.magic, reg.len
-        ));
-    }
-    for (i, e) in reg.entries[..reg.len as usize].iter().enumerate() {
-        let ok_align = e.align.is_power_of_two() && e.ptr % e.align == 0;
-        let in_heap = e.size == 0 || arena.contains(e.ptr as *const u8);
-        if !ok_align || !in_heap {
-            return Err(format!("root {i} pointer {:#x} does not point into the heap", e.ptr));
-        }
-    }
-    Ok(Some(p as *mut Registry))
 }
 
 /// Checks the executable id recorded in the heap against this executable's and records ours.
@@ -610,59 +543,6 @@ fn check_build(arena: &Arena) -> Result<()> {
         word.store(ours, Release);
     }
     Ok(())
-}
-
-/// Frees every allocated block not reachable from `root` (conservatively: any word of a
-/// reachable block that points inside an allocated block makes that block reachable).
-/// Returns the bytes freed. Runs before the arena is published, so no other thread uses it.
-fn reclaim(arena: &Arena, root: Option<usize>) -> std::result::Result<u64, String> {
-    let mut blocks: SysVec<(usize, usize)> = SysVec::new_in(System);
-    {
-        let _p = arena.pause();
-        arena.for_each_block(|p, len| blocks.push((p, len)))?;
-    }
-    debug_assert!(blocks.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "walk order");
-    let n = blocks.len();
-    let mut marks: SysVec<u64> = SysVec::new_in(System);
-    marks.resize(n.div_ceil(64), 0);
-    let mut stack: SysVec<usize> = SysVec::new_in(System);
-    let find = |w: usize| -> Option<usize> {
-        let i = blocks.partition_point(|b| b.0 <= w);
-        (i > 0 && w < blocks[i - 1].0 + blocks[i - 1].1).then(|| i - 1)
-    };
-    let mark = |i: usize, marks: &mut SysVec<u64>, stack: &mut SysVec<usize>| {
-        if marks[i / 64] & (1 << (i % 64)) == 0 {
-            marks[i / 64] |= 1 << (i % 64);
-            stack.push(i);
-        }
-    };
-    if let Some(i) = root.and_then(find) {
-        mark(i, &mut marks, &mut stack);
-    }
-    while let Some(i) = stack.pop() {
-        let (start, len) = blocks[i];
-        for k in 0..len / 8 {
-            // SAFETY: the block lies inside the mapped extent (walk invariant) and is 8-byte
-            // aligned; the arena is not yet published, so nobody writes it.
-            let w = unsafe { ((start + 8 * k) as *const usize).read() };
-            if arena.contains(w as *const u8) {
-                if let Some(j) = find(w) {
-                    mark(j, &mut marks, &mut stack);
-                }
-            }
-        }
-    }
-    let mut freed = 0u64;
-    for (i, &(start, len)) in blocks.iter().enumerate() {
-        if marks[i / 64] & (1 << (i % 64)) == 0 {
-            // SAFETY: start is an allocated block of this arena (walk) that nothing reachable
-            // refers to; len > 0 and align 1 form a valid layout; dealloc only uses the size
-            // to skip zero-sized blocks.
-            unsafe { arena.dealloc(start as *mut u8, Layout::from_size_align_unchecked(len, 1)) };
-            freed += len as u64;
-        }
-    }
-    Ok(freed)
 }
 
 /// The volatile heap's grow hook: maps anonymous memory up to `new_extent`.
@@ -705,173 +585,6 @@ fn open_failed(dir: &Path, e: &Error) -> ! {
          heap instead would silently lose the state this program keeps",
         dir.display()
     ))
-}
-
-// SAFETY: blocks come from the arena (which hands out disjoint blocks valid for their
-// layout) or from System; dealloc/realloc route each pointer to the allocator whose reserved
-// range contains it (module docs), which is the one that allocated it.
-unsafe impl GlobalAlloc for GlobalHeap {
-    /// Fast path: one load of the arena pointer, the arena's inline fast path, and zeroing of
-    /// the block (see [`zeroed_block`]).
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let a = self.arena.load(Acquire);
-        if !a.is_null() && !in_engine_call() {
-            // SAFETY: a non-null arena lives forever (module Safety); nonzero size (contract).
-            return unsafe { zeroed_block(&*a, layout) };
-        }
-        // SAFETY: forwarded contract.
-        unsafe { self.alloc_cold(layout) }
-    }
-
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract; heap blocks are handed out zeroed anyway, and the
-        // System fallback is asked for zeroed memory below.
-        unsafe {
-            let a = self.arena.load(Acquire);
-            if !a.is_null() && !in_engine_call() {
-                return zeroed_block(&*a, layout);
-            }
-            let p = self.alloc_cold(layout);
-            if !p.is_null() && !self.in_heap(p) {
-                std::ptr::write_bytes(p, 0, layout.size());
-            }
-            p
-        }
-    }
-
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let a = self.arena.load(Acquire);
-        // SAFETY: a non-null arena lives forever; a pointer inside its range is one of its
-        // blocks (System never hands out addresses in the reservation), any other pointer
-        // came from System (forwarded contract).
-        unsafe {
-            if !a.is_null() && (*a).contains(ptr) {
-                (*a).dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
-    }
-
-    /// In place when the new size fits the block and uses at least half of it (the tail the
-    /// block no longer covers is zeroed); otherwise allocate, copy, free. A `System` block
-    /// from before initialisation moves into the heap.
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let a = self.arena.load(Acquire);
-        // SAFETY: as in dealloc; new_size satisfies realloc's contract (forwarded), so the
-        // new layout is valid; ptr is live for layout.size() bytes.
-        unsafe {
-            if a.is_null() || (in_engine_call() && !(*a).contains(ptr)) {
-                return System.realloc(ptr, layout, new_size);
-            }
-            let arena = &*a;
-            if arena.contains(ptr) {
-                let usable = arena.usable_size(ptr as usize);
-                if new_size <= usable && new_size >= usable / 2 {
-                    if new_size < layout.size() {
-                        std::ptr::write_bytes(ptr.add(new_size), 0, layout.size() - new_size);
-                    }
-                    return ptr;
-                }
-            }
-            let new = Layout::from_size_align_unchecked(new_size, layout.align());
-            let q = if in_engine_call() {
-                System.alloc(new)
-            } else {
-                zeroed_block(arena, new)
-            };
-            if !q.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-            q
-        }
-    }
-}
-
-/// Allocates a block for `layout` from `arena` with *all* of it zeroed, not just
-/// `layout.size()` bytes: stale words left by earlier users of the memory (in a block's slack,
-/// or in the last word of a string that does not fill it) would look like references to the
-/// conservative reclaim at the next open and keep garbage alive. Slab blocks are cleared with
-/// a `memset` of their block size; spans and huge blocks are requested at their full size from
-/// `alloc_zeroed`, which skips memory known to be fresh.
-///
-/// # Safety
-///
-/// `layout.size() > 0`.
-#[inline(always)]
-unsafe fn zeroed_block(arena: &Arena, layout: Layout) -> *mut u8 {
-    let size = layout.size();
-    debug_assert!(size > 0);
-    if layout.align() > SLICE {
-        // SAFETY: forwarded contract.
-        return unsafe { overaligned(layout) };
-    }
-    if size <= MEDIUM_MAX {
-        let p = arena.alloc(layout);
-        if !p.is_null() {
-            // SAFETY: p is a fresh live block; usable_size bytes from p belong to it.
-            unsafe { std::ptr::write_bytes(p, 0, arena.usable_size(p as usize)) };
-        }
-        return p;
-    }
-    let k = size.div_ceil(SLICE);
-    let full = if k < SLICES_PER_SEGMENT {
-        k * SLICE
-    } else {
-        size.saturating_add(SLICE).div_ceil(SEGMENT).saturating_mul(SEGMENT) - SLICE
-    };
-    match Layout::from_size_align(full, layout.align()) {
-        Ok(l) => arena.alloc_zeroed(l),
-        Err(_) => std::ptr::null_mut(),
-    }
-}
-
-/// Alignments above a slice are beyond the arena; such (rare) blocks come from `System` and
-/// are therefore not persistent.
-///
-/// # Safety
-///
-/// `layout.size() > 0`.
-#[cold]
-unsafe fn overaligned(layout: Layout) -> *mut u8 {
-    // SAFETY: forwarded contract.
-    unsafe { System.alloc_zeroed(layout) }
-}
-
-impl GlobalHeap {
-    /// Allocation before `READY`: initialises on the first call; while initialising (on any
-    /// thread) and in the fallback, serves from `System` (not zeroed).
-    ///
-    /// # Safety
-    ///
-    /// `layout` has a nonzero size (`GlobalAlloc::alloc`'s contract).
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_cold(&self, layout: Layout) -> *mut u8 {
-        debug_assert!(layout.size() > 0);
-        let a = match self.state.load(Acquire) {
-            READY if in_engine_call() => std::ptr::null(),
-            READY => self.arena.load(Acquire) as *const Arena,
-            UNINIT => self.try_init().unwrap_or(std::ptr::null()),
-            _ => std::ptr::null(),
-        };
-        // SAFETY: forwarded contract; a non-null arena lives forever.
-        unsafe {
-            match a.as_ref() {
-                Some(a) => zeroed_block(a, layout),
-                None => System.alloc(layout),
-            }
-        }
-    }
-
-    /// Whether `p` lies in the heap's reserved range.
-    fn in_heap(&self, p: *const u8) -> bool {
-        unsafe_arena(self.arena.load(Acquire)).is_some_and(|a| a.contains(p))
-    }
 }
 
 #[cfg(test)]
@@ -945,7 +658,7 @@ mod tests {
 
     #[test]
     fn reclaim_frees_exactly_the_blocks_unreachable_from_the_root() {
-        let t = crate::alloc_testing::TestRegion::new(64 << 20);
+        let t = crate::mem::alloc::testing::TestRegion::new(64 << 20);
         let h = t.alloc();
         let a = h.arena();
         let l = |n: usize| Layout::from_size_align(n, 8).unwrap();
@@ -966,7 +679,7 @@ mod tests {
         let mut before = Vec::new();
         a.for_each_block(|p, _| before.push(p)).unwrap();
         assert_eq!(before.len(), 5);
-        let freed = reclaim(a, Some(root)).unwrap();
+        let freed = reclaim::reclaim(a, Some(root)).unwrap();
         let mut after = Vec::new();
         a.for_each_block(|p, _| after.push(p)).unwrap();
         let mut want = vec![root, b, d];

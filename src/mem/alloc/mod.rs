@@ -31,6 +31,7 @@ mod pause;
 mod segment;
 mod size_class;
 mod slab;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod thread_heap;
 mod walk;

@@ -1,0 +1,551 @@
+//! Creating a heap directory and recovering an existing one: [`Engine::open`], which runs
+//! the numbered steps below, one function each, in this order.
+//!
+//! Recovery (see `docs/design.md`, "Recovery"):
+//!
+//! 1. Lock the directory (`lock`, an exclusive `flock`; [`lock_dir`]), read and check `meta`
+//!    or create the heap ([`read_meta`], [`create_meta`]).
+//! 2. Reserve the heap's address range at its recorded base (in [`read_meta`]).
+//! 3. Read both snapshot headers; map the newest valid one's pages copy-on-write (lazy: no page
+//!    is read until touched) ([`map_newest_snapshot`]).
+//! 4. Scan the journals that follow it (gap-free ids, each starting where the previous ended;
+//!    [`scan_journals`]); replay their complete commit groups in order ([`replay`]); only the
+//!    last journal may end in a torn tail, which is truncated (`JournalWriter::resume`).
+//!    [`check_image`] then checks that the allocator's header lies inside the image.
+//! 5. Arm dirty tracking on the mapped extent, attach the allocator ([`attach`]), resume the
+//!    last journal; remove journals older than the snapshot ([`remove_stale`]) and build the
+//!    engine ([`assemble`]).
+//!
+//! See also `engine/snapshot.rs` (the parent side of snapshots), `disk/snapshot.rs` (the file
+//! protocol, including the reading step 3 calls) and `disk/journal/scan.rs` (step 4's scanner).
+//!
+//! # Safety
+//!
+//! Replay writes recovered pages into the reserved, mapped region before anything is handed
+//! out, and [`check_image`] reads the allocator header in segment 0 only after checking that
+//! segment 0 is mapped; each `unsafe` block states its range.
+
+use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
+use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
+use crate::disk::format::snapshot::SnapHeader;
+use crate::disk::journal::{
+    journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
+};
+use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_header};
+use crate::error::{Error, Result};
+use crate::io::{VFile, Vfs};
+use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::dirty_set::DirtySet;
+use crate::mem::region::Region;
+use crate::mem::sysmem::{SysBox, SysVec};
+use crate::mem::track::Tracker;
+use crate::options::{Durability, OpenOptions};
+use crate::sys;
+use std::alloc::System;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Identity of the root type, recorded at creation and checked at every open.
+#[derive(Debug, Clone)]
+pub(crate) struct Fingerprint {
+    pub size: u64,
+    pub align: u64,
+    pub type_name: &'static str,
+    pub schema: String,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `T` with a user schema id.
+    pub(crate) fn of<T>(schema: &str) -> Fingerprint {
+        Fingerprint {
+            size: std::mem::size_of::<T>() as u64,
+            align: std::mem::align_of::<T>() as u64,
+            type_name: std::any::type_name::<T>(),
+            schema: schema.to_string(),
+        }
+    }
+
+    fn check(&self, m: &Meta) -> Result<()> {
+        if fnv1a(self.type_name.as_bytes()) != m.root_type_hash
+            || self.size != m.root_size
+            || self.align != m.root_align
+        {
+            return Err(Error::incompatible(format!(
+                "root type: the heap holds `{}` (size {}, align {}), this program opened it as `{}` (size {}, align {})",
+                m.root_type_name, m.root_size, m.root_align, self.type_name, self.size, self.align
+            )));
+        }
+        // The schema id is optional: it is compared only when both the heap and the opener
+        // name one, so `Heap::open` (no schema) opens any heap of the right root type.
+        let recorded = !m.schema.is_empty();
+        if recorded && !self.schema.is_empty() && fnv1a(self.schema.as_bytes()) != m.schema_hash {
+            return Err(Error::incompatible(format!(
+                "schema: the heap was created with schema {:?}, this program opened it with {:?}",
+                m.schema, self.schema
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| Error::io(op, path, e)
+}
+
+/// Reads a whole small file.
+fn read_file(vfs: &dyn Vfs, path: &Path, max: usize) -> Result<Option<Vec<u8>>> {
+    let f = match vfs.open(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let len = f.len().map_err(io_err("fstat", path))?.min(max as u64) as usize;
+    let mut buf = vec![0u8; len];
+    let n = f.read_at(&mut buf, 0).map_err(io_err("read", path))?;
+    buf.truncate(n);
+    Ok(Some(buf))
+}
+
+/// How many times (2 ms apart) a taken heap lock is tried again before `Error::Locked`.
+const LOCK_RETRIES: u32 = 50;
+
+impl Engine {
+    /// Opens (or creates) the heap in `dir`: the numbered recovery steps of the module doc,
+    /// one function each. Returns the boxed engine (its address must stay stable: the
+    /// allocator's grow hook and the flusher point into it).
+    pub(crate) fn open(dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<SysBox<Engine>> {
+        check_page_size()?;
+        let vfs = opts.vfs.clone();
+        vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let dir = dir.to_path_buf();
+        let lock_file = lock_dir(&*vfs, &dir)?; // 1
+        let (meta, mut region) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
+        let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region)?; // 3
+        let journals = scan_journals(&*vfs, &dir, &meta, snaps.first_journal, snaps.start_seq)?; // 4
+        let replayed = replay(&*vfs, &meta, &mut region, &journals.scans)?; // 4
+        let any_state = snaps.newest.is_some() || replayed.any_group;
+        if any_state {
+            check_image(&dir, &region, &journals.scans, &snaps)?;
+        }
+        let journal = match journals.scans.last() {
+            Some(last) => JournalWriter::resume(&*vfs, last)?, // 4: truncates a torn tail
+            None => JournalWriter::create(&*vfs, &dir, meta.heap_id, snaps.first_journal, snaps.start_seq)?,
+        };
+        let (grow, arena) = attach(opts, &dir, &meta, region, !any_state)?; // 5
+        remove_stale(&*vfs, &dir, &journals.stale);
+        Ok(assemble(
+            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena,
+        ))
+    }
+}
+
+/// snapheap needs 4096-byte pages (the journal and snapshot formats are page-granular).
+fn check_page_size() -> Result<()> {
+    if sys::page_size() != sys::OS_PAGE {
+        return Err(Error::incompatible(format!(
+            "the system page size is {} bytes; snapheap needs {}-byte pages",
+            sys::page_size(),
+            sys::OS_PAGE
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1a: takes the directory's exclusive lock (`lock`, an `flock`).
+fn lock_dir(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn VFile>> {
+    let lock_path = dir.join("lock");
+    let lock_file = vfs.open(&lock_path, true).map_err(io_err("open", &lock_path))?;
+    if let Some(fd) = lock_file.raw_fd() {
+        // A lock found taken is tried again for a short while: another thread of this
+        // process that is spawning a program holds a copy of every descriptor between its
+        // fork and exec (O_CLOEXEC closes them only at exec), and with it our lock.
+        let mut tries = 0;
+        while !sys::try_lock_exclusive(fd).map_err(io_err("flock", &lock_path))? {
+            tries += 1;
+            if tries > LOCK_RETRIES {
+                return Err(Error::Locked { path: lock_path });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    Ok(lock_file)
+}
+
+/// Steps 1b and 2: reads and checks `meta` (or creates a new heap), then reserves the heap's
+/// address range at its recorded base.
+fn read_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
+    let meta_path = dir.join("meta");
+    match read_file(vfs, &meta_path, META_LEN)? {
+        Some(bytes) => {
+            let meta = Meta::decode(&bytes).map_err(|e| match e {
+                MetaError::Corrupt(off, what) => Error::corrupt(&meta_path, off, what),
+                MetaError::Version(v) => Error::incompatible(format!(
+                    "{} has format version {v}, this build reads version {}",
+                    meta_path.display(),
+                    crate::disk::format::meta::FORMAT_VERSION
+                )),
+            })?;
+            fp.check(&meta)?;
+            let region = Region::reserve(meta.base as usize, meta.max_size as usize)?;
+            Ok((meta, region))
+        }
+        None => create_meta(vfs, dir, opts, fp),
+    }
+}
+
+/// What step 3 found: both snapshot files and the newest valid one.
+struct Snapshots {
+    files: SysVec<Box<dyn VFile>>,
+    headers: [Option<SnapHeader>; 2],
+    /// Index of the newest valid snapshot, if any.
+    newest: Option<usize>,
+    /// Commit sequence number of the state the snapshot holds (0 without one).
+    start_seq: u64,
+    /// The first journal after the snapshot (1 without one).
+    first_journal: u64,
+    /// The newest snapshot's dirty bitmap, when it has a usable one.
+    prev_interval: Option<DirtySet>,
+}
+
+/// Step 3: reads both snapshot headers and maps the newest valid snapshot's pages
+/// copy-on-write (lazily: no page is read until touched).
+fn map_newest_snapshot(vfs: &dyn Vfs, dir: &Path, meta: &Meta, region: &mut Region) -> Result<Snapshots> {
+    let mut files: SysVec<Box<dyn VFile>> = SysVec::new_in(System);
+    let mut headers = [None, None];
+    for (i, name) in SNAPSHOT_FILES.iter().enumerate() {
+        let path = dir.join(name);
+        let f = vfs.open(&path, true).map_err(io_err("open", &path))?;
+        headers[i] = read_snapshot_header(&*f, meta).map_err(|(off, what)| Error::corrupt(&path, off, what))?;
+        files.push(f);
+    }
+    let newest = (0..2)
+        .filter(|&i| headers[i].is_some_and(|h: SnapHeader| h.valid))
+        .max_by_key(|&i| headers[i].map_or(0, |h| h.generation));
+    let (start_seq, first_journal) = match newest.and_then(|n| headers[n]) {
+        Some(h) => (h.seq, h.journal_id),
+        None => (0, 1),
+    };
+    let mut prev_interval = None;
+    if let Some(n) = newest {
+        let h = headers[n].expect("newest is valid");
+        let f = &files[n];
+        if h.extent > 0 {
+            map_snapshot(region, &**f, h.extent as usize, &dir.join(SNAPSHOT_FILES[n]))?;
+        }
+        prev_interval = read_dirty_bitmap(&**f, &h, region.base(), meta.max_size as usize);
+    }
+    Ok(Snapshots {
+        files,
+        headers,
+        newest,
+        start_seq,
+        first_journal,
+        prev_interval,
+    })
+}
+
+/// What step 4's scan found.
+struct Journals {
+    /// The journals from `first_journal` on, in order, each validated.
+    scans: Vec<JournalScan>,
+    /// Ids of journals older than the snapshot (garbage).
+    stale: Vec<u64>,
+}
+
+/// Step 4a: scans the journals that follow the snapshot: gap-free ids from `first_journal`,
+/// each starting at the commit where the previous one ended; only the last may end in a torn
+/// tail.
+fn scan_journals(vfs: &dyn Vfs, dir: &Path, meta: &Meta, first_journal: u64, start_seq: u64) -> Result<Journals> {
+    let names = vfs.list(dir).map_err(io_err("list directory", dir))?;
+    let mut ids: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
+        .collect();
+    ids.sort_unstable();
+    let stale: Vec<u64> = ids.iter().copied().filter(|&id| id < first_journal).collect();
+    ids.retain(|&id| id >= first_journal);
+    let mut scans: Vec<JournalScan> = Vec::new();
+    let mut expect_seq = start_seq;
+    for (k, &id) in ids.iter().enumerate() {
+        let path = dir.join(journal_file_name(id));
+        let expected_id = first_journal + k as u64;
+        if id != expected_id {
+            return Err(Error::corrupt(
+                dir.join(journal_file_name(expected_id)),
+                0,
+                format!("journal {expected_id} is missing but journal {id} exists"),
+            ));
+        }
+        let scan = scan_journal(vfs, &path, meta.heap_id, id, k + 1 == ids.len())?;
+        if scan.header.start_seq != expect_seq {
+            return Err(Error::corrupt(
+                &path,
+                crate::disk::format::journal::START_SEQ_OFFSET as u64,
+                format!(
+                    "journal starts after commit {} but the state before it ends at commit {expect_seq}",
+                    scan.header.start_seq
+                ),
+            ));
+        }
+        expect_seq = scan.last_seq();
+        scans.push(scan);
+    }
+    Ok(Journals { scans, stale })
+}
+
+/// What step 4's replay wrote into the region.
+struct Replayed {
+    /// The address ranges written, in replay order.
+    ranges: SysVec<(usize, usize)>,
+    /// Pages written (counted once per write).
+    pages: u64,
+    /// Whether any journal held a complete commit group.
+    any_group: bool,
+}
+
+/// Step 4b: replays the complete commit groups in order, growing the region to each group's
+/// extent and copying its page runs into place.
+fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]) -> Result<Replayed> {
+    let base = region.base();
+    let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
+    let mut pages = 0u64;
+    let mut any_group = false;
+    for scan in scans {
+        let f = vfs.open(&scan.path, false).map_err(io_err("open", &scan.path))?;
+        for g in &scan.groups {
+            any_group = true;
+            if g.extent > meta.max_size || g.extent % SEGMENT as u64 != 0 {
+                return Err(Error::corrupt(
+                    &scan.path,
+                    0,
+                    format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
+                ));
+            }
+            region
+                .grow(g.extent as usize)
+                .map_err(io_err("mmap (grow heap)", &scan.path))?;
+            for run in &scan.runs[g.runs.clone()] {
+                if run.region_offset % sys::OS_PAGE as u64 != 0
+                    || run.len % sys::OS_PAGE as u64 != 0
+                    || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
+                {
+                    return Err(Error::corrupt(
+                        &scan.path,
+                        run.file_offset,
+                        format!(
+                            "page run {:#x}+{:#x} lies outside the heap extent {:#x}",
+                            run.region_offset, run.len, g.extent
+                        ),
+                    ));
+                }
+                let addr = base + run.region_offset as usize;
+                // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
+                // and nothing has been handed out yet, so no reference aliases it.
+                let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
+                read_run(&*f, &scan.path, run, dst)?;
+                ranges.push((addr, addr + run.len as usize));
+                pages += run.len / sys::OS_PAGE as u64;
+            }
+        }
+    }
+    Ok(Replayed {
+        ranges,
+        pages,
+        any_group,
+    })
+}
+
+/// Between steps 4 and 5: `Arena::attach` reads the allocator header in segment 0 and every
+/// segment up to the extent that header records: both must lie inside the recovered image,
+/// or a damaged (or crafted) snapshot or journal would make it read unmapped memory.
+fn check_image(dir: &Path, region: &Region, scans: &[JournalScan], snaps: &Snapshots) -> Result<()> {
+    let mapped = region.extent();
+    let source = scans
+        .iter()
+        .rev()
+        .find(|s| !s.groups.is_empty())
+        .map(|s| s.path.clone())
+        .or_else(|| snaps.newest.map(|n| dir.join(SNAPSHOT_FILES[n])))
+        .unwrap_or_else(|| dir.to_path_buf());
+    if mapped < SEGMENT {
+        return Err(Error::corrupt(
+            &source,
+            0,
+            format!("the recovered image is {mapped:#x} bytes, less than the allocator's first segment"),
+        ));
+    }
+    // SAFETY: the header lies inside segment 0, mapped read-write (checked above), and
+    // nothing refers into the region yet.
+    let header = unsafe { &*((region.base() + ARENA_HEADER_OFFSET) as *const ArenaHeader) };
+    let persisted = header.extent.load(Ordering::Relaxed);
+    if persisted > mapped as u64 {
+        return Err(Error::corrupt(
+            &source,
+            0,
+            format!("allocator extent {persisted:#x} exceeds the recovered image of {mapped:#x} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 5: arms dirty tracking on the mapped extent and creates (`fresh`) or attaches the
+/// allocator. The allocator comes last: nothing after it can fail.
+fn attach(
+    opts: &OpenOptions,
+    dir: &Path,
+    meta: &Meta,
+    mut region: Region,
+    fresh: bool,
+) -> Result<(SysBox<GrowCtx>, &'static Arena)> {
+    let base = region.base();
+    let mut tracker = Tracker::new(opts.force_all_dirty);
+    if fresh {
+        region.grow(SEGMENT).map_err(io_err("mmap (first segment)", dir))?;
+    }
+    if region.extent() > 0 {
+        tracker
+            .arm(base, base + region.extent())
+            .map_err(io_err("userfaultfd (arm)", dir))?;
+    }
+    let grow = SysBox::new_in(
+        GrowCtx {
+            region: Mutex::new(region),
+            tracker: Mutex::new(tracker),
+        },
+        System,
+    );
+    let ctx = &*grow as *const GrowCtx as *const ();
+    let arena = if fresh {
+        // SAFETY: the control area and the first segment are mapped read-write and zeroed
+        // (fresh anonymous memory), and nothing else uses them.
+        unsafe { Arena::create(base, meta.max_size as usize, super::grow_hook, ctx) }
+    } else {
+        // SAFETY: the region is mapped read-write up to the recovered extent.
+        unsafe { Arena::attach(base, meta.max_size as usize, super::grow_hook, ctx) }
+            .map_err(|e| Error::corrupt(dir, 0, format!("allocator state: {e}")))?
+    };
+    if arena.extent() > lock(&grow.region).extent() {
+        return Err(Error::corrupt(dir, 0, "allocator extent exceeds the recovered image"));
+    }
+    Ok((grow, arena))
+}
+
+/// Removes the journals older than the snapshot. They are covered by the snapshot; if a
+/// removal is lost to a power loss the file is found stale and removed again, so the
+/// directory sync is only for tidiness and is skipped when nothing was removed.
+fn remove_stale(vfs: &dyn Vfs, dir: &Path, stale: &[u64]) {
+    if !stale.is_empty() {
+        for id in stale.iter() {
+            let _ = vfs.remove(&dir.join(journal_file_name(*id)));
+        }
+        let _ = vfs.sync_dir(dir);
+    }
+}
+
+/// Builds the engine from what the steps produced and starts the flusher of
+/// [`Durability::Eventual`]. Cannot fail.
+#[allow(clippy::too_many_arguments)] // one argument per recovery step's result
+fn assemble(
+    dir: std::path::PathBuf,
+    vfs: std::sync::Arc<dyn Vfs>,
+    meta: Meta,
+    opts: &OpenOptions,
+    lock_file: Box<dyn VFile>,
+    snaps: Snapshots,
+    replayed: Replayed,
+    journal: JournalWriter,
+    grow: SysBox<GrowCtx>,
+    arena: &'static Arena,
+) -> SysBox<Engine> {
+    let base = lock(&grow.region).base();
+    let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
+    for &(a, b) in replayed.ranges.iter() {
+        since_snap.insert_range(a, b);
+    }
+    let last_seq = journal.next_seq() - 1;
+    let durable = super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
+    let mut files = snaps.files.into_iter();
+    let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
+    let counters = Counters::default();
+    counters.replayed_pages.store(replayed.pages, Ordering::Relaxed);
+    if let Some(n) = snaps.newest {
+        counters
+            .snapshot_generation
+            .store(snaps.headers[n].map_or(0, |h| h.generation), Ordering::Relaxed);
+    }
+    let engine = Engine {
+        dir,
+        vfs,
+        meta,
+        opts: opts.clone(),
+        arena,
+        grow,
+        commit: Mutex::new(CommitState {
+            journal,
+            ranges: SysVec::new_in(System),
+            since_snap,
+            prev_interval: snaps.prev_interval,
+            snap_files,
+            snaps: snaps.headers,
+            pending: None,
+            last_seq,
+            last_snapshot_at: Instant::now(),
+        }),
+        durable,
+        poisoned: AtomicBool::new(false),
+        poison_cause: Mutex::new(None),
+        counters,
+        lock_file,
+        closed: AtomicBool::new(false),
+    };
+    let engine = SysBox::new_in(engine, System);
+    if opts.durability == Durability::Eventual {
+        // SAFETY: the engine is boxed (stable address) and its close/drop stop the flusher
+        // before the box is freed.
+        unsafe { engine.start_flusher(opts.flush_interval) };
+    }
+    engine
+}
+
+/// Creates `meta` for a new heap (removing leftovers of an earlier creation that never
+/// completed) and reserves its address range.
+fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
+    let max_size = opts.max_size.div_ceil(SEGMENT as u64) * SEGMENT as u64;
+    if max_size == 0 || max_size > crate::disk::format::meta::MAX_MAX_SIZE {
+        return Err(Error::invalid(format!("max_size {} is out of range", opts.max_size)));
+    }
+    for name in vfs.list(dir).map_err(io_err("list directory", dir))? {
+        let s = name.to_string_lossy();
+        if parse_journal_file_name(&s).is_some() || SNAPSHOT_FILES.contains(&&*s) {
+            let _ = vfs.remove(&dir.join(&name));
+        }
+    }
+    let region = Region::reserve_anywhere(max_size as usize)?;
+    let meta = Meta {
+        heap_id: sys::random_u64(),
+        page_size: sys::OS_PAGE as u32,
+        base: region.base() as u64,
+        max_size,
+        root_size: fp.size,
+        root_align: fp.align,
+        root_type_hash: fnv1a(fp.type_name.as_bytes()),
+        schema_hash: fnv1a(fp.schema.as_bytes()),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        root_type_name: fp.type_name.to_string(),
+        schema: fp.schema.clone(),
+    };
+    let tmp = dir.join("meta.tmp");
+    let path = dir.join("meta");
+    let f = vfs.open(&tmp, true).map_err(io_err("create", &tmp))?;
+    f.set_len(0).map_err(io_err("truncate", &tmp))?;
+    f.write_at(&meta.encode(), 0).map_err(io_err("write", &tmp))?;
+    f.sync_data().map_err(io_err("fdatasync", &tmp))?;
+    drop(f);
+    vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
+    Ok((meta, region))
+}

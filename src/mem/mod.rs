@@ -1,0 +1,7 @@
+//! Memory: the region, its allocator and the dirty-page tracker.
+
+pub(crate) mod alloc;
+pub(crate) mod dirty_set;
+pub(crate) mod region;
+pub(crate) mod sysmem;
+pub(crate) mod track;
