@@ -65,7 +65,9 @@ pub use mem::alloc::HeapAlloc;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;
-pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+pub use options::{
+    Durability, OpenOptions, DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+};
 pub use stats::Stats;
 
 #[cfg(any(test, feature = "testing"))]

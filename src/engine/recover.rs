@@ -12,7 +12,9 @@
 //!    [`scan_journals`]); replay their complete commit groups in order ([`replay`]); only the
 //!    last journal may end in a torn tail, which is truncated (`JournalWriter::resume`).
 //!    [`check_image`] then checks that the allocator's header lies inside the image.
-//! 5. Arm dirty tracking on the mapped extent, attach the allocator ([`attach`]), resume the
+//! 5. Seed the base cache from the replayed pages ([`seed_capture`], before anything else
+//!    writes the region), arm dirty tracking on the mapped extent, attach the allocator
+//!    ([`attach`]), resume the
 //!    last journal; remove journals older than the snapshot ([`remove_stale`]) and build the
 //!    engine ([`assemble`]).
 //!
@@ -21,11 +23,12 @@
 //!
 //! # Safety
 //!
-//! Replay writes recovered pages into the reserved, mapped region before anything is handed
+//! Replay writes recovered pages (and applies `DELTA` entries to them) into the reserved, mapped region before anything is handed
 //! out, and [`check_image`] reads the allocator header in segment 0 only after checking that
 //! segment 0 is mapped; each `unsafe` block states its range.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
+use crate::disk::format::delta::{apply_entry, Entries, ENTRY_PAGE_OFFSET};
 use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
 use crate::disk::journal::{
@@ -35,6 +38,7 @@ use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_heade
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::base_cache::BaseCache;
 use crate::mem::dirty_set::DirtySet;
 use crate::mem::region::Region;
 use crate::mem::sysmem::{SysBox, SysVec};
@@ -124,7 +128,7 @@ impl Engine {
         let (meta, mut region) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
         let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region)?; // 3
         let journals = scan_journals(&*vfs, &dir, &meta, snaps.first_journal, snaps.start_seq)?; // 4
-        let replayed = replay(&*vfs, &meta, &mut region, &journals.scans)?; // 4
+        let replayed = replay(&*vfs, opts, &meta, &mut region, &journals.scans)?; // 4
         let any_state = snaps.newest.is_some() || replayed.any_group;
         if any_state {
             check_image(&dir, &region, &journals.scans, &snaps)?;
@@ -133,11 +137,23 @@ impl Engine {
             Some(last) => JournalWriter::resume(&*vfs, last)?, // 4: truncates a torn tail
             None => JournalWriter::create(&*vfs, &dir, meta.heap_id, snaps.first_journal, snaps.start_seq)?,
         };
+        let capture = seed_capture(opts, &meta, &region, &snaps, &replayed); // 5, before arming
+        let older_journal_bytes = journals
+            .scans
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|s| s.valid_end - crate::disk::format::journal::FIRST_RECORD_OFFSET)
+            .sum();
         let (grow, arena) = attach(opts, &dir, &meta, region, !any_state)?; // 5
         remove_stale(&*vfs, &dir, &journals.stale);
-        Ok(assemble(
-            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena,
-        ))
+        let (capture, cache_budget) = capture;
+        let engine = assemble(
+            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture,
+        );
+        engine.counters.cache_budget.store(cache_budget, Ordering::Relaxed);
+        lock(&engine.commit).older_journal_bytes = older_journal_bytes;
+        Ok(engine)
     }
 }
 
@@ -306,9 +322,17 @@ struct Replayed {
 }
 
 /// Step 4b: replays the complete commit groups in order, growing the region to each group's
-/// extent and copying its page runs into place.
-fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]) -> Result<Replayed> {
+/// extent, copying its page runs into place and applying its `DELTA` entries (each checked
+/// against its post-image checksum).
+fn replay(
+    vfs: &dyn Vfs,
+    opts: &OpenOptions,
+    meta: &Meta,
+    region: &mut Region,
+    scans: &[JournalScan],
+) -> Result<Replayed> {
     let base = region.base();
+    let mut delta_buf: SysVec<u8> = SysVec::new_in(System);
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
     let mut any_group = false;
@@ -327,26 +351,61 @@ fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]
                 .grow(g.extent as usize)
                 .map_err(io_err("mmap (grow heap)", &scan.path))?;
             for run in &scan.runs[g.runs.clone()] {
+                let pages_run = run.delta_entries.is_none();
                 if run.region_offset % sys::OS_PAGE as u64 != 0
-                    || run.len % sys::OS_PAGE as u64 != 0
-                    || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
+                    || (pages_run && run.len % sys::OS_PAGE as u64 != 0)
+                    || run.region_end > g.extent
+                    || run.region_end <= run.region_offset
                 {
                     return Err(Error::corrupt(
                         &scan.path,
                         run.file_offset,
                         format!(
-                            "page run {:#x}+{:#x} lies outside the heap extent {:#x}",
-                            run.region_offset, run.len, g.extent
+                            "page run {:#x}..{:#x} lies outside the heap extent {:#x}",
+                            run.region_offset, run.region_end, g.extent
                         ),
                     ));
                 }
-                let addr = base + run.region_offset as usize;
-                // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
-                // and nothing has been handed out yet, so no reference aliases it.
-                let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
-                read_run(&*f, &scan.path, run, dst)?;
-                ranges.push((addr, addr + run.len as usize));
-                pages += run.len / sys::OS_PAGE as u64;
+                let Some(count) = run.delta_entries else {
+                    let addr = base + run.region_offset as usize;
+                    // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
+                    // and nothing has been handed out yet, so no reference aliases it.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
+                    read_run(&*f, &scan.path, run, dst)?;
+                    ranges.push((addr, addr + run.len as usize));
+                    pages += run.len / sys::OS_PAGE as u64;
+                    continue;
+                };
+                // A DELTA record: read its payload again and decode it with the same checks as
+                // the scan (the file could have changed since), then apply each entry to its
+                // page in place and check the page's post-image checksum.
+                delta_buf.clear();
+                delta_buf.resize(run.len as usize, 0);
+                read_run(&*f, &scan.path, run, &mut delta_buf)?;
+                let at = |off: usize| run.file_offset + off as u64;
+                for e in Entries::new(&delta_buf, count) {
+                    let e = e.map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    if e.page < run.region_offset || e.page >= run.region_end {
+                        return Err(Error::corrupt(
+                            &scan.path,
+                            at(e.at + ENTRY_PAGE_OFFSET),
+                            format!(
+                                "DELTA entry for page {:#x} outside the record's pages (changed since the scan)",
+                                e.page
+                            ),
+                        ));
+                    }
+                    let addr = base + e.page as usize;
+                    // SAFETY: the page lies in [region_offset, region_end), inside the mapped
+                    // extent (checked above), and nothing refers into the region yet.
+                    let page = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, sys::OS_PAGE) };
+                    if opts.planted_delta_replay_zero_base() {
+                        page.fill(0); // planted bug (tests only): the wrong base
+                    }
+                    apply_entry(&e, page).map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    ranges.push((addr, addr + sys::OS_PAGE));
+                    pages += 1;
+                }
             }
         }
     }
@@ -355,6 +414,33 @@ fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]
         pages,
         any_group,
     })
+}
+
+/// Start of step 5: the base cache, seeded with the pages replay just wrote (their memory is
+/// exactly what the journal chain holds), before tracking is armed and before anything else
+/// writes the region; the most recently replayed first, up to its capacity. Pages at or above
+/// the newest snapshot's extent that replay did not write are zeros in the chain
+/// (`docs/design.md`, "Base cache"). Returns the capture and the cache's budget (0: off; a
+/// cache whose mapping fails is off, not an error).
+fn seed_capture(
+    opts: &OpenOptions,
+    meta: &Meta,
+    region: &Region,
+    snaps: &Snapshots,
+    replayed: &Replayed,
+) -> (super::capture::Capture, u64) {
+    let cache = BaseCache::new(opts.base_cache_bytes, meta.max_size as usize / sys::OS_PAGE).unwrap_or(None);
+    let budget = if cache.is_some() { opts.base_cache_bytes } else { 0 };
+    let zero_from = snaps.newest.and_then(|n| snaps.headers[n]).map_or(0, |h| h.extent);
+    let mut capture = super::capture::Capture::new(cache, zero_from, opts.planted_delta_stale_base());
+    for &(a, b) in replayed.ranges.iter().rev() {
+        // SAFETY: replayed ranges are page-aligned and inside the mapped extent, and nothing
+        // writes the region during open.
+        if !unsafe { capture.seed(region.base(), a, b) } {
+            break;
+        }
+    }
+    (capture, budget)
 }
 
 /// Between steps 4 and 5: `Arena::attach` reads the allocator header in segment 0 and every
@@ -458,6 +544,7 @@ fn assemble(
     journal: JournalWriter,
     grow: SysBox<GrowCtx>,
     arena: &'static Arena,
+    capture: super::capture::Capture,
 ) -> SysBox<Engine> {
     let base = lock(&grow.region).base();
     let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
@@ -470,6 +557,7 @@ fn assemble(
     let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
     let counters = Counters::default();
     counters.replayed_pages.store(replayed.pages, Ordering::Relaxed);
+    counters.publish_capture(&capture);
     if let Some(n) = snaps.newest {
         counters
             .snapshot_generation
@@ -492,6 +580,8 @@ fn assemble(
             pending: None,
             last_seq,
             last_snapshot_at: Instant::now(),
+            capture,
+            older_journal_bytes: 0,
         }),
         durable,
         poisoned: AtomicBool::new(false),

@@ -142,6 +142,11 @@ impl BaseCache {
         self.slots as usize
     }
 
+    /// Number of slots in use.
+    pub(crate) fn len(&self) -> usize {
+        self.used as usize
+    }
+
     /// Counters, with `bytes` computed now.
     pub(crate) fn counters(&self) -> CacheCounters {
         let bytes = (self.used as usize + 1) * FRAME

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use std::fmt;
 
 /// Bytes in a page.
@@ -86,44 +87,6 @@ pub(crate) fn table_len(runs: usize) -> usize {
 #[inline]
 pub(crate) fn entry_len(runs: usize, words: usize) -> usize {
     ENTRY_HEADER_LEN + table_len(runs) + words * 8
-}
-
-fn put_u16(b: &mut [u8], off: usize, v: u16) {
-    if let Some(d) = b.get_mut(off..off + 2) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn put_u32(b: &mut [u8], off: usize, v: u32) {
-    if let Some(d) = b.get_mut(off..off + 4) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn put_u64(b: &mut [u8], off: usize, v: u64) {
-    if let Some(d) = b.get_mut(off..off + 8) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(s) = b.get(off..off + N) {
-        out.copy_from_slice(s);
-    }
-    out
-}
-
-fn get_u16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes(get(b, off))
-}
-
-fn get_u32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(get(b, off))
-}
-
-fn get_u64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(get(b, off))
 }
 
 /// crc32 of a page image (the `post_crc` of an entry).
@@ -427,8 +390,9 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
-/// Validates a whole payload of `count` entries (what the scanner runs before anything is
-/// applied).
+/// Validates a whole payload of `count` entries (what the scanner does, entry by entry, before
+/// anything is applied).
+#[cfg(test)]
 pub(crate) fn check_payload(payload: &[u8], count: u32) -> Result<(), DeltaError> {
     for e in Entries::new(payload, count) {
         e?;
