@@ -75,6 +75,9 @@ impl std::fmt::Debug for OpenOptions {
 
 /// The default maximum heap size: 256 GiB of address space (costs nothing until used).
 pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
+/// The default budget of the base cache ([`OpenOptions::base_cache_bytes`]): 64 MiB, about
+/// 16,000 pages (see `docs/design.md`, "Base cache", for why).
+pub const DEFAULT_BASE_CACHE_BYTES: u64 = 64 << 20;
 /// The default journal volume below which `close` skips the snapshot: 8 MiB.
 pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
 /// The default journal volume after which a snapshot starts: 64 MiB.
@@ -91,7 +94,7 @@ impl Default for OpenOptions {
             flush_interval: Duration::from_secs(1),
             snapshot_on_close: true,
             close_snapshot_min_bytes: DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES,
-            base_cache_bytes: crate::mem::base_cache::DEFAULT_BUDGET,
+            base_cache_bytes: DEFAULT_BASE_CACHE_BYTES,
             force_all_dirty: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,

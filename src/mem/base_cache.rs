@@ -3,8 +3,8 @@
 //! words that changed (`DELTA` records). Process-local memory with a fixed budget, evicted by
 //! CLOCK; owned by the commit state and used only under the commit lock.
 //!
-//! Memory: one private anonymous mapping (`MAP_NORESERVE`, so untouched parts cost nothing)
-//! with `MADV_DONTFORK`, so the snapshot writer child neither inherits nor copies it. Never the
+//! Memory: one private anonymous mapping (`sys::map_private_no_fork`: `MAP_NORESERVE`, so
+//! untouched parts cost nothing, and `MADV_DONTFORK`), so the snapshot writer child neither inherits nor copies it. Never the
 //! global allocator: snapheap may be the global allocator, and the commit path runs while it
 //! is paused. Layout of the mapping: `slots + 1` page frames (one is the *spare*: the commit
 //! path copies a live page into it, diffs it against the slot's frame, then the two frames
@@ -35,10 +35,6 @@ use std::mem::size_of;
 pub(crate) const FRAME: usize = 4096;
 /// A frame viewed as words.
 pub(crate) type FrameWords = [u64; FRAME / 8];
-
-/// Default budget of [`OpenOptions::base_cache_bytes`](crate::OpenOptions): 64 MiB, i.e.
-/// 16,320 pages. See `docs/design.md` ("Base cache") for why.
-pub(crate) const DEFAULT_BUDGET: u64 = 64 << 20;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -115,7 +111,7 @@ impl BaseCache {
             return Ok(None);
         }
         let (tcap, frames_len, slots_len, map_len) = lens(slots);
-        let mem = map_private(map_len)?;
+        let mem = crate::sys::map_private_no_fork(map_len)? as *mut u8;
         let tbits = tcap.trailing_zeros();
         Ok(Some(BaseCache {
             mem,
@@ -402,36 +398,10 @@ impl BaseCache {
 
 impl Drop for BaseCache {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created by `map_private` with this length and nothing refers
-        // into it once the cache is dropped.
-        unsafe { libc::munmap(self.mem as *mut libc::c_void, self.map_len) };
+        // SAFETY: the mapping was created by `map_private_no_fork` with this length, is owned
+        // by the cache and nothing refers into it once the cache is dropped.
+        let _ = unsafe { crate::sys::unmap(self.mem as usize, self.map_len) };
     }
-}
-
-/// A private anonymous mapping of `len` bytes, not inherited by `fork` children.
-fn map_private(len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: [p, p + len) is the mapping just created.
-    if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
-        let e = io::Error::last_os_error();
-        // SAFETY: as above; it is not used after this.
-        unsafe { libc::munmap(p, len) };
-        return Err(e);
-    }
-    Ok(p as *mut u8)
 }
 
 #[cfg(test)]
