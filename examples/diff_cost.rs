@@ -7,6 +7,8 @@
 use std::time::Instant;
 
 type Page = [u64; 512];
+/// A named change applied to page `i`.
+type Change = (&'static str, fn(&mut Page, usize));
 
 struct Rng(u64);
 
@@ -22,7 +24,7 @@ impl Rng {
 fn main() {
     println!("| change | pages in cache (4 pages) | pages from memory (16,384 pages) |");
     println!("|---|---:|---:|");
-    let cases: [(&str, fn(&mut Page, usize)); 5] = [
+    let cases: [Change; 5] = [
         ("unchanged", |_, _| {}),
         ("one word", |p, i| p[(i * 61) % 512] ^= 1),
         ("8 scattered words", |p, i| {

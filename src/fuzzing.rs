@@ -217,14 +217,13 @@ pub mod delta_offsets {
     }
 }
 
+/// An applied `DELTA` entry: `(page, payload offset, length)`.
+pub type DeltaEntry = (u64, usize, usize);
+
 /// Validates a `DELTA` payload of `count` entries and applies each entry in turn to `page`
 /// (every entry to the same buffer: the targets check totality, not meaning). Returns each
 /// entry's `(page, payload offset, length)`, or the first error's payload offset and message.
-pub fn delta_apply(
-    payload: &[u8],
-    count: u32,
-    page: &mut [u8; 4096],
-) -> Result<Vec<(u64, usize, usize)>, (usize, String)> {
+pub fn delta_apply(payload: &[u8], count: u32, page: &mut [u8; 4096]) -> Result<Vec<DeltaEntry>, (usize, String)> {
     let mut out = Vec::new();
     for e in crate::disk::format::delta::Entries::new(payload, count) {
         let e = e.map_err(|e| (e.offset, e.to_string()))?;

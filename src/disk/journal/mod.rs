@@ -658,7 +658,10 @@ mod tests {
 
     /// Writes groups of `DELTA` entries (and one whole page) and returns the journal bytes, the
     /// group ends, and each group's entries as `(page, new image)`.
-    fn build_delta(vfs: &SimVfs) -> (Vec<u8>, Vec<u64>, Vec<Vec<(u64, Vec<u8>)>>) {
+    /// Per group, its pages as `(region offset, new image)`.
+    type DeltaGroups = Vec<Vec<(u64, Vec<u8>)>>;
+
+    fn build_delta(vfs: &SimVfs) -> (Vec<u8>, Vec<u64>, DeltaGroups) {
         use crate::disk::format::delta::{encode_entry, entry_len, page_crc, Run};
         let mut w = JournalWriter::create(vfs, &dir(), HEAP, ID, START).unwrap();
         w.set_prezero_step(TEST_PREZERO);
