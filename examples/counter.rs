@@ -10,6 +10,7 @@
 use snapheap::collections::{HashMap, String, Vec};
 use snapheap::{Heap, HeapAlloc};
 
+#[derive(snapheap::Persist)]
 struct State {
     visits: HashMap<String, u64>,
     log: Vec<u64>,

@@ -91,7 +91,7 @@ fn commit(heap: &Heap<Root>, rng: &mut Rng, model: &mut Model) {
 fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..3 {
         commit(&heap, &mut rng, &mut model);
@@ -115,7 +115,7 @@ fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
 fn build_journal_only(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..7 {
         commit(&heap, &mut rng, &mut model);
@@ -131,7 +131,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
     {
-        let heap = options().open(dir, Root::new_in).unwrap();
+        let heap = released(options().open(dir, Root::new_in)).unwrap();
         record(&heap, &mut model);
         for _ in 0..2 {
             commit(&heap, &mut rng, &mut model);
@@ -144,7 +144,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     }
     let mut o = options();
     o.test_snapshot_stop_after(Some(6)); // pages, bitmap and their sync; no valid header
-    let heap = o.open(dir, Root::new_in).unwrap();
+    let heap = released(o.open(dir, Root::new_in)).unwrap();
     commit(&heap, &mut rng, &mut model);
     change(&heap, &mut rng);
     let _ = heap.snapshot(); // the writer "dies": reported or not, the journal rotated
@@ -547,10 +547,10 @@ impl Outcome {
 
 fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit: bool) -> Outcome {
     let init_ran = std::cell::Cell::new(false);
-    let heap = match options().open(dir, |a| {
+    let heap = match released(options().open(dir, |a| {
         init_ran.set(true);
         Root::new_in(a)
-    }) {
+    })) {
         Ok(h) => h,
         Err(Error::Corrupt { .. }) => return Outcome::Corrupt,
         Err(Error::Incompatible { .. }) => return Outcome::Incompatible,
@@ -586,7 +586,7 @@ fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit
             Err(e) => return Outcome::Wrong(format!("commit after recovering {seq} failed: {e}")),
         };
         drop(heap);
-        let heap = match options().open(dir, Root::new_in) {
+        let heap = match released(options().open(dir, Root::new_in)) {
             Ok(h) => h,
             Err(e) => return Outcome::Wrong(format!("reopen after a commit on recovered {seq} failed: {e}")),
         };
@@ -967,7 +967,7 @@ fn sweep_driver_reports_planted_panic_crash_hang_and_wrong_content() {
 
 /// A heap with a snapshot (generation 1 in `snapshot-0`) and an empty journal after it.
 fn snapshotted_heap(dir: &Path) -> PathBuf {
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     heap.write().extend(0..1000u64);
     heap.snapshot().unwrap();
     drop(heap);
@@ -992,7 +992,7 @@ fn patch(path: &Path, off: u64, bytes: &[u8], reseal: bool) {
 }
 
 fn expect_corrupt(dir: &Path, case: &str) {
-    match options().open(dir, Root::new_in) {
+    match released(options().open(dir, Root::new_in)) {
         Err(Error::Corrupt { what, .. }) => println!("{case}: {what}"),
         Err(e) => panic!("{case}: expected Error::Corrupt, got {e}"),
         Ok(_) => panic!("{case}: opened"),

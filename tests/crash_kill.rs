@@ -75,7 +75,9 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     let mut rng = Rng::new(seed);
     let dir = Scratch::new("kill");
     let heap_dir = dir.heap();
-    open_retrying(&heap_dir).close().unwrap();
+    // Released after each use in this process: the children change the files in between.
+    // SAFETY: every value of the heap lives in its root.
+    unsafe { open_retrying(&heap_dir).close_and_release() }.unwrap();
     let mut total_acked = 0u64;
     let mut writers_killed = 0u64;
     let mut max_seen = 0u64;
@@ -142,7 +144,9 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
             max_seen = n;
         }
         heap.verify().unwrap();
-        drop(heap);
+        // Released: the next child changes the files, and the reopen here must map them.
+        // SAFETY: every value of the heap lives in its root.
+        unsafe { heap.drop_and_release() };
     }
     println!(
         "kill test: {kills} kills ({writers_killed} of them after killing a running snapshot writer first), \

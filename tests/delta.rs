@@ -62,7 +62,8 @@ fn a_64_byte_change_journals_one_small_delta_record() {
     let s = heap.stats();
     assert!(s.delta_pages >= 2, "{s:?}");
     assert!(s.base_cache_hits >= 2, "{s:?}");
-    drop(heap);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.drop_and_release() };
     let heap = options().open(dir.heap(), reopen).unwrap();
     let r = heap.read();
     assert_eq!(r[1000], 8);
@@ -119,10 +120,13 @@ fn replay_of_deltas_reproduces_every_committed_state() {
         match rng.below(4) {
             0 => {
                 heap.snapshot().unwrap();
-                drop(heap);
+                // SAFETY (test): nothing allocated from the heap is used after this.
+                unsafe { heap.drop_and_release() };
             }
-            1 => heap.close().unwrap(),
-            _ => drop(heap),
+            // SAFETY (test): nothing allocated from the heap is used after this.
+            1 => unsafe { heap.close_and_release() }.unwrap(),
+            // SAFETY (test): as above.
+            _ => unsafe { heap.drop_and_release() },
         }
         if rng.below(4) == 1 {
             heap = o.open(dir.heap(), reopen).unwrap();
@@ -199,7 +203,8 @@ fn concurrent_writers_during_commits_never_break_replay() {
     assert!(writes.load(Ordering::Relaxed) > 10_000, "the writers hardly ran");
     assert!(s.delta_pages > 100, "{s:?}");
     let last = heap.read().to_vec();
-    drop(heap); // a crash: replay every group since the last snapshot
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.drop_and_release() }; // a crash: replay every group since the last snapshot
     let heap = o.open(dir.heap(), reopen).unwrap();
     assert_eq!(heap.read().to_vec(), last);
     assert_eq!(&heap.read()[2..], &model[..]);
@@ -222,7 +227,8 @@ fn the_base_cache_stays_within_its_budget_and_evicts() {
     let s = heap.stats();
     assert!(s.base_cache_bytes > 0 && s.base_cache_bytes <= budget, "{s:?}");
     assert!(s.base_cache_evictions > 0, "{s:?}");
-    drop(heap);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.drop_and_release() };
     let heap = o.open(dir.heap(), reopen).unwrap();
     assert!((0..1000).all(|p| heap.read()[p * 512..p * 512 + 3] == [1, 1, 1]));
 }
@@ -234,7 +240,8 @@ fn close_skips_the_snapshot_for_a_small_journal_and_the_next_open_replays_it() {
     o.snapshot_on_close(true);
     let heap = words(&dir.heap(), &o, 4096);
     journal_growth(&heap, |w| w[5] = 5);
-    heap.close().unwrap();
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
     let heap = o.open(dir.heap(), reopen).unwrap();
     let s = heap.stats();
     assert_eq!(s.snapshot_generation, 0, "a small journal needs no snapshot at close");
@@ -243,12 +250,14 @@ fn close_skips_the_snapshot_for_a_small_journal_and_the_next_open_replays_it() {
     // Seeded from replay: the next change of a replayed page is a delta at once.
     journal_growth(&heap, |w| w[5] = 6);
     assert!(heap.stats().delta_pages >= 1, "{:?}", heap.stats());
-    heap.close().unwrap();
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
     // With the threshold at 0, close snapshots as before.
     o.close_snapshot_min_bytes(0);
     let heap = o.open(dir.heap(), reopen).unwrap();
     journal_growth(&heap, |w| w[7] = 7);
-    heap.close().unwrap();
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
     let heap = o.open(dir.heap(), reopen).unwrap();
     assert_eq!(heap.stats().snapshot_generation, 1);
     assert_eq!(heap.stats().replayed_pages, 0);
@@ -270,7 +279,8 @@ fn planted_stale_base_is_reported_as_corrupt_by_the_post_image_check() {
         w[200] = 7;
     });
     assert!(heap.stats().delta_pages >= 2, "{:?}", heap.stats());
-    drop(heap);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.drop_and_release() };
     match options().open(dir.heap(), reopen) {
         Err(Error::Corrupt { file, offset, what }) => {
             assert!(file.to_string_lossy().contains("journal-"), "{file:?}");
@@ -300,7 +310,8 @@ fn grown_pages_are_journaled_against_zeros() {
     assert!(s.delta_pages - s0.delta_pages >= 1000, "{s:?}");
     assert!(bytes < 1024 * 100, "4 MiB of mostly zero pages journaled {bytes} bytes");
     let expect: Vec<u64> = heap.read().to_vec();
-    drop(heap);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.drop_and_release() };
     let heap = options().open(dir.heap(), reopen).unwrap();
     assert_eq!(heap.read().to_vec(), expect);
 }

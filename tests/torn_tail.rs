@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use snapheap::collections::Vec;
-use snapheap::{Error, Heap, OpenOptions};
+use snapheap::{Error, OpenOptions};
 use std::path::{Path, PathBuf};
 
 type Root = Vec<u64>;
@@ -71,7 +71,9 @@ fn build(dir: &Path, deltas: bool) -> (PathBuf, std::vec::Vec<u64>) {
     } else {
         assert_eq!(s.delta_pages, 0, "{s:?}");
     }
-    drop(heap);
+    // Released: the copies of this heap opened below must map their own (cut) files.
+    // SAFETY: every value of the heap lives in its root.
+    unsafe { heap.drop_and_release() };
     let journal = newest_journal(dir);
     // journal_bytes counts from the first record, which starts after the 4096-byte header area.
     let ends = ends.iter().map(|e| e + 4096).collect();
@@ -110,7 +112,7 @@ fn copy_dir_except(from: &Path, to: &Path, skip: &std::ffi::OsStr) {
 }
 
 fn contents(dir: &Path) -> Result<std::vec::Vec<u64>, Error> {
-    let heap: Heap<Root> = options().open(dir, |_| panic!("the heap exists; init must not run"))?;
+    let heap = released::<Root>(options().open(dir, |_| panic!("the heap exists; init must not run")))?;
     let v = heap.read().to_vec();
     heap.verify().unwrap();
     Ok(v)
@@ -174,7 +176,7 @@ fn cut_last_group_at_every_byte(deltas: bool) {
                 continue;
             }
             // Recovery truncated the tail: a second open agrees and a new commit appends cleanly.
-            let heap: Heap<Root> = options().open(&work, |_| unreachable!()).unwrap();
+            let heap = released::<Root>(options().open(&work, |_| unreachable!())).unwrap();
             assert_eq!(heap.read().to_vec(), expected(4));
             heap.write()[SLOTS - 1] = 77;
             heap.commit().unwrap();

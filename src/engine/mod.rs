@@ -8,6 +8,8 @@
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `detach.rs`: what stays of a closed heap (its memory, still mapped for values that
+//!   outlived the handle) and adopting it at a reopen in the same process.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
@@ -35,12 +37,15 @@
 
 mod capture;
 mod commit;
+mod detach;
 mod durable;
 pub(crate) mod page_diff;
 mod recover;
 mod snapshot;
 mod verify;
 
+pub(crate) use detach::release as release_detached_at;
+pub use detach::release_detached;
 pub use verify::{SnapshotFileState, VerifyReport};
 
 use crate::disk::format::meta::Meta;
@@ -177,6 +182,8 @@ pub(crate) struct Engine {
     counters: Counters,
     lock_file: Box<dyn VFile>,
     closed: AtomicBool,
+    /// Set by a `close` whose final commit succeeded (see `detach.rs`).
+    closed_with_commit: AtomicBool,
 }
 
 impl Engine {
@@ -269,6 +276,7 @@ impl Engine {
         let mut result = Ok(());
         if commit_and_snapshot && !self.is_poisoned() {
             result = self.commit_inner(false).map(drop);
+            self.closed_with_commit.store(result.is_ok(), Ordering::Release);
         }
         {
             let mut cs = lock(&self.commit);
@@ -292,7 +300,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close(false);
-        // The region (and with it every mapping of the heap) is unmapped when `grow` drops,
-        // after the allocator was closed above, so stale `HeapAlloc`s no longer touch it.
+        // The region stays mapped: values allocated from the heap may outlive the handle.
+        // `detach` moves it (and the armed tracker) to the list of detached heaps, leaving an
+        // inert region in `grow`; only an explicit, unsafe release unmaps it.
+        detach::detach(self);
     }
 }
