@@ -185,6 +185,8 @@ pub struct HeapInfo {
 pub enum RunKind {
     /// Whole page images (`PAGES` records).
     Full,
+    /// Changed words of pages against their previous image (`DELTA` records, journal format 2).
+    Delta,
 }
 
 /// One page run of a commit group.
@@ -232,8 +234,19 @@ impl GroupInfo {
 
 /// The kind of a scanned page run: the one place a new journal record kind is mapped to
 /// [`RunKind`].
-fn run_kind(_run: &PageRun) -> RunKind {
-    RunKind::Full
+fn run_kind(run: &PageRun) -> RunKind {
+    match run.delta_entries {
+        None => RunKind::Full,
+        Some(_) => RunKind::Delta,
+    }
+}
+
+/// Pages a scanned run writes: its length in pages, or one per `DELTA` entry.
+fn run_pages(run: &PageRun) -> u64 {
+    match run.delta_entries {
+        None => run.len / crate::sys::OS_PAGE as u64,
+        Some(n) => u64::from(n),
+    }
 }
 
 /// Allocator counts of the recovered image, from its invariant check.
@@ -733,7 +746,7 @@ fn groups_of(scan: &JournalScan) -> Vec<GroupInfo> {
             .map(|run| RunInfo {
                 kind: run_kind(run),
                 region_offset: run.region_offset,
-                pages: run.len / crate::sys::OS_PAGE as u64,
+                pages: run_pages(run),
                 file_offset: run.file_offset - hdr,
                 payload_bytes: run.len,
             })
@@ -872,6 +885,12 @@ fn replay_one(
             .grow(g.extent as usize)
             .map_err(|e| bad(info.offset, format!("mmap (grow image) failed: {e}")))?;
         for run in &scan.runs[g.runs.clone()] {
+            if let Some(count) = run.delta_entries {
+                pages += apply_delta_run(&*f, &scan.path, base, g.extent, run, count)?;
+                sources.push((scan.path.clone(), *run));
+                done(run.len);
+                continue;
+            }
             if run.region_offset % crate::sys::OS_PAGE as u64 != 0
                 || run.len % crate::sys::OS_PAGE as u64 != 0
                 || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
@@ -893,6 +912,56 @@ fn replay_one(
             sources.push((scan.path.clone(), *run));
             done(run.len);
         }
+    }
+    Ok(pages)
+}
+
+/// Applies one `DELTA` record of a scanned journal to the private image, as recovery's replay
+/// does: the payload is decoded again with the scanner's checks, every entry must name a page
+/// of the record inside the group's extent, and each page's post-image checksum must match.
+/// Returns the pages written.
+fn apply_delta_run(
+    f: &dyn VFile,
+    path: &Path,
+    base: usize,
+    extent: u64,
+    run: &PageRun,
+    count: u32,
+) -> Result<u64, Problem> {
+    use crate::disk::format::delta::{apply_entry, Entries};
+    let page_len = crate::sys::OS_PAGE as u64;
+    let bad = |offset: u64, what: String| Problem {
+        file: path.to_path_buf(),
+        offset,
+        what,
+    };
+    if run.region_offset % page_len != 0 || run.region_end > extent || run.region_end <= run.region_offset {
+        return Err(bad(
+            run.file_offset,
+            format!(
+                "DELTA record for pages {:#x}..{:#x} lies outside the heap extent {extent:#x}",
+                run.region_offset, run.region_end
+            ),
+        ));
+    }
+    let mut payload = vec![0u8; run.len as usize];
+    read_run(f, path, run, &mut payload).map_err(|e| Problem::from_error(e, path))?;
+    let at = |off: usize| run.file_offset + off as u64;
+    let mut pages = 0;
+    for e in Entries::new(&payload, count) {
+        let e = e.map_err(|e| bad(at(e.offset), e.to_string()))?;
+        if e.page < run.region_offset || e.page >= run.region_end || e.page % page_len != 0 {
+            return Err(bad(
+                at(e.at),
+                format!("DELTA entry for page {:#x} outside the record's pages", e.page),
+            ));
+        }
+        let addr = base + e.page as usize;
+        // SAFETY: the page lies inside [region_offset, region_end), within the group's extent,
+        // which replay has mapped in the private image that only this module touches.
+        let page = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, crate::sys::OS_PAGE) };
+        apply_entry(&e, page).map_err(|e| bad(at(e.offset), e.to_string()))?;
+        pages += 1;
     }
     Ok(pages)
 }

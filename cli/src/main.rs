@@ -372,6 +372,7 @@ fn print_entry(label: &str, p: &Problem) {
 fn kind_name(k: RunKind) -> &'static str {
     match k {
         RunKind::Full => "full",
+        RunKind::Delta => "delta",
     }
 }
 
