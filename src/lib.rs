@@ -20,11 +20,11 @@
 //!
 //! | Layer | Files | Owns | Never sees |
 //! |---|---|---|---|
-//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`) | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`] | |
+//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
-//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit, group commit, snapshot scheduling, verify | the typed API |
+//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
-//! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, bookkeeping memory | files |
+//! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
 //! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs` | the thin syscall layer | everything above |
 //!
@@ -56,6 +56,7 @@ mod engine;
 mod error;
 mod global;
 mod heap;
+pub mod inspect;
 pub mod io;
 mod mem;
 mod migrate;
@@ -73,7 +74,10 @@ pub use migrate::RootInfo;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;
-pub use options::{Durability, OpenOptions, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+pub use options::{
+    Durability, OpenOptions, DEFAULT_BASE_CACHE_BYTES, DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES, DEFAULT_MAX_SIZE,
+    DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+};
 #[doc(hidden)]
 pub use persist::__private;
 pub use persist::{GlobalPersist, Persist};

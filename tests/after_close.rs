@@ -8,9 +8,9 @@ mod common;
 
 use common::*;
 use snapheap::collections::{String, Vec};
-use snapheap::{release_detached, Error, Heap, HeapAlloc};
+use snapheap::{release_detached, Error, Heap, HeapAlloc, Persist};
 
-#[derive(snapheap::Persist)]
+#[derive(Persist)]
 struct Root {
     log: Vec<u64>,
     names: Option<Vec<String>>,

@@ -24,6 +24,7 @@ mod common;
 
 use common::*;
 use snapheap::collections::Vec as HVec;
+use snapheap::fuzzing::delta_offsets;
 use snapheap::{Error, Heap, OpenOptions};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -232,6 +233,11 @@ struct Scenario {
     model: Model,
 }
 
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2)
+        .map_or(0, |s| u16::from_le_bytes(s.try_into().unwrap()))
+}
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4)
         .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap()))
@@ -267,6 +273,7 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
 
 fn cases(scenarios: &[Scenario]) -> Vec<Case> {
     let mut out = Vec::new();
+    let mut delta_records = 0;
     for (si, sc) in scenarios.iter().enumerate() {
         for (name, b) in &sc.files {
             let mut mutate = |off: u64| {
@@ -321,6 +328,22 @@ fn cases(scenarios: &[Scenario]) -> Vec<Case> {
                         sample.into_iter().for_each(&mut mutate);
                         cuts.extend([p + plen / 2, p + plen - 1]);
                     }
+                    if u16_at(b, at as usize + 4) == delta_offsets::KIND_DELTA {
+                        // Every byte of every entry's header and run table, and the first and
+                        // last byte of its data, walked with the format code's offsets.
+                        delta_records += 1;
+                        let (mut e, end) = (at + 40, at + 40 + plen);
+                        while e + delta_offsets::ENTRY_HEADER_LEN as u64 <= end {
+                            let runs = u16_at(b, e as usize + delta_offsets::ENTRY_RUNS_OFFSET) as usize;
+                            let words = u16_at(b, e as usize + delta_offsets::ENTRY_WORDS_OFFSET) as usize;
+                            let elen = delta_offsets::entry_len(runs, words) as u64;
+                            let data = e + elen - 8 * words as u64;
+                            (e..data).for_each(&mut mutate);
+                            [data, e + elen - 1].into_iter().for_each(&mut mutate);
+                            cuts.extend([e, data]);
+                            e += elen;
+                        }
+                    }
                 }
                 let end = recs.last().map_or(PAGE, |&(at, l)| at + (40 + l).next_multiple_of(8));
                 cuts.extend([0, 1, 8, 60, 63, 64, 65, 2000, 4095, 4096, end - 1, end, end + 1]);
@@ -358,6 +381,10 @@ fn cases(scenarios: &[Scenario]) -> Vec<Case> {
             });
         }
     }
+    assert!(
+        delta_records >= 3,
+        "the scenarios' journals hold {delta_records} DELTA records"
+    );
     out
 }
 

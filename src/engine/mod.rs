@@ -3,6 +3,8 @@
 //!
 //! - `recover.rs`: creating a heap directory and recovering an existing one.
 //! - `commit.rs`: capturing dirty pages at a commit point and appending them to the journal.
+//! - `capture.rs`: each dirty page journaled whole or as a delta against the base cache;
+//!   `page_diff.rs`: the word differ it uses.
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
@@ -33,9 +35,11 @@
 //! [`grow_hook`] is the allocator's one call upward, a function pointer with a `*const ()`
 //! context: the context is the engine's boxed [`GrowCtx`], which outlives the arena's use.
 
+mod capture;
 mod commit;
 mod detach;
 mod durable;
+pub(crate) mod page_diff;
 mod recover;
 mod snapshot;
 mod verify;
@@ -61,6 +65,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) use recover::Fingerprint;
+pub(crate) use snapshot::SNAPSHOT_FILES;
 
 /// What the allocator's growth hook needs: the region and the tracker. Boxed separately so its
 /// address is stable before the arena exists.
@@ -118,6 +123,11 @@ pub(crate) struct CommitState {
     pending: Option<snapshot::Pending>,
     last_seq: u64,
     last_snapshot_at: std::time::Instant,
+    /// Delta capture and the base cache.
+    capture: capture::Capture,
+    /// Bytes of the journals of the chain before the current one (since the newest durable
+    /// snapshot); with the current journal's, what the next open would replay.
+    older_journal_bytes: u64,
 }
 
 /// Counters reported by [`Stats`].
@@ -133,6 +143,29 @@ struct Counters {
     snapshot_generation: AtomicU64,
     journal_bytes: AtomicU64,
     replayed_pages: AtomicU64,
+    delta_pages: AtomicU64,
+    full_pages: AtomicU64,
+    unchanged_pages: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_evictions: AtomicU64,
+    cache_bytes: AtomicU64,
+    cache_budget: AtomicU64,
+}
+
+impl Counters {
+    /// Publishes the capture's counters (under the commit lock, after a commit).
+    fn publish_capture(&self, cap: &capture::Capture) {
+        let (k, c) = cap.counters();
+        let st = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        st(&self.delta_pages, k.delta_pages);
+        st(&self.full_pages, k.full_pages);
+        st(&self.unchanged_pages, k.same_pages);
+        st(&self.cache_hits, c.hits);
+        st(&self.cache_misses, c.misses);
+        st(&self.cache_evictions, c.evictions);
+        st(&self.cache_bytes, c.bytes);
+    }
 }
 
 /// One open heap.
@@ -236,12 +269,20 @@ impl Engine {
             track_fallback,
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
+            delta_pages: ld(&c.delta_pages),
+            full_pages: ld(&c.full_pages),
+            unchanged_pages: ld(&c.unchanged_pages),
+            base_cache_hits: ld(&c.cache_hits),
+            base_cache_misses: ld(&c.cache_misses),
+            base_cache_evictions: ld(&c.cache_evictions),
+            base_cache_bytes: ld(&c.cache_bytes),
+            base_cache_budget: ld(&c.cache_budget),
         }
     }
 
     /// Releases the heap. With `commit_and_snapshot`, first commits outstanding changes and
-    /// (if enabled and the journal is not empty) takes a snapshot so the next open replays
-    /// nothing; without it (drop), uncommitted changes are discarded as in a crash. In both
+    /// (if enabled and the journal chain holds at least `close_snapshot_min_bytes`) takes a
+    /// snapshot so the next open replays nothing; without it (drop), uncommitted changes are discarded as in a crash. In both
     /// cases everything committed is made durable and a running snapshot writer is reaped.
     pub(crate) fn close(&self, commit_and_snapshot: bool) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -259,13 +300,11 @@ impl Engine {
             if result.is_ok() && !self.is_poisoned() {
                 result = self.wait_durable(cs.last_seq);
             }
-            let journal_has_commits = cs.journal.end() > crate::disk::format::journal::FIRST_RECORD_OFFSET;
-            if commit_and_snapshot
-                && result.is_ok()
-                && self.opts.snapshot_on_close
-                && journal_has_commits
-                && !self.is_poisoned()
-            {
+            // Cheap restart: a small journal is replayed at the next open instead (docs/design.md,
+            // "Restart without a snapshot").
+            let chain = cs.older_journal_bytes + cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
+            let worth_it = chain > 0 && chain >= self.opts.close_snapshot_min_bytes;
+            if commit_and_snapshot && result.is_ok() && self.opts.snapshot_on_close && worth_it && !self.is_poisoned() {
                 result = self.snapshot_locked(&mut cs);
             }
         }

@@ -15,7 +15,9 @@
 //!    [`scan_journals`]); replay their complete commit groups in order ([`replay`]); only the
 //!    last journal may end in a torn tail, which is truncated (`JournalWriter::resume`).
 //!    [`check_image`] then checks that the allocator's header lies inside the image.
-//! 5. Arm dirty tracking on the mapped extent, attach the allocator ([`attach`]), resume the
+//! 5. Seed the base cache from the replayed pages ([`seed_capture`], before anything else
+//!    writes the region), arm dirty tracking on the mapped extent, attach the allocator
+//!    ([`attach`]), resume the
 //!    last journal; remove journals older than the snapshot ([`remove_stale`]) and build the
 //!    engine ([`assemble`]).
 //!
@@ -24,11 +26,12 @@
 //!
 //! # Safety
 //!
-//! Replay writes recovered pages into the reserved, mapped region before anything is handed
+//! Replay writes recovered pages (and applies `DELTA` entries to them) into the reserved, mapped region before anything is handed
 //! out, and [`check_image`] reads the allocator header in segment 0 only after checking that
 //! segment 0 is mapped; each `unsafe` block states its range.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
+use crate::disk::format::delta::{apply_entry, Entries, ENTRY_PAGE_OFFSET};
 use crate::disk::format::meta::{fnv1a, Meta, MetaError, FORMAT_VERSION, LEGACY_FORMAT_VERSION, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
 use crate::disk::journal::{
@@ -38,6 +41,7 @@ use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_heade
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::base_cache::BaseCache;
 use crate::mem::dirty_set::DirtySet;
 use crate::mem::region::Region;
 use crate::mem::sysmem::{SysBox, SysVec};
@@ -151,7 +155,15 @@ impl Engine {
         let (meta, mut region, adopting) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
         let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region, adopting.is_none())?; // 3
         let journals = scan_journals(&*vfs, &dir, &meta, snaps.first_journal, snaps.start_seq)?; // 4
-        let replayed = replay(&*vfs, &dir, &meta, &mut region, &journals.scans, adopting.is_some())?; // 4
+        let replayed = replay(
+            &*vfs,
+            opts,
+            &dir,
+            &meta,
+            &mut region,
+            &journals.scans,
+            adopting.is_some(),
+        )?; // 4
         let any_state = snaps.newest.is_some() || replayed.any_group;
         if any_state {
             check_image(&dir, &region, &journals.scans, &snaps)?;
@@ -160,6 +172,16 @@ impl Engine {
             Some(last) => JournalWriter::resume(&*vfs, last)?, // 4: truncates a torn tail
             None => JournalWriter::create(&*vfs, &dir, meta.heap_id, snaps.first_journal, snaps.start_seq)?,
         };
+        // With adoption the memory is the detached heap's, which may hold writes made after its
+        // last commit: the cache then starts empty instead of seeded (docs/design.md, "Base cache").
+        let capture = seed_capture(opts, &meta, &region, &snaps, &replayed, adopting.is_none()); // 5, before arming
+        let older_journal_bytes = journals
+            .scans
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|s| s.valid_end - crate::disk::format::journal::FIRST_RECORD_OFFSET)
+            .sum();
         let adopted = match adopting {
             Some(t) => {
                 t.check_same_state(&dir, &journal)?;
@@ -172,9 +194,13 @@ impl Engine {
             None => attach(opts, &dir, &meta, region, !any_state, None)?,                        // 5
         };
         remove_stale(&*vfs, &dir, &journals.stale);
-        Ok(assemble(
-            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena,
-        ))
+        let (capture, cache_budget) = capture;
+        let engine = assemble(
+            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture,
+        );
+        engine.counters.cache_budget.store(cache_budget, Ordering::Relaxed);
+        lock(&engine.commit).older_journal_bytes = older_journal_bytes;
+        Ok(engine)
     }
 }
 
@@ -355,11 +381,15 @@ struct Replayed {
 }
 
 /// Step 4b: replays the complete commit groups in order, growing the region to each group's
-/// extent and copying its page runs into place. With `adopt` (the memory of a detached heap
-/// already holds them, which step 5 checks by the commit number and journal digest) the runs
-/// are read and checked into a scratch buffer instead, so damage is reported as on any open.
+/// extent, copying its page runs into place and applying its `DELTA` entries (each checked
+/// against its post-image checksum). With `adopt` (the memory of a detached heap already
+/// holds them, which step 5 checks by the commit number and journal digest) the runs are read
+/// and checked into a scratch buffer instead (`DELTA` payloads decoded and validated; their
+/// post-image check needs the intermediate images, which adoption does not rebuild), so
+/// damage is reported as on any open.
 fn replay(
     vfs: &dyn Vfs,
+    opts: &OpenOptions,
     dir: &Path,
     meta: &Meta,
     region: &mut Region,
@@ -367,6 +397,7 @@ fn replay(
     adopt: bool,
 ) -> Result<Replayed> {
     let base = region.base();
+    let mut delta_buf: SysVec<u8> = SysVec::new_in(System);
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
     let mut any_group = false;
@@ -396,33 +427,73 @@ fn replay(
                 });
             }
             for run in &scan.runs[g.runs.clone()] {
+                let pages_run = run.delta_entries.is_none();
                 if run.region_offset % sys::OS_PAGE as u64 != 0
-                    || run.len % sys::OS_PAGE as u64 != 0
-                    || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
+                    || (pages_run && run.len % sys::OS_PAGE as u64 != 0)
+                    || run.region_end > g.extent
+                    || run.region_end <= run.region_offset
                 {
                     return Err(Error::corrupt(
                         &scan.path,
                         run.file_offset,
                         format!(
-                            "page run {:#x}+{:#x} lies outside the heap extent {:#x}",
-                            run.region_offset, run.len, g.extent
+                            "page run {:#x}..{:#x} lies outside the heap extent {:#x}",
+                            run.region_offset, run.region_end, g.extent
                         ),
                     ));
                 }
-                let addr = base + run.region_offset as usize;
-                if adopt {
-                    let mut scratch = vec![0u8; run.len as usize];
-                    read_run(&*f, &scan.path, run, &mut scratch)?;
+                let Some(count) = run.delta_entries else {
+                    let addr = base + run.region_offset as usize;
+                    if adopt {
+                        let mut scratch = vec![0u8; run.len as usize];
+                        read_run(&*f, &scan.path, run, &mut scratch)?;
+                        ranges.push((addr, addr + run.len as usize));
+                        pages += run.len / sys::OS_PAGE as u64;
+                        continue;
+                    }
+                    // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
+                    // and nothing has been handed out yet, so no reference aliases it.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
+                    read_run(&*f, &scan.path, run, dst)?;
                     ranges.push((addr, addr + run.len as usize));
                     pages += run.len / sys::OS_PAGE as u64;
                     continue;
+                };
+                // A DELTA record: read its payload again and decode it with the same checks as
+                // the scan (the file could have changed since), then apply each entry to its
+                // page in place and check the page's post-image checksum.
+                delta_buf.clear();
+                delta_buf.resize(run.len as usize, 0);
+                read_run(&*f, &scan.path, run, &mut delta_buf)?;
+                let at = |off: usize| run.file_offset + off as u64;
+                for e in Entries::new(&delta_buf, count) {
+                    let e = e.map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    if e.page < run.region_offset || e.page >= run.region_end {
+                        return Err(Error::corrupt(
+                            &scan.path,
+                            at(e.at + ENTRY_PAGE_OFFSET),
+                            format!(
+                                "DELTA entry for page {:#x} outside the record's pages (changed since the scan)",
+                                e.page
+                            ),
+                        ));
+                    }
+                    let addr = base + e.page as usize;
+                    if adopt {
+                        ranges.push((addr, addr + sys::OS_PAGE));
+                        pages += 1;
+                        continue;
+                    }
+                    // SAFETY: the page lies in [region_offset, region_end), inside the mapped
+                    // extent (checked above), and nothing refers into the region yet.
+                    let page = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, sys::OS_PAGE) };
+                    if opts.planted_delta_replay_zero_base() {
+                        page.fill(0); // planted bug (tests only): the wrong base
+                    }
+                    apply_entry(&e, page).map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    ranges.push((addr, addr + sys::OS_PAGE));
+                    pages += 1;
                 }
-                // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
-                // and nothing has been handed out yet, so no reference aliases it.
-                let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
-                read_run(&*f, &scan.path, run, dst)?;
-                ranges.push((addr, addr + run.len as usize));
-                pages += run.len / sys::OS_PAGE as u64;
             }
         }
     }
@@ -431,6 +502,34 @@ fn replay(
         pages,
         any_group,
     })
+}
+
+/// Start of step 5: the base cache, seeded with the pages replay just wrote (their memory is
+/// exactly what the journal chain holds), before tracking is armed and before anything else
+/// writes the region; the most recently replayed first, up to its capacity. Pages at or above
+/// the newest snapshot's extent that replay did not write are zeros in the chain
+/// (`docs/design.md`, "Base cache"). Returns the capture and the cache's budget (0: off; a
+/// cache whose mapping fails is off, not an error).
+fn seed_capture(
+    opts: &OpenOptions,
+    meta: &Meta,
+    region: &Region,
+    snaps: &Snapshots,
+    replayed: &Replayed,
+    seed: bool,
+) -> (super::capture::Capture, u64) {
+    let cache = BaseCache::new(opts.base_cache_bytes, meta.max_size as usize / sys::OS_PAGE).unwrap_or(None);
+    let budget = if cache.is_some() { opts.base_cache_bytes } else { 0 };
+    let zero_from = snaps.newest.and_then(|n| snaps.headers[n]).map_or(0, |h| h.extent);
+    let mut capture = super::capture::Capture::new(cache, zero_from, opts.planted_delta_stale_base());
+    for &(a, b) in replayed.ranges.iter().rev().filter(|_| seed) {
+        // SAFETY: replayed ranges are page-aligned and inside the mapped extent, and nothing
+        // writes the region during open.
+        if !unsafe { capture.seed(region.base(), a, b) } {
+            break;
+        }
+    }
+    (capture, budget)
 }
 
 /// Between steps 4 and 5: `Arena::attach` reads the allocator header in segment 0 and every
@@ -543,6 +642,7 @@ fn assemble(
     journal: JournalWriter,
     grow: SysBox<GrowCtx>,
     arena: &'static Arena,
+    capture: super::capture::Capture,
 ) -> SysBox<Engine> {
     let base = lock(&grow.region).base();
     let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
@@ -555,6 +655,7 @@ fn assemble(
     let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
     let counters = Counters::default();
     counters.replayed_pages.store(replayed.pages, Ordering::Relaxed);
+    counters.publish_capture(&capture);
     if let Some(n) = snaps.newest {
         counters
             .snapshot_generation
@@ -577,6 +678,8 @@ fn assemble(
             pending: None,
             last_seq,
             last_snapshot_at: Instant::now(),
+            capture,
+            older_journal_bytes: 0,
         }),
         durable,
         poisoned: AtomicBool::new(false),

@@ -1,5 +1,6 @@
 //! Memory mappings: the reservation of a heap's address range, fixed-address anonymous and
-//! private file mappings inside it, unmapping and `MADV_NOHUGEPAGE`.
+//! private file mappings inside it, unmapping, `MADV_NOHUGEPAGE`, and process-local mappings a
+//! fork child does not inherit.
 //!
 //! # Safety
 //!
@@ -123,6 +124,35 @@ pub unsafe fn rereserve(addr: usize, len: usize) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Maps `len` bytes of zero-filled, readable and writable private anonymous memory wherever
+/// the kernel chooses (`MAP_NORESERVE`: untouched pages cost nothing), not inherited by
+/// `fork` children (`MADV_DONTFORK`). Returns its address. For process-local caches that a
+/// snapshot child must not copy. See mmap(2), madvise(2).
+pub fn map_private_no_fork(len: usize) -> io::Result<usize> {
+    // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: [p, p + len) is the mapping just created; advice changes no contents.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: as above; nothing refers to it yet.
+        unsafe { libc::munmap(p, len) };
+        return Err(e);
+    }
+    Ok(p as usize)
 }
 
 /// Unmaps `[addr, addr + len)`.
