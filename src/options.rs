@@ -31,6 +31,7 @@ pub struct OpenOptions {
     pub(crate) flush_interval: Duration,
     pub(crate) snapshot_on_close: bool,
     pub(crate) force_all_dirty: bool,
+    pub(crate) remap_clean_pages: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
     #[cfg(any(test, feature = "testing"))]
@@ -59,6 +60,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("snapshot_interval", &self.snapshot_interval)
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)
+            .field("remap_clean_pages", &self.remap_clean_pages)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +81,7 @@ impl Default for OpenOptions {
             flush_interval: Duration::from_secs(1),
             snapshot_on_close: true,
             force_all_dirty: false,
+            remap_clean_pages: true,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
             #[cfg(any(test, feature = "testing"))]
@@ -147,6 +150,25 @@ impl OpenOptions {
     /// Slow; for testing and for systems where the probe misbehaves.
     pub fn force_all_dirty(&mut self, yes: bool) -> &mut Self {
         self.force_all_dirty = yes;
+        self
+    }
+
+    /// After each snapshot, give the pages that still equal it back to the kernel as clean
+    /// file-backed pages of the snapshot file (default true; [`Heap`](crate::Heap) only, see
+    /// `engine/footprint.rs` and docs/design.md "Returning clean pages"). Written pages are
+    /// private anonymous memory that the kernel can never drop (there is no swap on most
+    /// servers); returned pages are page cache it may evict and re-read, so the resident set
+    /// tracks the pages written since the last snapshot instead of every page ever written.
+    ///
+    /// The remapping runs at a commit (in bounded steps) or at [`Heap::snapshot`](crate::Heap::snapshot),
+    /// only while the committing thread can take the root lock exclusively. It therefore
+    /// requires that **no thread writes heap memory without holding a guard of the heap**: a
+    /// thread that fills blocks from [`HeapAlloc`](crate::HeapAlloc) outside the root must hold
+    /// [`Heap::read`](crate::Heap::read) (or the write guard) while it writes. A program that
+    /// writes heap memory unguarded from other threads while commits run must turn this off;
+    /// otherwise such a write racing with a remap can be lost.
+    pub fn remap_clean_pages(&mut self, yes: bool) -> &mut Self {
+        self.remap_clean_pages = yes;
         self
     }
 

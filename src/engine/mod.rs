@@ -6,6 +6,8 @@
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `footprint.rs`: returning pages that equal the newest snapshot to the kernel as clean
+//!   file-backed pages.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
@@ -33,6 +35,7 @@
 
 mod commit;
 mod durable;
+mod footprint;
 mod recover;
 mod snapshot;
 mod verify;
@@ -113,6 +116,8 @@ pub(crate) struct CommitState {
     pending: Option<snapshot::Pending>,
     last_seq: u64,
     last_snapshot_at: std::time::Instant,
+    /// Progress of returning clean pages to the kernel (`footprint.rs`).
+    footprint: footprint::Footprint,
 }
 
 /// Counters reported by [`Stats`].
@@ -128,6 +133,8 @@ struct Counters {
     snapshot_generation: AtomicU64,
     journal_bytes: AtomicU64,
     replayed_pages: AtomicU64,
+    remapped_pages: AtomicU64,
+    last_remap_micros: AtomicU64,
 }
 
 /// One open heap.
@@ -196,6 +203,7 @@ impl Engine {
             let t = lock(&self.grow.tracker);
             (t.mode().name(), t.fallback_reason().map(|f| f.to_string()))
         };
+        let anonymous_bytes = footprint::anonymous_bytes(self.base(), self.base() + self.arena.extent());
         Stats {
             commit_seq: last_seq,
             durable_seq,
@@ -214,6 +222,9 @@ impl Engine {
             track_fallback,
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
+            remapped_pages: ld(&c.remapped_pages),
+            anonymous_bytes,
+            last_remap_micros: ld(&c.last_remap_micros),
         }
     }
 

@@ -492,6 +492,7 @@ fn assemble(
             pending: None,
             last_seq,
             last_snapshot_at: Instant::now(),
+            footprint: Default::default(),
         }),
         durable,
         poisoned: AtomicBool::new(false),

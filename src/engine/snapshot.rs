@@ -215,6 +215,7 @@ impl Engine {
                 c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
+                cs.footprint.snapshot_reaped();
                 if block {
                     delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
                 } else {
