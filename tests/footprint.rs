@@ -85,9 +85,11 @@ fn anonymous_memory_tracks_the_pages_written_since_the_snapshot() {
         s.remapped_pages,
         s.last_remap_micros
     );
-    // Nothing was written since the snapshot's fork: only runs shorter than the minimum remap
-    // run stay anonymous (none here) plus pages the commit path itself writes (none).
-    assert!(s.anonymous_bytes <= 4 * MIB as u64, "{s:?}");
+    // Nothing was written since the snapshot's fork: what stays anonymous is written pages in
+    // runs shorter than the minimum remap run (64 KiB), a few pages of allocator headers per
+    // 4 MiB segment; allowed: 1 MiB + 0.4 % of the heap.
+    let slack = (MIB + mib * MIB / 256) as u64;
+    assert!(s.anonymous_bytes <= slack, "{s:?}");
     assert!(s.remapped_pages as usize >= mib * MIB / 4096, "{s:?}");
     assert!(
         after + (mib * MIB) * 9 / 10 <= before + mib * MIB,
@@ -115,8 +117,9 @@ fn anonymous_memory_tracks_the_pages_written_since_the_snapshot() {
         half / 1024,
         committed / 1024
     );
-    assert!(half >= mib / 2 * MIB && half <= mib / 2 * MIB + 4 * MIB, "{half}");
-    assert!(committed <= mib / 2 * MIB + 4 * MIB, "{committed}");
+    let slack = slack as usize;
+    assert!(half >= mib / 2 * MIB && half <= mib / 2 * MIB + slack, "{half}");
+    assert!(committed <= mib / 2 * MIB + slack, "{committed}");
     heap.snapshot().unwrap();
     let s = heap.stats();
     println!(
@@ -168,6 +171,20 @@ fn writes_after_a_remap_are_captured_and_recovered() {
         heap.write().extend((0..8).map(|i| new_chunk(a, i, 0)));
         heap.snapshot().unwrap();
         assert!(heap.stats().remapped_pages >= 8 * 256);
+        // Reading every remapped page (first faults on file pages behind write-protect
+        // markers) is not reported as a write: the commit after it captures nothing.
+        let seq = heap.stats().commit_seq;
+        let sum: u64 = heap
+            .read()
+            .iter()
+            .map(|c| c.iter().map(|&b| b as u64).sum::<u64>())
+            .sum();
+        assert!(sum > 0);
+        assert_eq!(
+            heap.commit().unwrap(),
+            seq,
+            "reads of remapped pages were reported as writes"
+        );
         for round in 1..=3u64 {
             {
                 let mut r = heap.write();
@@ -193,9 +210,11 @@ fn writes_after_a_remap_are_captured_and_recovered() {
     }
 }
 
-/// Where is our memory cgroup, and which files set its limit? `(dir to create children in,
-/// limit file, procs file, extra settings)`.
-fn cgroup_parent() -> Result<(std::path::PathBuf, &'static str, Vec<(&'static str, &'static str)>), String> {
+/// Our memory cgroup: the directory to create a child cgroup in, the file that sets a child's
+/// limit, and extra settings for the child.
+struct CgroupParent(std::path::PathBuf, &'static str, Vec<(&'static str, &'static str)>);
+
+fn cgroup_parent() -> Result<CgroupParent, String> {
     let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
@@ -203,7 +222,7 @@ fn cgroup_parent() -> Result<(std::path::PathBuf, &'static str, Vec<(&'static st
         if ctl.split(',').any(|c| c == "memory") {
             let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
             if dir.join("memory.limit_in_bytes").exists() {
-                return Ok((dir, "memory.limit_in_bytes", vec![]));
+                return Ok(CgroupParent(dir, "memory.limit_in_bytes", vec![]));
             }
         }
     }
@@ -216,7 +235,7 @@ fn cgroup_parent() -> Result<(std::path::PathBuf, &'static str, Vec<(&'static st
                     let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory");
                     let sub = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
                     if sub.split_whitespace().any(|c| c == "memory") {
-                        return Ok((dir, "memory.max", vec![("memory.swap.max", "0")]));
+                        return Ok(CgroupParent(dir, "memory.max", vec![("memory.swap.max", "0")]));
                     }
                     return Err(format!(
                         "{}: cannot enable the memory controller for children",
@@ -303,7 +322,7 @@ fn heap_twice_the_memory_limit_is_built_updated_and_recovered() {
         return;
     }
     let (heap_mib, limit_mib) = sizes();
-    let (parent, limit_file, extra) = match cgroup_parent() {
+    let CgroupParent(parent, limit_file, extra) = match cgroup_parent() {
         Ok(p) => p,
         Err(why) => {
             println!("SKIPPED: cannot create a memory cgroup here: {why}");
