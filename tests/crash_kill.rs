@@ -41,10 +41,17 @@ fn child_loop() {
     let heap = open_retrying(dir.as_ref());
     let mut next = heap.read().last().copied().unwrap_or(0) + 1;
     println!("READY {}", next - 1);
+    // Ballast outside the root (leaked at the kill: 256 KiB per round), written under the
+    // guard, so that remapping clean pages (issue 15) has runs to return after each snapshot
+    // and later commits write into remapped pages.
+    let mut ballast = Vec::new_in(heap.alloc());
+    ballast.resize(256 << 10, 1u8);
     loop {
         {
             let mut log = heap.write();
             log.push(next);
+            let at = (next as usize * 4096 + 17) % ballast.len();
+            ballast[at] = ballast[at].wrapping_add(next as u8);
             // Some garbage churn so allocator state changes too.
             let mut tmp = Vec::new_in(heap.alloc());
             tmp.resize((next % 700) as usize, next as u8);
@@ -52,6 +59,7 @@ fn child_loop() {
             log.commit().unwrap();
         }
         println!("ACK {next}");
+        println!("REMAPPED {}", heap.stats().remapped_pages);
         next += 1;
     }
 }
@@ -79,6 +87,7 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     let mut total_acked = 0u64;
     let mut writers_killed = 0u64;
     let mut max_seen = 0u64;
+    let mut remapped = 0u64;
     for round in 0..kills {
         let mut child = child(
             "sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit",
@@ -120,7 +129,11 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
         child.wait().unwrap();
         reader.join().unwrap();
         let mut acked = 0;
+        let mut remapped_here = 0;
         for line in rx.try_iter() {
+            if let Some(v) = line.strip_prefix("REMAPPED ").and_then(|v| v.parse::<u64>().ok()) {
+                remapped_here = v;
+            }
             // A line cut by the kill is not an acknowledgement.
             if let Some(v) = line.strip_prefix("ACK ").and_then(|v| v.parse::<u64>().ok()) {
                 acked = acked.max(v);
@@ -141,12 +154,18 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
             }
             max_seen = n;
         }
+        remapped += remapped_here;
         heap.verify().unwrap();
         drop(heap);
     }
     println!(
         "kill test: {kills} kills ({writers_killed} of them after killing a running snapshot writer first), \
-         final log length {max_seen}, {total_acked} acknowledged commits checked"
+         final log length {max_seen}, {total_acked} acknowledged commits checked, at least {remapped} pages \
+         remapped in the killed processes"
+    );
+    assert!(
+        remapped > 0,
+        "no round remapped a page: the kills did not cover remapping"
     );
     assert!(max_seen > 0, "no commit survived any round");
 }
