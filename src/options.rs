@@ -165,8 +165,10 @@ impl OpenOptions {
     /// requires that **no thread writes heap memory without holding a guard of the heap**: a
     /// thread that fills blocks from [`HeapAlloc`](crate::HeapAlloc) outside the root must hold
     /// [`Heap::read`](crate::Heap::read) (or the write guard) while it writes. A program that
-    /// writes heap memory unguarded from other threads while commits run must turn this off;
-    /// otherwise such a write racing with a remap can be lost.
+    /// writes heap memory unguarded from other threads while commits run (this includes I/O
+    /// in flight into heap buffers, such as an `io_uring` read) must turn this off; otherwise
+    /// such a write racing with a remap can be lost. [`GlobalHeap`](crate::GlobalHeap) never
+    /// remaps.
     pub fn remap_clean_pages(&mut self, yes: bool) -> &mut Self {
         self.remap_clean_pages = yes;
         self
