@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::mem::alloc::HeapAlloc;
 use crate::mem::sysmem::SysBox;
 use crate::options::OpenOptions;
+use crate::persist::Persist;
 use crate::stats::Stats;
 use std::alloc::Layout;
 use std::marker::PhantomData;
@@ -29,8 +30,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 ///
 /// ```no_run
 /// use snapheap::collections::{HashMap, String, Vec};
-/// use snapheap::{Heap, HeapAlloc};
+/// use snapheap::{Heap, HeapAlloc, Persist};
 ///
+/// #[derive(Persist)]
 /// struct State { map: HashMap<u64, String>, log: Vec<u64> }
 ///
 /// let heap = Heap::<State>::open("data/app.heap", |a: HeapAlloc| State {
@@ -47,16 +49,12 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 ///
 /// # What may be stored in the root
 ///
-/// Anything whose bytes stay meaningful in another run of the same program: integers, floats,
-/// `bool`, `char`, the [`collections`](crate::collections) (which allocate through
-/// [`HeapAlloc`]), raw pointers into the heap, and structs/enums/arrays of these. Not:
-/// references or pointers into the executable or other memory (`&'static str`, `fn` pointers,
-/// `Box<dyn Trait>` vtables, `std` collections that allocate from the global allocator), OS
-/// handles (file descriptors, thread ids), and synchronisation objects (a `Mutex` captured
-/// while held is held forever). The root type's name, size and alignment and the user schema id
+/// `T` must implement [`Persist`]: values whose bytes stay meaningful in another run of the
+/// program (see its docs for what is admitted, what is refused and why, and what remains the
+/// caller's responsibility). The root type's name, size and alignment and the user schema id
 /// are recorded at creation and checked at every open; a layout change that keeps all three is
 /// undetectable, so bump the schema id when the meaning of the data changes.
-pub struct Heap<T> {
+pub struct Heap<T: Persist> {
     engine: Option<SysBox<Engine>>,
     lock: RwLock<()>,
     root: NonNull<T>,
@@ -65,11 +63,11 @@ pub struct Heap<T> {
 
 // SAFETY: the root is reachable only through guards of the handle's RwLock, so sending or
 // sharing the handle is sound exactly when T itself may be sent and shared.
-unsafe impl<T: Send + Sync> Send for Heap<T> {}
+unsafe impl<T: Persist + Send + Sync> Send for Heap<T> {}
 // SAFETY: as above.
-unsafe impl<T: Send + Sync> Sync for Heap<T> {}
+unsafe impl<T: Persist + Send + Sync> Sync for Heap<T> {}
 
-impl<T: Send + Sync + 'static> Heap<T> {
+impl<T: Persist + Send + Sync + 'static> Heap<T> {
     /// Opens the heap in directory `dir`, creating it if it does not exist. `init` runs only on
     /// creation (or if the creating process died before its first commit); its result becomes
     /// the root and is committed before `open` returns.
@@ -125,7 +123,7 @@ impl<T: Send + Sync + 'static> Heap<T> {
 
 impl OpenOptions {
     /// Opens the heap in `dir`, creating it (and running `init`) if it does not exist.
-    pub fn open<T: Send + Sync + 'static>(
+    pub fn open<T: Persist + Send + Sync + 'static>(
         &self,
         dir: impl AsRef<Path>,
         init: impl FnOnce(HeapAlloc) -> T,
@@ -134,7 +132,7 @@ impl OpenOptions {
     }
 }
 
-impl<T> Heap<T> {
+impl<T: Persist> Heap<T> {
     fn engine(&self) -> &Engine {
         self.engine.as_deref().expect("engine present until close")
     }
@@ -216,15 +214,53 @@ impl<T> Heap<T> {
     /// Commits any changes, takes a snapshot if the journal is not empty (so the next open
     /// replays nothing), and releases the heap. Dropping a `Heap` without `close` releases it
     /// without committing (like a crash, which is always safe).
+    ///
+    /// The heap's memory stays mapped until the process exits: values allocated from it that
+    /// outlive the handle (collections outside the root, values moved out of it) stay valid
+    /// (allocating through them fails, freeing does nothing, writes are not persisted). A later
+    /// open of the same heap in this process takes that memory over; see
+    /// [`Error::Detached`] for when it cannot, and [`Heap::close_and_release`] to unmap it.
     pub fn close(mut self) -> Result<()> {
         let engine = self.engine.take().expect("engine present until close");
         let r = engine.close(true);
         drop(engine);
         r
     }
+
+    /// [`close`](Heap::close), then unmaps the heap's memory, which a closed heap otherwise
+    /// keeps until the process exits; the next open in this process maps the heap from its
+    /// files.
+    ///
+    /// # Safety
+    ///
+    /// No value allocated from this heap (through [`Heap::alloc`] or a guard's `alloc`, or
+    /// moved out of the root) is used or dropped after this call.
+    pub unsafe fn close_and_release(self) -> Result<()> {
+        let base = self.engine().base();
+        let r = self.close();
+        // SAFETY: forwarded contract.
+        unsafe { crate::engine::release_detached_at(base) };
+        r
+    }
+
+    /// Drops the handle without committing (as a crash would) and unmaps the heap's memory, so
+    /// that the next open in this process recovers the last durable state from the files, as a
+    /// restart would. A plain drop keeps the memory mapped for values that outlive the handle,
+    /// and a reopen in this process then refuses with [`Error::Detached`] if there were
+    /// uncommitted changes.
+    ///
+    /// # Safety
+    ///
+    /// As for [`close_and_release`](Heap::close_and_release).
+    pub unsafe fn drop_and_release(self) {
+        let base = self.engine().base();
+        drop(self);
+        // SAFETY: forwarded contract.
+        unsafe { crate::engine::release_detached_at(base) };
+    }
 }
 
-impl<T> Drop for Heap<T> {
+impl<T: Persist> Drop for Heap<T> {
     fn drop(&mut self) {
         // The engine's own Drop releases the heap without committing.
         self.engine.take();
@@ -245,12 +281,12 @@ impl<T> Deref for ReadGuard<'_, T> {
 }
 
 /// Exclusive access to the root of a [`Heap`].
-pub struct WriteGuard<'a, T> {
+pub struct WriteGuard<'a, T: Persist> {
     _g: RwLockWriteGuard<'a, ()>,
     heap: &'a Heap<T>,
 }
 
-impl<T> WriteGuard<'_, T> {
+impl<T: Persist> WriteGuard<'_, T> {
     /// Commits every change made so far, keeping the guard. Returns the sequence number.
     pub fn commit(&mut self) -> Result<u64> {
         let seq = self.heap.engine().commit()?;
@@ -268,7 +304,7 @@ impl<T> WriteGuard<'_, T> {
     }
 }
 
-impl<T> Deref for WriteGuard<'_, T> {
+impl<T: Persist> Deref for WriteGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the write lock is held, so no other reference to the root exists.
@@ -276,7 +312,7 @@ impl<T> Deref for WriteGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for WriteGuard<'_, T> {
+impl<T: Persist> DerefMut for WriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the write lock is held and the guard is borrowed mutably, so this is the only
         // reference to the root.

@@ -30,6 +30,8 @@ pub struct OpenOptions {
     pub(crate) snapshot_interval: Option<Duration>,
     pub(crate) flush_interval: Duration,
     pub(crate) snapshot_on_close: bool,
+    pub(crate) close_snapshot_min_bytes: u64,
+    pub(crate) base_cache_bytes: u64,
     pub(crate) force_all_dirty: bool,
     pub(crate) remap_clean_pages: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
@@ -48,6 +50,12 @@ pub enum PlantedBug {
     SkipJournalSync,
     /// Write and sync the snapshot's valid header before its pages (`snapshot.rs`).
     SnapshotHeaderFirst,
+    /// After journaling a page as a delta, keep its old base image instead of the one just
+    /// journaled, so its next delta is computed against a stale base (`engine/capture.rs`).
+    DeltaStaleBase,
+    /// At recovery, apply each `DELTA` entry to a zeroed page instead of the page's replayed
+    /// image (`engine/recover.rs`): the post-image check must report it.
+    DeltaReplayZeroBase,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -61,12 +69,19 @@ impl std::fmt::Debug for OpenOptions {
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)
             .field("remap_clean_pages", &self.remap_clean_pages)
+            .field("close_snapshot_min_bytes", &self.close_snapshot_min_bytes)
+            .field("base_cache_bytes", &self.base_cache_bytes)
             .finish_non_exhaustive()
     }
 }
 
 /// The default maximum heap size: 256 GiB of address space (costs nothing until used).
 pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
+/// The default budget of the base cache ([`OpenOptions::base_cache_bytes`]): 64 MiB, about
+/// 16,000 pages (see `docs/design.md`, "Base cache", for why).
+pub const DEFAULT_BASE_CACHE_BYTES: u64 = 64 << 20;
+/// The default journal volume below which `close` skips the snapshot: 8 MiB.
+pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
 /// The default journal volume after which a snapshot starts: 64 MiB.
 pub const DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -80,8 +95,10 @@ impl Default for OpenOptions {
             snapshot_interval: None,
             flush_interval: Duration::from_secs(1),
             snapshot_on_close: true,
+            close_snapshot_min_bytes: DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES,
+            base_cache_bytes: DEFAULT_BASE_CACHE_BYTES,
             force_all_dirty: false,
-            remap_clean_pages: true,
+            remap_clean_pages: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
             #[cfg(any(test, feature = "testing"))]
@@ -139,10 +156,27 @@ impl OpenOptions {
         self
     }
 
-    /// Whether [`Heap::close`](crate::Heap::close) takes a snapshot when the journal is not empty, so that the next
-    /// open replays nothing (default true).
+    /// Whether [`Heap::close`](crate::Heap::close) may take a snapshot, so that the next open
+    /// replays nothing (default true). It does so only when the journal since the newest
+    /// snapshot holds at least [`Self::close_snapshot_min_bytes`].
     pub fn snapshot_on_close(&mut self, yes: bool) -> &mut Self {
         self.snapshot_on_close = yes;
+        self
+    }
+
+    /// The journal volume since the newest snapshot below which [`Heap::close`](crate::Heap::close)
+    /// does not take a snapshot (default 8 MiB; 0: always, when anything was committed). Replaying
+    /// that much at the next open costs less than writing the snapshot now.
+    pub fn close_snapshot_min_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.close_snapshot_min_bytes = bytes;
+        self
+    }
+
+    /// Memory budget of the base cache, the process-local copies of recently committed pages
+    /// that let a commit journal only the words that changed (default 64 MiB, touched only as
+    /// pages are cached; 0 turns delta journaling off). See `docs/design.md` ("Base cache").
+    pub fn base_cache_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.base_cache_bytes = bytes;
         self
     }
 
@@ -154,7 +188,7 @@ impl OpenOptions {
     }
 
     /// After each snapshot, give the pages that still equal it back to the kernel as clean
-    /// file-backed pages of the snapshot file (default true; [`Heap`](crate::Heap) only, see
+    /// file-backed pages of the snapshot file (default false: turning it on accepts the rule below; [`Heap`](crate::Heap) only, see
     /// `engine/footprint.rs` and docs/design.md "Returning clean pages"). Written pages are
     /// private anonymous memory that the kernel can never drop (there is no swap on most
     /// servers); returned pages are page cache it may evict and re-read, so the resident set
@@ -195,6 +229,24 @@ impl OpenOptions {
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
+    }
+
+    /// Whether the tests planted [`PlantedBug::DeltaStaleBase`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_delta_stale_base(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::DeltaStaleBase);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::DeltaReplayZeroBase`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_delta_replay_zero_base(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::DeltaReplayZeroBase);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
     }
 
     /// Whether the tests planted [`PlantedBug::SkipJournalSync`]; always false without the

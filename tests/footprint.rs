@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use snapheap::collections::Vec as HVec;
-use snapheap::{Heap, OpenOptions};
+use snapheap::OpenOptions;
 use std::io::Write;
 use std::process::Stdio;
 
@@ -55,6 +55,7 @@ fn anonymous_memory_tracks_the_pages_written_since_the_snapshot() {
     let mib = if full() { 1024 } else { 64 };
     let dir = Scratch::new("footprint-anon");
     let heap = OpenOptions::new()
+        .remap_clean_pages(true)
         .snapshot_after_journal_bytes(u64::MAX / 4)
         .open(dir.heap(), Root::new_in)
         .unwrap();
@@ -136,7 +137,10 @@ fn anonymous_memory_tracks_the_pages_written_since_the_snapshot() {
         }
     }
     heap.close().unwrap();
-    let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
+    let heap = OpenOptions::new()
+        .remap_clean_pages(true)
+        .open(dir.heap(), Root::new_in)
+        .unwrap();
     let r = heap.read();
     assert_eq!(r.len(), mib);
     for (i, c) in r.iter().enumerate() {
@@ -166,7 +170,10 @@ fn remapping_off_keeps_written_pages_anonymous() {
 fn writes_after_a_remap_are_captured_and_recovered() {
     let dir = Scratch::new("footprint-rewrite");
     {
-        let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
+        let heap = OpenOptions::new()
+            .remap_clean_pages(true)
+            .open(dir.heap(), Root::new_in)
+            .unwrap();
         let a = heap.alloc();
         heap.write().extend((0..8).map(|i| new_chunk(a, i, 0)));
         heap.snapshot().unwrap();
@@ -202,7 +209,10 @@ fn writes_after_a_remap_are_captured_and_recovered() {
         }
         drop(heap); // like a crash: the journal after the snapshot holds rounds 1-3
     }
-    let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
+    let heap = OpenOptions::new()
+        .remap_clean_pages(true)
+        .open(dir.heap(), Root::new_in)
+        .unwrap();
     let r = heap.read();
     for i in 0..8 {
         let want = if i % 2 == 1 { 3 } else { 2 };
@@ -383,7 +393,10 @@ fn heap_twice_the_memory_limit_is_built_updated_and_recovered() {
             versions[rng.index(heap_mib)] += 1;
         }
     }
-    let heap = Heap::open(&heap_dir, Root::new_in).unwrap();
+    let heap = OpenOptions::new()
+        .remap_clean_pages(true)
+        .open(&heap_dir, Root::new_in)
+        .unwrap();
     let r = heap.read();
     assert_eq!(r.len(), heap_mib);
     for (i, c) in r.iter().enumerate() {

@@ -128,6 +128,7 @@ fn kernel_reports_every_changed_page_before_each_commit_of_a_random_workload() {
     let _ = std::fs::remove_dir_all(&dir);
     let heap = OpenOptions::new()
         .snapshot_after_journal_bytes(1 << 20)
+        .remap_clean_pages(true)
         .open(&dir, HVec::<HBox<[u64; 256]>>::new_in)
         .unwrap();
     let a = heap.alloc();

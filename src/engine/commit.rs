@@ -5,8 +5,9 @@
 //! 2. Pause the allocator: no thread is inside `alloc`/`dealloc`, so the allocator's state in
 //!    the region is consistent.
 //! 3. Collect the pages written since the last commit from the tracker (which re-protects them
-//!    atomically) and copy them into the journal's encode buffer. If a snapshot is due, fork
-//!    the snapshot writer now, while the image is exactly this commit.
+//!    atomically) and capture them into the journal's encode buffer, each whole or as a delta
+//!    against its cached base (`capture.rs`). If a snapshot is due, fork the snapshot writer
+//!    now, while the image is exactly this commit.
 //! 4. Resume the allocator and write the encoded group to the journal with one write.
 //! 5. Release the commit lock, then (with `Durability::Immediate`) wait until the group is
 //!    durable, sharing the sync with concurrent committers (`durable.rs`).
@@ -22,9 +23,7 @@
 
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};
-use crate::mem::sysmem::SysVec;
 use crate::options::Durability;
-use std::alloc::System;
 use std::sync::atomic::Ordering;
 
 impl Engine {
@@ -69,21 +68,20 @@ impl Engine {
             let wrote = !cs.ranges.is_empty();
             seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
             if wrote {
-                let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
+                cs.journal.begin_group(seq, self.durable.durable_end());
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
                     // The allocator is paused and the commit lock excludes mutation of the root,
                     // so the only concurrent writes possible are by other threads into blocks
-                    // unreachable from the root; such pages are reported again by the next collect.
-                    // SAFETY: [a, b) lies inside [base, base + extent), mapped read-write for the
-                    // engine's lifetime; concurrent writes are only those described above.
-                    let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, b - a) };
-                    slices.push(((a - base) as u64, bytes));
+                    // unreachable from the root; such pages are reported again by the next
+                    // collect, and the capture reads each page once (`capture.rs`).
+                    // SAFETY: [a, b) is page-aligned and lies inside [base, base + extent), mapped
+                    // read-write for the engine's lifetime.
+                    unsafe { cs.capture.capture(&mut cs.journal, base, a, b, &cs.since_snap) };
                     cs.since_snap.insert_range(a, b);
                     pages += ((b - a) / crate::sys::OS_PAGE) as u64;
                 }
-                cs.journal
-                    .encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
+                cs.journal.finish_group(extent as u64);
             }
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
                 forked = self.fork_snapshot(cs, seq, extent);
@@ -99,10 +97,16 @@ impl Engine {
                         Ordering::Relaxed,
                     );
                 }
-                Err(e) => return Err(self.poison(e)),
+                Err(e) => {
+                    // Nothing follows an unwritten group (the heap is poisoned); the cache
+                    // must not run ahead of the journal all the same.
+                    cs.capture.invalidate(self.arena.extent() as u64);
+                    return Err(self.poison(e));
+                }
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
+            self.counters.publish_capture(&cs.capture);
         }
         if forked {
             self.rotate_journal(cs, seq)?;

@@ -174,6 +174,11 @@ struct Config {
 ///
 /// # What must not be stored in roots
 ///
+/// `with_root` requires `T:` [`GlobalPersist`](crate::GlobalPersist), which refuses at compile
+/// time the types listed here that the compiler can see (references, `fn` pointers, `dyn`
+/// objects, locks, OS handles); a persistent heap that is not the `#[global_allocator]` panics
+/// at `with_root`.
+///
 /// Everything reachable from a root must stay meaningful in the next run:
 /// - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
 ///   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
@@ -376,8 +381,15 @@ impl GlobalHeap {
     /// while `init` and `f` run: do not call `with_root`, `commit` or `snapshot` inside them.
     ///
     /// Panics when the registry is full ([`MAX_ROOTS`] types) or the heap is exhausted.
-    pub fn with_root<T: Send + 'static, R>(&self, init: impl FnOnce() -> T, f: impl FnOnce(&mut T) -> R) -> R {
+    pub fn with_root<T: crate::persist::GlobalPersist + Send + 'static, R>(
+        &self,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
         let arena = self.ready();
+        if self.engine().is_some() {
+            crate::persist::assert_installed(arena);
+        }
         let _g = lock(&self.roots);
         let word = self.registry_word(arena);
         let reg = self.registry(word);

@@ -12,9 +12,11 @@
 //! parts of *our own* reservation with `MAP_FIXED`. The control area holds the process-local
 //! allocator handle (see `alloc`), is never persisted and never tracked.
 //!
-//! After a heap is closed, its reservation and control area are retained (the control area
-//! records the closed state, so a stale `HeapAlloc` fails cleanly instead of touching freed
-//! memory), and a later open of a heap with the same base in this process reuses them.
+//! After a heap is closed, its data part stays mapped (the engine *detaches* the region, see
+//! `engine/detach.rs`) and its control area records the closed state, so a stale `HeapAlloc`
+//! fails cleanly and values allocated from the heap stay readable. Only an explicit release
+//! drops a region, which returns its data part to `PROT_NONE` and retains the reservation and
+//! control area, so a later open of a heap with the same base in this process reuses them.
 //!
 //! # Invariants
 //!
@@ -60,6 +62,10 @@ pub(crate) struct Region {
     extent: usize,
     /// Bytes from `base` mapped from the snapshot file.
     file_extent: usize,
+    /// Whether dropping the region unmaps its data part. False for a region whose memory
+    /// may be referenced by values handed out earlier (an adopted detached region, until the
+    /// engine takes it back with [`Region::take`]) and for the inert copies `take` leaves.
+    release_on_drop: bool,
 }
 
 impl Region {
@@ -80,6 +86,7 @@ impl Region {
                 max_size,
                 extent: 0,
                 file_extent: 0,
+                release_on_drop: true,
             });
         }
         match sys::reserve(start, len) {
@@ -104,6 +111,7 @@ impl Region {
             max_size,
             extent: 0,
             file_extent: 0,
+            release_on_drop: true,
         })
     }
 
@@ -135,6 +143,38 @@ impl Region {
     /// Bytes from `base` that are mapped read-write.
     pub(crate) fn extent(&self) -> usize {
         self.extent
+    }
+
+    /// Bytes from `base` mapped from the snapshot file (copy-on-write).
+    pub(crate) fn file_extent(&self) -> usize {
+        self.file_extent
+    }
+
+    /// Moves the region out, leaving an inert copy behind whose drop does nothing (the
+    /// engine detaches its region at close this way). The returned region releases its data
+    /// part when dropped.
+    pub(crate) fn take(&mut self) -> Region {
+        let r = Region {
+            release_on_drop: true,
+            ..*self
+        };
+        self.release_on_drop = false;
+        r
+    }
+
+    /// An inert copy (its drop does nothing), for reading the geometry of a region someone
+    /// else owns.
+    pub(crate) fn shadow(&self) -> Region {
+        Region {
+            release_on_drop: false,
+            ..*self
+        }
+    }
+
+    /// Makes dropping this region leave its data part mapped (for an adopted region whose
+    /// memory values of the earlier handle may still reference).
+    pub(crate) fn keep_mapped_on_drop(&mut self) {
+        self.release_on_drop = false;
     }
 
     /// Maps `[base, base + len)` copy-on-write from `fd` at file offset `offset`. Used once at
@@ -216,9 +256,13 @@ impl Region {
 
 impl Drop for Region {
     /// Unmaps the data part (back to `PROT_NONE`) and retains the reservation and control area
-    /// for this process. The owner drops a region only when no reference into its data part
-    /// remains: at a failed open (nothing was handed out) or after the heap is closed.
+    /// for this process. The owner drops a releasing region only when no reference into its
+    /// data part remains: at a failed open (nothing was handed out) or at an explicit release
+    /// (whose caller guarantees it). Inert and kept-mapped regions drop without effect.
     fn drop(&mut self) {
+        if !self.release_on_drop {
+            return;
+        }
         // SAFETY: see above; the range is our own reservation.
         let ok = unsafe { sys::rereserve(self.base, self.max_size) }.is_ok();
         if ok {

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod delta;
 pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod snapshot;
