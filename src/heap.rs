@@ -367,15 +367,38 @@ impl<T: Persist> Heap<T> {
     /// commit is durable when this returns. Waits for an open [`WriteGuard`] to be dropped; to
     /// commit while holding one, use [`WriteGuard::commit`].
     pub fn commit(&self) -> Result<u64> {
-        let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
-        self.engine().commit()
+        let seq = {
+            let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
+            self.engine().commit()?
+        };
+        self.return_clean_pages(false);
+        Ok(seq)
+    }
+
+    /// Returns pages equal to the newest snapshot to the kernel (one bounded step, or all with
+    /// `until_done`), if there is work and no guard of the root is held anywhere: `try_write`
+    /// never waits, a busy heap just tries again at its next commit.
+    fn return_clean_pages(&self, until_done: bool) {
+        if !self.engine().remap_due() {
+            return;
+        }
+        if let Ok(_exclusive) = self.lock.try_write() {
+            // SAFETY: the root lock is held exclusively, so no guard exists and no thread
+            // writes the root; by `OpenOptions::remap_clean_pages`' contract no thread writes
+            // other heap memory without a guard either.
+            unsafe { self.engine().remap_clean(until_done) };
+        }
     }
 
     /// Commits, then writes a snapshot and returns once it is durable. Snapshots also start on
     /// their own (see [`OpenOptions::snapshot_after_journal_bytes`]).
     pub fn snapshot(&self) -> Result<()> {
-        let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
-        self.engine().snapshot()
+        {
+            let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
+            self.engine().snapshot()?;
+        }
+        self.return_clean_pages(true);
+        Ok(())
     }
 
     /// Current counters.
@@ -479,7 +502,13 @@ pub struct WriteGuard<'a, T: Persist> {
 impl<T: Persist> WriteGuard<'_, T> {
     /// Commits every change made so far, keeping the guard. Returns the sequence number.
     pub fn commit(&mut self) -> Result<u64> {
-        self.heap.engine().commit()
+        let seq = self.heap.engine().commit()?;
+        if self.heap.engine().remap_due() {
+            // SAFETY: this guard holds the root lock exclusively; unguarded writers are excluded
+            // by `OpenOptions::remap_clean_pages`' contract.
+            unsafe { self.heap.engine().remap_clean(false) };
+        }
+        Ok(seq)
     }
 
     /// The heap's allocator.

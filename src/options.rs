@@ -33,6 +33,7 @@ pub struct OpenOptions {
     pub(crate) close_snapshot_min_bytes: u64,
     pub(crate) base_cache_bytes: u64,
     pub(crate) force_all_dirty: bool,
+    pub(crate) remap_clean_pages: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
     /// Schema migrations offered to [`OpenOptions::open`](crate::OpenOptions::open), in the
@@ -73,6 +74,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)
             .field("migrations", &self.migrations.len())
+            .field("remap_clean_pages", &self.remap_clean_pages)
             .field("close_snapshot_min_bytes", &self.close_snapshot_min_bytes)
             .field("base_cache_bytes", &self.base_cache_bytes)
             .finish_non_exhaustive()
@@ -102,6 +104,7 @@ impl Default for OpenOptions {
             close_snapshot_min_bytes: DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES,
             base_cache_bytes: DEFAULT_BASE_CACHE_BYTES,
             force_all_dirty: false,
+            remap_clean_pages: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
             migrations: std::vec::Vec::new(),
@@ -189,6 +192,27 @@ impl OpenOptions {
     /// Slow; for testing and for systems where the probe misbehaves.
     pub fn force_all_dirty(&mut self, yes: bool) -> &mut Self {
         self.force_all_dirty = yes;
+        self
+    }
+
+    /// After each snapshot, give the pages that still equal it back to the kernel as clean
+    /// file-backed pages of the snapshot file (default false: turning it on accepts the rule below; [`Heap`](crate::Heap) only, see
+    /// `engine/footprint.rs` and docs/design.md "Returning clean pages"). Written pages are
+    /// private anonymous memory that the kernel can never drop (there is no swap on most
+    /// servers); returned pages are page cache it may evict and re-read, so the resident set
+    /// tracks the pages written since the last snapshot instead of every page ever written.
+    ///
+    /// The remapping runs at a commit (in bounded steps) or at [`Heap::snapshot`](crate::Heap::snapshot),
+    /// only while the committing thread can take the root lock exclusively. It therefore
+    /// requires that **no thread writes heap memory without holding a guard of the heap**: a
+    /// thread that fills blocks from [`HeapAlloc`](crate::HeapAlloc) outside the root must hold
+    /// [`Heap::read`](crate::Heap::read) (or the write guard) while it writes. A program that
+    /// writes heap memory unguarded from other threads while commits run (this includes I/O
+    /// in flight into heap buffers, such as an `io_uring` read) must turn this off; otherwise
+    /// such a write racing with a remap can be lost. [`GlobalHeap`](crate::GlobalHeap) never
+    /// remaps.
+    pub fn remap_clean_pages(&mut self, yes: bool) -> &mut Self {
+        self.remap_clean_pages = yes;
         self
     }
 

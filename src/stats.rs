@@ -41,6 +41,15 @@ pub struct Stats {
     pub replayed_pages: u64,
     /// Bytes reclaimed at open (blocks unreachable from the roots).
     pub reclaimed_bytes: u64,
+    /// Pages given back to the kernel as clean file-backed pages of a snapshot file since
+    /// open (see [`OpenOptions::remap_clean_pages`](crate::OpenOptions::remap_clean_pages)).
+    pub remapped_pages: u64,
+    /// Bytes of the heap's region that are private anonymous memory now (written pages the
+    /// kernel cannot drop without swap), measured with `PAGEMAP_SCAN` when `stats()` runs;
+    /// 0 when the kernel cannot tell.
+    pub anonymous_bytes: u64,
+    /// How long the last remapping step stalled its commit, in microseconds.
+    pub last_remap_micros: u64,
     /// Pages journaled as `DELTA` entries (the changed words) by commits through this handle.
     pub delta_pages: u64,
     /// Pages journaled whole by commits through this handle.

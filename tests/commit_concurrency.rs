@@ -71,7 +71,13 @@ fn commits_during_concurrent_alloc_and_free_capture_a_consistent_allocator() {
     let dir = Scratch::new("commit-conc");
     let mut root_blocks = 0;
     {
-        let heap = Heap::open(dir.heap(), Root::new_in).unwrap();
+        // The workers write their blocks without holding a guard while commits run, which the
+        // remapping of clean pages forbids (`OpenOptions::remap_clean_pages`): this test is
+        // about the commit path with unguarded writers, so it turns remapping off.
+        let heap = snapheap::OpenOptions::new()
+            .remap_clean_pages(false)
+            .open(dir.heap(), Root::new_in)
+            .unwrap();
         let a = heap.alloc();
         let stop = Arc::new(AtomicBool::new(false));
         let swap = Arc::new(std::sync::Mutex::new(std::vec::Vec::new()));

@@ -17,7 +17,9 @@ type Log = Vec<u64>;
 
 fn options() -> OpenOptions {
     let mut o = OpenOptions::new();
-    o.snapshot_after_journal_bytes(96 << 10);
+    // Remapping clean pages is off by default; the kill test runs with it on (the children
+    // write only under guards), so kills land in processes that remap.
+    o.snapshot_after_journal_bytes(96 << 10).remap_clean_pages(true);
     o
 }
 
@@ -40,11 +42,21 @@ fn child_loop() {
     let dir = std::env::var("HEAP").unwrap();
     let heap = open_retrying(dir.as_ref());
     let mut next = heap.read().last().copied().unwrap_or(0) + 1;
-    println!("READY {}", next - 1);
+    // Ballast outside the root (leaked at the kill: 256 KiB per round), written under the
+    // guard, so that remapping clean pages (issue 15) has runs to return after each snapshot
+    // and later commits write into remapped pages.
+    let mut ballast = Vec::new_in(heap.alloc());
+    ballast.resize(256 << 10, 1u8);
+    // A snapshot before the kills start, so every round's process has remapped pages (the
+    // automatic snapshots come too late in short rounds on a loaded machine).
+    heap.snapshot().unwrap();
+    println!("READY {} REMAPPED {}", next - 1, heap.stats().remapped_pages);
     loop {
         {
             let mut log = heap.write();
             log.push(next);
+            let at = (next as usize * 4096 + 17) % ballast.len();
+            ballast[at] = ballast[at].wrapping_add(next as u8);
             // Some garbage churn so allocator state changes too.
             let mut tmp = Vec::new_in(heap.alloc());
             tmp.resize((next % 700) as usize, next as u8);
@@ -81,6 +93,7 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     let mut total_acked = 0u64;
     let mut writers_killed = 0u64;
     let mut max_seen = 0u64;
+    let mut remapped = 0u64;
     for round in 0..kills {
         let mut child = child(
             "sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit",
@@ -97,6 +110,10 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
         loop {
             let line = rx.recv_timeout(Duration::from_secs(30)).expect("child did not start");
             if line.contains("READY") {
+                remapped += line
+                    .split_once("REMAPPED ")
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
                 break;
             }
         }
@@ -150,7 +167,12 @@ fn sigkill_at_random_moments_keeps_a_prefix_with_every_acknowledged_commit() {
     }
     println!(
         "kill test: {kills} kills ({writers_killed} of them after killing a running snapshot writer first), \
-         final log length {max_seen}, {total_acked} acknowledged commits checked"
+         final log length {max_seen}, {total_acked} acknowledged commits checked, {remapped} pages \
+         remapped by the killed processes before their kill window"
+    );
+    assert!(
+        remapped > 0,
+        "no round remapped a page: the kills did not cover remapping"
     );
     assert!(max_seen > 0, "no commit survived any round");
 }

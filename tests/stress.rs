@@ -71,10 +71,13 @@ fn churn(a: HeapAlloc, id: u64, stop: &AtomicBool, big: bool) -> u64 {
 /// Opens the heap; dropping the handle releases its memory (every value lives in the root),
 /// so a reopen recovers from the files as after a crash.
 fn open(dir: &std::path::Path) -> Released<Root> {
+    // The churn threads write their blocks without a guard while commits run: remapping clean
+    // pages forbids that (`OpenOptions::remap_clean_pages`), so it is off here.
     released(
         OpenOptions::new()
             .max_size(1 << 30)
             .snapshot_after_journal_bytes(1 << 20)
+            .remap_clean_pages(false)
             .open(dir, |_| Root { counter: 0 }),
     )
     .unwrap()

@@ -8,6 +8,8 @@
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `footprint.rs`: returning pages that equal the newest snapshot to the kernel as clean
+//!   file-backed pages.
 //! - `detach.rs`: what stays of a closed heap (its memory, still mapped for values that
 //!   outlived the handle) and adopting it at a reopen in the same process.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
@@ -39,6 +41,7 @@ mod capture;
 mod commit;
 mod detach;
 mod durable;
+mod footprint;
 pub(crate) mod page_diff;
 mod recover;
 mod snapshot;
@@ -123,6 +126,8 @@ pub(crate) struct CommitState {
     pending: Option<snapshot::Pending>,
     last_seq: u64,
     last_snapshot_at: std::time::Instant,
+    /// Progress of returning clean pages to the kernel (`footprint.rs`).
+    footprint: footprint::Footprint,
     /// Delta capture and the base cache.
     capture: capture::Capture,
     /// Bytes of the journals of the chain before the current one (since the newest durable
@@ -143,6 +148,8 @@ struct Counters {
     snapshot_generation: AtomicU64,
     journal_bytes: AtomicU64,
     replayed_pages: AtomicU64,
+    remapped_pages: AtomicU64,
+    last_remap_micros: AtomicU64,
     delta_pages: AtomicU64,
     full_pages: AtomicU64,
     unchanged_pages: AtomicU64,
@@ -251,6 +258,7 @@ impl Engine {
             let t = lock(&self.grow.tracker);
             (t.mode().name(), t.fallback_reason().map(|f| f.to_string()))
         };
+        let anonymous_bytes = footprint::anonymous_bytes(self.base(), self.base() + self.arena.extent());
         Stats {
             commit_seq: last_seq,
             durable_seq,
@@ -269,6 +277,9 @@ impl Engine {
             track_fallback,
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
+            remapped_pages: ld(&c.remapped_pages),
+            anonymous_bytes,
+            last_remap_micros: ld(&c.last_remap_micros),
             delta_pages: ld(&c.delta_pages),
             full_pages: ld(&c.full_pages),
             unchanged_pages: ld(&c.unchanged_pages),

@@ -678,6 +678,7 @@ fn assemble(
             pending: None,
             last_seq,
             last_snapshot_at: Instant::now(),
+            footprint: Default::default(),
             capture,
             older_journal_bytes: 0,
         }),

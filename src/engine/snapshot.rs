@@ -221,6 +221,7 @@ impl Engine {
                 c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
+                cs.footprint.snapshot_reaped();
                 // The chain now starts at the journal created at the fork: the current one.
                 cs.older_journal_bytes = 0;
                 if block {

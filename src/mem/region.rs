@@ -202,6 +202,26 @@ impl Region {
         Ok(())
     }
 
+    /// Replaces `[a, a + len)`, inside the mapped part, with a copy-on-write mapping of `fd` at
+    /// `offset` (returning clean pages to the kernel, `engine/footprint.rs`). The range loses
+    /// its userfaultfd registration: the caller arms it again.
+    ///
+    /// # Safety
+    ///
+    /// The file stays at least `offset + len` bytes long while mapped, every page of the range
+    /// holds exactly the file's bytes at its offset, and no thread writes the range during the
+    /// call (readers are fine: they see the same bytes before and after).
+    pub(crate) unsafe fn remap_file(&self, a: usize, len: usize, fd: RawFd, offset: u64) -> std::io::Result<()> {
+        if a < self.base || len > self.extent || a - self.base > self.extent - len {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: inside the mapped part of our reservation (checked above); the content and
+        // exclusion are the caller's promise.
+        unsafe { sys::map_file_private_fixed(a, len, fd, offset) }?;
+        let _ = sys::no_huge_pages(a, len);
+        Ok(())
+    }
+
     /// Grows the read-write part to `new_extent` bytes with zeroed anonymous memory.
     /// Returns the newly mapped range, or `None` if it was already mapped.
     pub(crate) fn grow(&mut self, new_extent: usize) -> std::io::Result<Option<(usize, usize)>> {
