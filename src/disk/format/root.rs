@@ -145,6 +145,20 @@ impl RootRecord {
         if schema_len > ROOT_SCHEMA_MAX {
             return bad(ROOT_SCHEMA_LEN_OFFSET, "schema length out of range");
         }
+        // The text fields are zero padded: a byte after the recorded length that is not zero
+        // is damage (and would not survive a decode + encode).
+        let pad = |off: usize, len: usize, max: usize| {
+            b[off + len..off + max]
+                .iter()
+                .position(|&x| x != 0)
+                .map(|i| off + len + i)
+        };
+        if let Some(at) = pad(ROOT_NAME_OFFSET, name_len, ROOT_NAME_MAX) {
+            return bad(at, "root type name padding is not zero");
+        }
+        if let Some(at) = pad(ROOT_SCHEMA_OFFSET, schema_len, ROOT_SCHEMA_MAX) {
+            return bad(at, "schema padding is not zero");
+        }
         let text = |off: usize, len: usize| {
             std::str::from_utf8(&b[off..off + len])
                 .map(str::to_string)
