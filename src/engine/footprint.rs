@@ -267,12 +267,14 @@ impl Engine {
         b: usize,
     ) -> Result<(), ()> {
         let offset = DATA_OFFSET + (a - self.base()) as u64;
-        // SAFETY: [a, b) lies inside the region's mapped part below the newest snapshot's
-        // extent, whose file is at least DATA_OFFSET + extent long and only grows; every page
-        // of it is present anonymous memory not written since that snapshot's fork (not in
-        // since_snap, not reported by the tracker, no writer pending), so it equals the file's
-        // page; no thread writes the region now (the caller's exclusion, the allocator pause).
-        if let Err(e) = unsafe { region.remap_file(a, b - a, fd, offset) } {
+        // [a, b) lies inside the region's mapped part below the newest snapshot's extent,
+        // whose file is at least DATA_OFFSET + extent long and only grows; every page of it is
+        // present anonymous memory not written since that snapshot's fork (not in since_snap,
+        // not reported by the tracker, no writer pending), so it equals the file's page.
+        // SAFETY: the range and contents are as above, and no thread writes the region now
+        // (the caller's exclusion, the allocator pause).
+        let remapped = unsafe { region.remap_file(a, b - a, fd, offset) };
+        if let Err(e) = remapped {
             // The kernel keeps the old mapping when mmap fails (since Linux 6.12 it gathers the
             // old mappings first and restores them on error): check that the range is still
             // tracked, and stop remapping for this handle.
