@@ -5,11 +5,14 @@
 //! cargo run --release --example counter          # later runs: the state is still there
 //! ```
 //!
-//! The heap directory can be set with `SNAPHEAP_EXAMPLE_DIR`.
+//! The heap directory can be set with `SNAPHEAP_EXAMPLE_DIR`. With `SNAPHEAP_EXAMPLE_KEEP_JOURNAL`
+//! set, closing takes no snapshot, so the commits stay in the journal (the README's `snapheap`
+//! tool transcript uses this to have a journal to list and compact).
 
 use snapheap::collections::{HashMap, String, Vec};
-use snapheap::{Heap, HeapAlloc};
+use snapheap::{Heap, HeapAlloc, OpenOptions};
 
+#[derive(snapheap::Persist)]
 struct State {
     visits: HashMap<String, u64>,
     log: Vec<u64>,
@@ -17,7 +20,9 @@ struct State {
 
 fn main() -> snapheap::Result<()> {
     let dir = std::env::var("SNAPHEAP_EXAMPLE_DIR").unwrap_or_else(|_| "data/counter.heap".into());
-    let heap = Heap::open(&dir, |a: HeapAlloc| State {
+    let mut opts = OpenOptions::new();
+    opts.snapshot_on_close(std::env::var_os("SNAPHEAP_EXAMPLE_KEEP_JOURNAL").is_none());
+    let heap: Heap<State> = opts.open(&dir, |a: HeapAlloc| State {
         visits: HashMap::new_in(a),
         log: Vec::new_in(a),
     })?;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 static HEAP: snapheap::GlobalHeap = snapheap::GlobalHeap::new();
 
 /// The state kept across runs: plain std types.
-#[derive(Default)]
+#[derive(Default, snapheap::GlobalPersist)]
 struct State {
     runs: Vec<String>,
     words: BTreeMap<String, u64>,

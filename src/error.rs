@@ -69,6 +69,27 @@ pub enum Error {
         /// What needed the space.
         what: String,
     },
+    /// A schema migration closure panicked while opening the heap. Nothing was committed:
+    /// the heap still holds the state from before the migration.
+    MigrationFailed {
+        /// The step that failed, `"Old (schema \"s\") -> New"`.
+        step: String,
+        /// The panic message.
+        cause: String,
+    },
+    /// This process closed or dropped the heap earlier, values allocated from it may still
+    /// point into its memory (which stays mapped, see `docs/design.md`, "Closing"), and that
+    /// memory cannot be taken over by the new handle (`reason` says why: dropped with
+    /// uncommitted changes, files changed by another process since, ...). Mapping the files
+    /// over it would alias those values. Reopen the heap in another process, or release the
+    /// old memory first with [`release_detached`](crate::release_detached) (`unsafe`: the
+    /// caller guarantees that no such value is used any more).
+    Detached {
+        /// The heap's directory.
+        dir: PathBuf,
+        /// Why the memory of the earlier handle cannot be adopted.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.
@@ -133,6 +154,17 @@ impl fmt::Display for Error {
             Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
             Error::Unsupported { what } => write!(f, "not supported here: {what}"),
             Error::OutOfSpace { what } => write!(f, "the heap's maximum size is exhausted: {what}"),
+            Error::MigrationFailed { step, cause } => write!(
+                f,
+                "the migration {step} panicked ({cause}); nothing was committed, the heap still holds its state from before the migration"
+            ),
+            Error::Detached { dir, reason } => write!(
+                f,
+                "the heap in {} was closed earlier in this process and its memory may still be referenced by values \
+                 allocated from it, but it cannot be reopened over that memory: {reason}; reopen it in another \
+                 process, or call `snapheap::release_detached` (unsafe) once no such value is used any more",
+                dir.display()
+            ),
         }
     }
 }

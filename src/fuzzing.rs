@@ -37,6 +37,37 @@ pub const RECORD_HEADER_LEN: usize = jf::RECORD_HEADER_LEN;
 pub const FIRST_RECORD_OFFSET: u64 = jf::FIRST_RECORD_OFFSET;
 /// Offset of the meta header checksum.
 pub const META_CRC_OFFSET: usize = crate::disk::format::meta::CRC_OFFSET;
+/// Offset of the root record checksum, and the record's length.
+pub const ROOT_RECORD_CRC_OFFSET: usize = crate::disk::format::root::ROOT_CRC_OFFSET;
+/// Length of a root record.
+pub const ROOT_RECORD_LEN: usize = crate::disk::format::root::ROOT_RECORD_LEN;
+
+/// A decoded root record (`format::root::RootRecord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRecordFields {
+    /// Address of the root.
+    pub root: u64,
+    /// Alignment of the root type.
+    pub align: u64,
+    /// The root type's name.
+    pub type_name: String,
+    /// The schema id.
+    pub schema: String,
+}
+
+/// Decodes a root record (`format::root::RootRecord::decode`); on success also checks that
+/// encoding the result gives back the input's first bytes.
+pub fn root_record(b: &[u8]) -> Result<RootRecordFields, (u64, String)> {
+    let r = crate::disk::format::root::RootRecord::decode(b).map_err(|(off, what)| (off as u64, what))?;
+    assert_eq!(&r.encode()[..], &b[..ROOT_RECORD_LEN], "decode and encode disagree");
+    Ok(RootRecordFields {
+        root: r.root,
+        align: r.align,
+        type_name: r.type_name,
+        schema: r.schema,
+    })
+}
+
 /// Offset of the snapshot header checksum.
 pub const SNAPSHOT_CRC_OFFSET: usize = crate::disk::format::snapshot::CRC_OFFSET;
 
@@ -78,8 +109,10 @@ pub struct Group {
     pub seq: u64,
     /// The region extent at this commit.
     pub extent: u64,
-    /// Its page runs: `(file_offset, region_offset, len)`.
+    /// Its `PAGES` runs: `(file_offset, region_offset, len)`.
     pub runs: Vec<(u64, u64, u64)>,
+    /// Its `DELTA` records: `(payload file offset, payload len, entries)`.
+    pub deltas: Vec<(u64, u64, u32)>,
 }
 
 /// What the scanner made of a journal.
@@ -115,7 +148,12 @@ pub fn scan_journal(bytes: &[u8], heap_id: u64, journal_id: u64, is_last: bool) 
                 extent: g.extent,
                 runs: s.runs[g.runs.clone()]
                     .iter()
+                    .filter(|r| r.delta_entries.is_none())
                     .map(|r| (r.file_offset, r.region_offset, r.len))
+                    .collect(),
+                deltas: s.runs[g.runs.clone()]
+                    .iter()
+                    .filter_map(|r| r.delta_entries.map(|n| (r.file_offset, r.len, n)))
                     .collect(),
             })
             .collect(),
@@ -186,8 +224,138 @@ pub fn snapshot_header(b: &[u8], heap_id: u64, max_size: u64) -> Result<Snapshot
     })
 }
 
+/// Offsets of a `DELTA` entry's fields (`disk::format::delta`), for the corruption tests.
+pub mod delta_offsets {
+    use crate::disk::format::delta as d;
+    /// `kind` of a `DELTA` record.
+    pub const KIND_DELTA: u16 = crate::disk::format::journal::KIND_DELTA;
+    /// Offset of an entry's `page`.
+    pub const ENTRY_PAGE_OFFSET: usize = d::ENTRY_PAGE_OFFSET;
+    /// Offset of an entry's `post_crc`.
+    pub const ENTRY_CRC_OFFSET: usize = d::ENTRY_CRC_OFFSET;
+    /// Offset of an entry's `runs`.
+    pub const ENTRY_RUNS_OFFSET: usize = d::ENTRY_RUNS_OFFSET;
+    /// Offset of an entry's `words`.
+    pub const ENTRY_WORDS_OFFSET: usize = d::ENTRY_WORDS_OFFSET;
+    /// Length of an entry header (the run table follows).
+    pub const ENTRY_HEADER_LEN: usize = d::ENTRY_HEADER_LEN;
+    /// Length of a run descriptor.
+    pub const RUN_DESC_LEN: usize = d::RUN_DESC_LEN;
+
+    /// Length of an entry with `runs` runs over `words` words.
+    pub fn entry_len(runs: usize, words: usize) -> usize {
+        d::entry_len(runs, words)
+    }
+}
+
+/// An applied `DELTA` entry: `(page, payload offset, length)`.
+pub type DeltaEntry = (u64, usize, usize);
+
+/// Validates a `DELTA` payload of `count` entries and applies each entry in turn to `page`
+/// (every entry to the same buffer: the targets check totality, not meaning). Returns each
+/// entry's `(page, payload offset, length)`, or the first error's payload offset and message.
+pub fn delta_apply(payload: &[u8], count: u32, page: &mut [u8; 4096]) -> Result<Vec<DeltaEntry>, (usize, String)> {
+    let mut out = Vec::new();
+    for e in crate::disk::format::delta::Entries::new(payload, count) {
+        let e = e.map_err(|e| (e.offset, e.to_string()))?;
+        crate::disk::format::delta::apply_entry(&e, page).map_err(|e| (e.offset, e.to_string()))?;
+        out.push((e.page, e.at, e.len()));
+    }
+    Ok(out)
+}
+
+/// Validates a `DELTA` payload of `count` entries without applying it (what the scanner
+/// checks); `Err` names the payload offset.
+pub fn delta_check(payload: &[u8], count: u32) -> Result<(), (usize, String)> {
+    for e in crate::disk::format::delta::Entries::new(payload, count) {
+        e.map_err(|e| (e.offset, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// What [`delta_encode`] made of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaEncoded {
+    /// Equal to its base: nothing to journal.
+    Same,
+    /// Journaled whole.
+    Full,
+    /// One `DELTA` entry (a whole payload of count 1).
+    Delta(Vec<u8>),
+}
+
+fn words(b: &[u8; 4096]) -> Box<[u64; 512]> {
+    let mut w = Box::new([0u64; 512]);
+    for (d, s) in w.iter_mut().zip(b.chunks_exact(8)) {
+        *d = u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+    }
+    w
+}
+
+/// Diffs `new` against `base` and encodes the entry the commit path would write for page
+/// offset `page` (a multiple of 4096).
+pub fn delta_encode(page: u64, new: &[u8; 4096], base: &[u8; 4096]) -> DeltaEncoded {
+    use crate::disk::format::delta as d;
+    use crate::engine::page_diff::{diff_page, Diff, Runs};
+    let mut runs = Runs::new();
+    match diff_page(&words(new), &words(base), d::MAX_USEFUL_ENTRY_LEN, &mut runs) {
+        Diff::Same => DeltaEncoded::Same,
+        Diff::Full => DeltaEncoded::Full,
+        Diff::Delta => {
+            let mut out = vec![0u8; d::entry_len(runs.len(), runs.words())];
+            if d::encode_entry(&mut out, page, d::page_crc(new), runs.as_slice(), new) {
+                DeltaEncoded::Delta(out)
+            } else {
+                DeltaEncoded::Full
+            }
+        }
+    }
+}
+
+/// Whether byte `i` of the page lies in one of the runs of the one-entry payload `payload`.
+pub fn delta_covers(payload: &[u8], i: usize) -> bool {
+    match crate::disk::format::delta::Entries::new(payload, 1).next() {
+        Some(Ok(e)) => (0..e.run_count()).any(|k| {
+            let r = e.run(k);
+            (usize::from(r.start) * 8..r.end() * 8).contains(&i)
+        }),
+        _ => false,
+    }
+}
+
+/// The commit path's word differ on two pages: `(0 same | 1 delta | 2 whole, runs)` (for the
+/// differ benchmark, `examples/diff_cost.rs`).
+pub fn diff_words(new: &[u64; 512], base: &[u64; 512]) -> (u8, usize) {
+    use crate::engine::page_diff::{diff_page, Diff, Runs};
+    let mut runs = Runs::new();
+    let d = diff_page(new, base, crate::disk::format::delta::MAX_USEFUL_ENTRY_LEN, &mut runs);
+    (
+        match d {
+            Diff::Same => 0,
+            Diff::Delta => 1,
+            Diff::Full => 2,
+        },
+        runs.len(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_root_record_seed_decodes() {
+        let seed = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/root_record/valid-record"
+        ))
+        .unwrap();
+        let r = root_record(&seed[1..]).unwrap();
+        assert_eq!((r.type_name.as_str(), r.schema.as_str()), ("app::v2::State", "app-v2"));
+        let mut damaged = seed[1..].to_vec();
+        damaged[70] ^= 1;
+        assert!(root_record(&damaged).is_err());
+    }
+
     use super::*;
 
     #[test]
@@ -212,6 +380,7 @@ mod tests {
             journal_id: 1,
             start_seq: 0,
             salt: 77,
+            version: jf::VERSION,
         };
         let mut file = vec![0u8; jf::HEADER_AREA_LEN];
         file[..jf::HEADER_LEN].copy_from_slice(&jf::encode_header(&h));

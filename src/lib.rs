@@ -8,6 +8,11 @@
 //! See `docs/design.md` for the on-disk format, the commit and snapshot protocols and the
 //! recovery algorithm, and the README for guarantees and when not to use the crate.
 //!
+//! Only types valid after a restart may be stored in a root, and the compiler checks it: a
+//! [`Heap<T>`] requires `T:` [`Persist`], a [`GlobalHeap`] root [`GlobalPersist`]; derive
+//! them with `#[derive(Persist)]` / `#[derive(GlobalPersist)]` (feature `derive`, on by
+//! default).
+//!
 //! # Code map
 //!
 //! This file holds the API only (`mod` and `pub use` lines). Below it, one folder per layer,
@@ -15,11 +20,11 @@
 //!
 //! | Layer | Files | Owns | Never sees |
 //! |---|---|---|---|
-//! | API | `heap.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`) | [`Heap`], guards, [`OpenOptions::open`], [`collections`], [`GlobalHeap`] | |
+//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
-//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit, group commit, snapshot scheduling, verify | the typed API |
+//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
-//! | `mem/` | `region.rs`, `alloc/`, `track/`, `dirty_set.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the dirty-page tracker ladder, the dirty bitmap, bookkeeping memory | files |
+//! | `mem/` | `region.rs`, `alloc/`, `track/`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the dirty-page tracker ladder, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
 //! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs`, `pagemap.rs` | the thin syscall layer | everything above |
 //!
@@ -51,21 +56,33 @@ mod engine;
 mod error;
 mod global;
 mod heap;
+pub mod inspect;
 pub mod io;
 mod mem;
+mod migrate;
 mod options;
+mod persist;
 mod stats;
 mod sys;
 
-pub use engine::{SnapshotFileState, VerifyReport};
+pub use engine::{release_detached, SnapshotFileState, VerifyReport};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, LOCK_WAIT, MAX_ROOTS};
 pub use heap::{Heap, ReadGuard, WriteGuard};
 pub use mem::alloc::HeapAlloc;
+pub use migrate::RootInfo;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use options::PlantedBug;
-pub use options::{Durability, OpenOptions, Tracking, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+pub use options::{
+    Durability, OpenOptions, Tracking, DEFAULT_BASE_CACHE_BYTES, DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES, DEFAULT_MAX_SIZE,
+    DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+};
+#[doc(hidden)]
+pub use persist::__private;
+pub use persist::{GlobalPersist, Persist};
+#[cfg(feature = "derive")]
+pub use snapheap_derive::{GlobalPersist, Persist};
 pub use stats::Stats;
 
 #[cfg(any(test, feature = "testing"))]

@@ -99,8 +99,16 @@ pub struct OpenOptions {
     pub(crate) tracking: Tracking,
     /// Any thread may write heap memory at any time (`GlobalHeap`): rules out soft-dirty.
     pub(crate) concurrent_writers: bool,
+    pub(crate) close_snapshot_min_bytes: u64,
+    pub(crate) base_cache_bytes: u64,
+    pub(crate) remap_clean_pages: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    /// Schema migrations offered to [`OpenOptions::open`](crate::OpenOptions::open), in the
+    /// order given: `migrate.rs`'s steps, type-erased so this leaf stays below the API.
+    pub(crate) migrations: std::vec::Vec<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Tests only: create heaps in meta format 1 (as the previous release did).
+    pub(crate) test_create_legacy_format: bool,
     #[cfg(any(test, feature = "testing"))]
     pub(crate) test_planted_bug: Option<PlantedBug>,
 }
@@ -115,6 +123,12 @@ pub enum PlantedBug {
     SkipJournalSync,
     /// Write and sync the snapshot's valid header before its pages (`snapshot.rs`).
     SnapshotHeaderFirst,
+    /// After journaling a page as a delta, keep its old base image instead of the one just
+    /// journaled, so its next delta is computed against a stale base (`engine/capture.rs`).
+    DeltaStaleBase,
+    /// At recovery, apply each `DELTA` entry to a zeroed page instead of the page's replayed
+    /// image (`engine/recover.rs`): the post-image check must report it.
+    DeltaReplayZeroBase,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -127,12 +141,22 @@ impl std::fmt::Debug for OpenOptions {
             .field("snapshot_interval", &self.snapshot_interval)
             .field("flush_interval", &self.flush_interval)
             .field("snapshot_on_close", &self.snapshot_on_close)
+            .field("migrations", &self.migrations.len())
+            .field("remap_clean_pages", &self.remap_clean_pages)
+            .field("close_snapshot_min_bytes", &self.close_snapshot_min_bytes)
+            .field("base_cache_bytes", &self.base_cache_bytes)
+            .field("tracking", &self.tracking)
             .finish_non_exhaustive()
     }
 }
 
 /// The default maximum heap size: 256 GiB of address space (costs nothing until used).
 pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
+/// The default budget of the base cache ([`OpenOptions::base_cache_bytes`]): 64 MiB, about
+/// 16,000 pages (see `docs/design.md`, "Base cache", for why).
+pub const DEFAULT_BASE_CACHE_BYTES: u64 = 64 << 20;
+/// The default journal volume below which `close` skips the snapshot: 8 MiB.
+pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
 /// The default journal volume after which a snapshot starts: 64 MiB.
 pub const DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -148,8 +172,13 @@ impl Default for OpenOptions {
             snapshot_on_close: true,
             tracking: Tracking::Auto,
             concurrent_writers: false,
+            close_snapshot_min_bytes: DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES,
+            base_cache_bytes: DEFAULT_BASE_CACHE_BYTES,
+            remap_clean_pages: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            migrations: std::vec::Vec::new(),
+            test_create_legacy_format: false,
             #[cfg(any(test, feature = "testing"))]
             test_planted_bug: None,
         }
@@ -205,8 +234,9 @@ impl OpenOptions {
         self
     }
 
-    /// Whether [`Heap::close`](crate::Heap::close) takes a snapshot when the journal is not empty, so that the next
-    /// open replays nothing (default true).
+    /// Whether [`Heap::close`](crate::Heap::close) may take a snapshot, so that the next open
+    /// replays nothing (default true). It does so only when the journal since the newest
+    /// snapshot holds at least [`Self::close_snapshot_min_bytes`].
     pub fn snapshot_on_close(&mut self, yes: bool) -> &mut Self {
         self.snapshot_on_close = yes;
         self
@@ -220,10 +250,47 @@ impl OpenOptions {
         self
     }
 
+    /// The journal volume since the newest snapshot below which [`Heap::close`](crate::Heap::close)
+    /// does not take a snapshot (default 8 MiB; 0: always, when anything was committed). Replaying
+    /// that much at the next open costs less than writing the snapshot now.
+    pub fn close_snapshot_min_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.close_snapshot_min_bytes = bytes;
+        self
+    }
+
+    /// Memory budget of the base cache, the process-local copies of recently committed pages
+    /// that let a commit journal only the words that changed (default 64 MiB, touched only as
+    /// pages are cached; 0 turns delta journaling off). See `docs/design.md` ("Base cache").
+    pub fn base_cache_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.base_cache_bytes = bytes;
+        self
+    }
+
     /// Shorthand for [`tracking`](Self::tracking)`(Tracking::AllDirty)` (`true`) or
     /// `Tracking::Auto` (`false`): treat every page as written at each commit. Slow.
     pub fn force_all_dirty(&mut self, yes: bool) -> &mut Self {
         self.tracking = if yes { Tracking::AllDirty } else { Tracking::Auto };
+        self
+    }
+
+    /// After each snapshot, give the pages that still equal it back to the kernel as clean
+    /// file-backed pages of the snapshot file (default false: turning it on accepts the rule below; [`Heap`](crate::Heap) only, see
+    /// `engine/footprint.rs` and docs/design.md "Returning clean pages"). Written pages are
+    /// private anonymous memory that the kernel can never drop (there is no swap on most
+    /// servers); returned pages are page cache it may evict and re-read, so the resident set
+    /// tracks the pages written since the last snapshot instead of every page ever written.
+    ///
+    /// The remapping runs at a commit (in bounded steps) or at [`Heap::snapshot`](crate::Heap::snapshot),
+    /// only while the committing thread can take the root lock exclusively. It therefore
+    /// requires that **no thread writes heap memory without holding a guard of the heap**: a
+    /// thread that fills blocks from [`HeapAlloc`](crate::HeapAlloc) outside the root must hold
+    /// [`Heap::read`](crate::Heap::read) (or the write guard) while it writes. A program that
+    /// writes heap memory unguarded from other threads while commits run (this includes I/O
+    /// in flight into heap buffers, such as an `io_uring` read) must turn this off; otherwise
+    /// such a write racing with a remap can be lost. [`GlobalHeap`](crate::GlobalHeap) never
+    /// remaps.
+    pub fn remap_clean_pages(&mut self, yes: bool) -> &mut Self {
+        self.remap_clean_pages = yes;
         self
     }
 
@@ -242,12 +309,38 @@ impl OpenOptions {
         self
     }
 
+    /// Tests only: create a new heap in meta format 1, the format of the previous release
+    /// (the root type in `meta`, no root record), to test the upgrade at the next open.
+    #[doc(hidden)]
+    pub fn test_create_legacy_format(&mut self, yes: bool) -> &mut Self {
+        self.test_create_legacy_format = yes;
+        self
+    }
+
     /// Tests only: plant a known bug (see [`PlantedBug`]) to check that the tests catch it.
     #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
+    }
+
+    /// Whether the tests planted [`PlantedBug::DeltaStaleBase`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_delta_stale_base(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::DeltaStaleBase);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::DeltaReplayZeroBase`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_delta_replay_zero_base(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::DeltaReplayZeroBase);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
     }
 
     /// Whether the tests planted [`PlantedBug::SkipJournalSync`]; always false without the

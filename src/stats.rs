@@ -45,4 +45,31 @@ pub struct Stats {
     pub replayed_pages: u64,
     /// Bytes reclaimed at open (blocks unreachable from the roots).
     pub reclaimed_bytes: u64,
+    /// Pages given back to the kernel as clean file-backed pages of a snapshot file since
+    /// open (see [`OpenOptions::remap_clean_pages`](crate::OpenOptions::remap_clean_pages)).
+    pub remapped_pages: u64,
+    /// Bytes of the heap's region that are private anonymous memory now (written pages the
+    /// kernel cannot drop without swap), measured with `PAGEMAP_SCAN` when `stats()` runs;
+    /// 0 when the kernel cannot tell.
+    pub anonymous_bytes: u64,
+    /// How long the last remapping step stalled its commit, in microseconds.
+    pub last_remap_micros: u64,
+    /// Pages journaled as `DELTA` entries (the changed words) by commits through this handle.
+    pub delta_pages: u64,
+    /// Pages journaled whole by commits through this handle.
+    pub full_pages: u64,
+    /// Dirty pages found equal to their journaled image, so not journaled.
+    pub unchanged_pages: u64,
+    /// Base-cache lookups that found the page's journaled image.
+    pub base_cache_hits: u64,
+    /// Base-cache lookups that did not (the page was journaled whole, or against zeros).
+    pub base_cache_misses: u64,
+    /// Images dropped from the base cache to make room.
+    pub base_cache_evictions: u64,
+    /// Memory the base cache has touched (its frames in use, slots, table), at most
+    /// [`Stats::base_cache_budget`].
+    pub base_cache_bytes: u64,
+    /// The base cache's budget ([`OpenOptions::base_cache_bytes`](crate::OpenOptions::base_cache_bytes);
+    /// 0 when delta journaling is off).
+    pub base_cache_budget: u64,
 }

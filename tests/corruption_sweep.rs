@@ -24,6 +24,7 @@ mod common;
 
 use common::*;
 use snapheap::collections::Vec as HVec;
+use snapheap::fuzzing::delta_offsets;
 use snapheap::{Error, Heap, OpenOptions};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -90,7 +91,7 @@ fn commit(heap: &Heap<Root>, rng: &mut Rng, model: &mut Model) {
 fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..3 {
         commit(&heap, &mut rng, &mut model);
@@ -114,7 +115,7 @@ fn build_two_snapshots(dir: &Path, seed: u64) -> Model {
 fn build_journal_only(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     record(&heap, &mut model);
     for _ in 0..7 {
         commit(&heap, &mut rng, &mut model);
@@ -130,7 +131,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     let mut model = Model::new();
     let mut rng = Rng::new(seed);
     {
-        let heap = options().open(dir, Root::new_in).unwrap();
+        let heap = released(options().open(dir, Root::new_in)).unwrap();
         record(&heap, &mut model);
         for _ in 0..2 {
             commit(&heap, &mut rng, &mut model);
@@ -143,7 +144,7 @@ fn build_failed_snapshot(dir: &Path, seed: u64) -> Model {
     }
     let mut o = options();
     o.test_snapshot_stop_after(Some(6)); // pages, bitmap and their sync; no valid header
-    let heap = o.open(dir, Root::new_in).unwrap();
+    let heap = released(o.open(dir, Root::new_in)).unwrap();
     commit(&heap, &mut rng, &mut model);
     change(&heap, &mut rng);
     let _ = heap.snapshot(); // the writer "dies": reported or not, the journal rotated
@@ -232,6 +233,11 @@ struct Scenario {
     model: Model,
 }
 
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2)
+        .map_or(0, |s| u16::from_le_bytes(s.try_into().unwrap()))
+}
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4)
         .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap()))
@@ -267,6 +273,7 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
 
 fn cases(scenarios: &[Scenario]) -> Vec<Case> {
     let mut out = Vec::new();
+    let mut delta_records = 0;
     for (si, sc) in scenarios.iter().enumerate() {
         for (name, b) in &sc.files {
             let mut mutate = |off: u64| {
@@ -321,6 +328,22 @@ fn cases(scenarios: &[Scenario]) -> Vec<Case> {
                         sample.into_iter().for_each(&mut mutate);
                         cuts.extend([p + plen / 2, p + plen - 1]);
                     }
+                    if u16_at(b, at as usize + 4) == delta_offsets::KIND_DELTA {
+                        // Every byte of every entry's header and run table, and the first and
+                        // last byte of its data, walked with the format code's offsets.
+                        delta_records += 1;
+                        let (mut e, end) = (at + 40, at + 40 + plen);
+                        while e + delta_offsets::ENTRY_HEADER_LEN as u64 <= end {
+                            let runs = u16_at(b, e as usize + delta_offsets::ENTRY_RUNS_OFFSET) as usize;
+                            let words = u16_at(b, e as usize + delta_offsets::ENTRY_WORDS_OFFSET) as usize;
+                            let elen = delta_offsets::entry_len(runs, words) as u64;
+                            let data = e + elen - 8 * words as u64;
+                            (e..data).for_each(&mut mutate);
+                            [data, e + elen - 1].into_iter().for_each(&mut mutate);
+                            cuts.extend([e, data]);
+                            e += elen;
+                        }
+                    }
                 }
                 let end = recs.last().map_or(PAGE, |&(at, l)| at + (40 + l).next_multiple_of(8));
                 cuts.extend([0, 1, 8, 60, 63, 64, 65, 2000, 4095, 4096, end - 1, end, end + 1]);
@@ -358,6 +381,10 @@ fn cases(scenarios: &[Scenario]) -> Vec<Case> {
             });
         }
     }
+    assert!(
+        delta_records >= 3,
+        "the scenarios' journals hold {delta_records} DELTA records"
+    );
     out
 }
 
@@ -520,10 +547,10 @@ impl Outcome {
 
 fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit: bool) -> Outcome {
     let init_ran = std::cell::Cell::new(false);
-    let heap = match options().open(dir, |a| {
+    let heap = match released(options().open(dir, |a| {
         init_ran.set(true);
         Root::new_in(a)
-    }) {
+    })) {
         Ok(h) => h,
         Err(Error::Corrupt { .. }) => return Outcome::Corrupt,
         Err(Error::Incompatible { .. }) => return Outcome::Incompatible,
@@ -559,7 +586,7 @@ fn open_and_check(dir: &Path, model: &Model, empty_prefix_ok: bool, extra_commit
             Err(e) => return Outcome::Wrong(format!("commit after recovering {seq} failed: {e}")),
         };
         drop(heap);
-        let heap = match options().open(dir, Root::new_in) {
+        let heap = match released(options().open(dir, Root::new_in)) {
             Ok(h) => h,
             Err(e) => return Outcome::Wrong(format!("reopen after a commit on recovered {seq} failed: {e}")),
         };
@@ -940,7 +967,7 @@ fn sweep_driver_reports_planted_panic_crash_hang_and_wrong_content() {
 
 /// A heap with a snapshot (generation 1 in `snapshot-0`) and an empty journal after it.
 fn snapshotted_heap(dir: &Path) -> PathBuf {
-    let heap = options().open(dir, Root::new_in).unwrap();
+    let heap = released(options().open(dir, Root::new_in)).unwrap();
     heap.write().extend(0..1000u64);
     heap.snapshot().unwrap();
     drop(heap);
@@ -965,7 +992,7 @@ fn patch(path: &Path, off: u64, bytes: &[u8], reseal: bool) {
 }
 
 fn expect_corrupt(dir: &Path, case: &str) {
-    match options().open(dir, Root::new_in) {
+    match released(options().open(dir, Root::new_in)) {
         Err(Error::Corrupt { what, .. }) => println!("{case}: {what}"),
         Err(e) => panic!("{case}: expected Error::Corrupt, got {e}"),
         Ok(_) => panic!("{case}: opened"),
@@ -1000,4 +1027,48 @@ fn allocator_extent_beyond_the_recovered_image_is_corrupt_not_a_crash() {
     patch(&snap, header + 24, &(8u64 << 20).to_le_bytes(), false);
     patch(&snap, header + 256, &3u64.to_le_bytes(), false);
     expect_corrupt(&dir, "allocator extent of two segments in a one-segment image");
+}
+
+#[test]
+fn every_damaged_byte_of_the_root_record_and_its_pointers_is_corrupt_not_a_crash() {
+    let _serial = serial();
+    let scratch = SweepDir::new("root-record");
+    let dir = scratch.0.join("heap");
+    let snap = snapshotted_heap(&dir);
+    let image = std::fs::read(&snap).unwrap();
+    let base = u64_at(&std::fs::read(dir.join("meta")).unwrap(), 24);
+    // The arena header at 8192 of the image keeps `user_words` at 64: word 0 is the root
+    // pointer, word 2 the root record's address (docs/design.md, "Root record").
+    let words = PAGE + 8192 + 64;
+    let record = u64_at(&image, (words + 16) as usize);
+    assert!(record > base, "the heap has a root record");
+    let at = PAGE + (record - base);
+    let mut cases = 0;
+    let mut check = |off: u64, new: u8, what: &str| {
+        let old = image[off as usize];
+        if new == old {
+            return;
+        }
+        patch(&snap, off, &[new], false);
+        expect_corrupt(&dir, what);
+        patch(&snap, off, &[old], false);
+        cases += 1;
+    };
+    for i in 0..448u64 {
+        let old = image[(at + i) as usize];
+        check(at + i, old ^ (1 << (i % 8)), &format!("root record byte {i} flipped"));
+        if i % 7 == 0 {
+            check(at + i, 0xff, &format!("root record byte {i} set to 0xff"));
+        }
+    }
+    for (word, name) in [(0u64, "root pointer"), (2, "root record pointer")] {
+        for bit in 0..64u64 {
+            let off = words + 8 * word + bit / 8;
+            let old = image[off as usize];
+            check(off, old ^ (1 << (bit % 8)), &format!("{name} bit {bit} flipped"));
+        }
+    }
+    println!("{cases} damaged root-record cases, each Error::Corrupt");
+    // Undamaged again, the heap opens.
+    released(options().open(&dir, Root::new_in)).unwrap().close().unwrap();
 }

@@ -209,3 +209,34 @@ fn planted_bug_snapshot_header_before_pages_is_detected() {
         "the harness missed a snapshot published before its pages: {tally:?}"
     );
 }
+
+/// The harness is not blind to a delta applied to the wrong base: with recovery applying each
+/// `DELTA` entry to a zeroed page, the post-image check reports `Corrupt`, and the oracle
+/// counts every such recovery as a failure.
+#[test]
+fn planted_bug_delta_applied_to_a_wrong_base_is_detected() {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    for seed in 1..=3 {
+        // The workload runs correctly (its own reopens replay correctly); only the recoveries
+        // of the crashed disks run with the bug.
+        let mut run = Run::create(seed, None);
+        for _ in 0..30 {
+            let op = Op::random(&mut run.rng);
+            run.step(op).unwrap();
+        }
+        let (trace, model) = run.finish();
+        let plan = Plan {
+            all_modes: true,
+            bug: Some(PlantedBug::DeltaReplayZeroBase),
+            ..Plan::default()
+        };
+        crash_everywhere(&trace, &model, plan, &mut Rng::new(seed), &mut tally);
+    }
+    report("planted bug: delta applied to a wrong base", &tally, started);
+    assert!(
+        tally.failures.iter().any(|f| f.contains("checksum")),
+        "the harness missed deltas applied to the wrong base: {:?}",
+        &tally.failures[..tally.failures.len().min(5)]
+    );
+}

@@ -166,7 +166,7 @@ fn heap_creation_failing_at_every_io_leaves_a_creatable_heap() {
                 assert!(k < 1000);
                 let disk = SimVfs::new();
                 let nth = arm(&disk, on, k, forever);
-                let r = sim_workload::options(&disk, None).open(sim_workload::DIR, sim_workload::init);
+                let r = sim_workload::open_sim(&disk, None);
                 let fired = counter(&disk, on) >= nth;
                 cases += 1;
                 let ok = r.is_ok();
@@ -203,7 +203,7 @@ fn recovery_failing_at_every_io_can_be_retried_after_another_crash() {
                     assert!(k < 1000);
                     let disk = crashed.crash(CrashMode::KeepUnsynced);
                     let nth = arm(&disk, on, k, forever);
-                    let r = sim_workload::options(&disk, None).open(sim_workload::DIR, sim_workload::init);
+                    let r = sim_workload::open_sim(&disk, None);
                     let fired = counter(&disk, on) >= nth;
                     cases += 1;
                     let ok = r.is_ok();

@@ -23,7 +23,7 @@ static HEAP: GlobalHeap = GlobalHeap::new().snapshot_after_journal_bytes(256 << 
 const TEST: &str = "threads_allocating_during_commits_and_sigkill_leave_consistent_roots";
 
 /// Updated by three threads; every update keeps all four invariants of [`State::check`].
-#[derive(Default)]
+#[derive(Default, snapheap::GlobalPersist)]
 struct State {
     counts: [u64; 3],
     logs: [Vec<String>; 3],

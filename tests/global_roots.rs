@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 #[global_allocator]
 static HEAP: GlobalHeap = GlobalHeap::new();
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, snapheap::GlobalPersist)]
 struct Item {
     id: u64,
     name: String,

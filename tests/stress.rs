@@ -9,12 +9,13 @@
 mod common;
 
 use common::*;
-use snapheap::{Heap, HeapAlloc, OpenOptions};
+use snapheap::{HeapAlloc, OpenOptions};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[derive(snapheap::Persist)]
 struct Root {
     counter: u64,
 }
@@ -67,12 +68,19 @@ fn churn(a: HeapAlloc, id: u64, stop: &AtomicBool, big: bool) -> u64 {
     ops
 }
 
-fn open(dir: &std::path::Path) -> Heap<Root> {
-    OpenOptions::new()
-        .max_size(1 << 30)
-        .snapshot_after_journal_bytes(1 << 20)
-        .open(dir, |_| Root { counter: 0 })
-        .unwrap()
+/// Opens the heap; dropping the handle releases its memory (every value lives in the root),
+/// so a reopen recovers from the files as after a crash.
+fn open(dir: &std::path::Path) -> Released<Root> {
+    // The churn threads write their blocks without a guard while commits run: remapping clean
+    // pages forbids that (`OpenOptions::remap_clean_pages`), so it is off here.
+    released(
+        OpenOptions::new()
+            .max_size(1 << 30)
+            .snapshot_after_journal_bytes(1 << 20)
+            .remap_clean_pages(false)
+            .open(dir, |_| Root { counter: 0 }),
+    )
+    .unwrap()
 }
 
 /// Aborts the process if `progress` stays silent for two minutes.

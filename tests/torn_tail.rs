@@ -5,13 +5,14 @@
 //! same offsets, zeroing the rest of the group in place, as an unwritten pre-allocated tail
 //! looks) must recover exactly the fourth commit; the uncut file recovers the fifth. Damage to a
 //! record that valid records follow is not a torn tail: it must be `Error::Corrupt` naming the
-//! journal file, never a silent truncation.
+//! journal file, never a silent truncation. Both with delta journaling (the five commits are
+//! `DELTA` groups of one entry) and with it off (whole-page groups).
 
 mod common;
 
 use common::*;
 use snapheap::collections::Vec;
-use snapheap::{Error, Heap, OpenOptions};
+use snapheap::{Error, OpenOptions};
 use std::path::{Path, PathBuf};
 
 type Root = Vec<u64>;
@@ -21,6 +22,15 @@ const SLOTS: usize = 64;
 fn options() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.snapshot_after_journal_bytes(1 << 40).snapshot_on_close(false);
+    o
+}
+
+/// [`options`] with delta journaling on (the default) or off.
+fn build_options(deltas: bool) -> OpenOptions {
+    let mut o = options();
+    if !deltas {
+        o.base_cache_bytes(0);
+    }
     o
 }
 
@@ -37,8 +47,8 @@ fn expected(k: u64) -> std::vec::Vec<u64> {
 /// Builds the heap: an initial commit creating the root's buffer, then commits 1..=5, each
 /// changing two words of one page. Returns the journal file and the byte offsets where each
 /// commit's group ends (`ends[k]` is the end of commit `k`).
-fn build(dir: &Path) -> (PathBuf, std::vec::Vec<u64>) {
-    let heap = options()
+fn build(dir: &Path, deltas: bool) -> (PathBuf, std::vec::Vec<u64>) {
+    let heap = build_options(deltas)
         .open(dir, |a| {
             let mut v = Vec::with_capacity_in(SLOTS, a);
             v.resize(SLOTS, 0);
@@ -55,7 +65,15 @@ fn build(dir: &Path) -> (PathBuf, std::vec::Vec<u64>) {
         drop(w);
         ends.push(heap.stats().journal_bytes);
     }
-    drop(heap);
+    let s = heap.stats();
+    if deltas {
+        assert!(s.delta_pages >= 5, "commits 1..=5 must be DELTA groups: {s:?}");
+    } else {
+        assert_eq!(s.delta_pages, 0, "{s:?}");
+    }
+    // Released: the copies of this heap opened below must map their own (cut) files.
+    // SAFETY: every value of the heap lives in its root.
+    unsafe { heap.drop_and_release() };
     let journal = newest_journal(dir);
     // journal_bytes counts from the first record, which starts after the 4096-byte header area.
     let ends = ends.iter().map(|e| e + 4096).collect();
@@ -94,7 +112,7 @@ fn copy_dir_except(from: &Path, to: &Path, skip: &std::ffi::OsStr) {
 }
 
 fn contents(dir: &Path) -> Result<std::vec::Vec<u64>, Error> {
-    let heap: Heap<Root> = options().open(dir, |_| panic!("the heap exists; init must not run"))?;
+    let heap = released::<Root>(options().open(dir, |_| panic!("the heap exists; init must not run")))?;
     let v = heap.read().to_vec();
     heap.verify().unwrap();
     Ok(v)
@@ -102,10 +120,19 @@ fn contents(dir: &Path) -> Result<std::vec::Vec<u64>, Error> {
 
 #[test]
 fn cutting_the_last_group_at_every_byte_recovers_the_previous_commit() {
+    cut_last_group_at_every_byte(false);
+}
+
+#[test]
+fn cutting_the_last_delta_group_at_every_byte_recovers_the_previous_commit() {
+    cut_last_group_at_every_byte(true);
+}
+
+fn cut_last_group_at_every_byte(deltas: bool) {
     // Thousands of opens each sync the journal: on tmpfs (when present) syncs cost nothing,
     // and what is tested (recovery's reading of the bytes) does not depend on the file system.
     let scratch = if std::env::var_os("SNAPHEAP_TEST_DIR").is_none() && Path::new("/dev/shm").is_dir() {
-        let p = PathBuf::from(format!("/dev/shm/snapheap-torn-{}", std::process::id()));
+        let p = PathBuf::from(format!("/dev/shm/snapheap-torn-{}-{deltas}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Scratch(p)
@@ -113,7 +140,7 @@ fn cutting_the_last_group_at_every_byte_recovers_the_previous_commit() {
         Scratch::new("torn")
     };
     let pristine = scratch.path().join("pristine");
-    let (journal, ends) = build(&pristine);
+    let (journal, ends) = build(&pristine, deltas);
     let name = journal.file_name().unwrap().to_owned();
     let bytes = std::fs::read(&journal).unwrap();
     let (start, end) = (ends[4], ends[5]);
@@ -149,7 +176,7 @@ fn cutting_the_last_group_at_every_byte_recovers_the_previous_commit() {
                 continue;
             }
             // Recovery truncated the tail: a second open agrees and a new commit appends cleanly.
-            let heap: Heap<Root> = options().open(&work, |_| unreachable!()).unwrap();
+            let heap = released::<Root>(options().open(&work, |_| unreachable!())).unwrap();
             assert_eq!(heap.read().to_vec(), expected(4));
             heap.write()[SLOTS - 1] = 77;
             heap.commit().unwrap();
@@ -170,7 +197,8 @@ fn cutting_the_last_group_at_every_byte_recovers_the_previous_commit() {
         "the uncut journal recovers commit 5"
     );
     println!(
-        "torn tail: the {}-byte last group cut at every byte; {cases} damaged copies (truncated or zero-filled) all recovered commit 4",
+        "torn tail ({}): the {}-byte last group cut at every byte; {cases} damaged copies (truncated or zero-filled) all recovered commit 4",
+        if deltas { "DELTA group" } else { "whole pages" },
         end - start
     );
 }
@@ -179,7 +207,7 @@ fn cutting_the_last_group_at_every_byte_recovers_the_previous_commit() {
 fn damage_before_later_valid_commits_is_corrupt_naming_the_journal() {
     let scratch = Scratch::new("midcorrupt");
     let pristine = scratch.path().join("pristine");
-    let (journal, ends) = build(&pristine);
+    let (journal, ends) = build(&pristine, true);
     let name = journal.file_name().unwrap().to_owned();
     let bytes = std::fs::read(&journal).unwrap();
     let work = scratch.path().join("work");
@@ -187,7 +215,7 @@ fn damage_before_later_valid_commits_is_corrupt_naming_the_journal() {
     // commit marker); commits 3..5 follow intact.
     let (start, end) = (ends[1], ends[2]);
     let mut checked = 0;
-    for off in (start..end).step_by(97).chain([start, start + 8, end - 1]) {
+    for off in (start..end).step_by(13).chain([start, start + 8, end - 1]) {
         copy_dir(&pristine, &work);
         let mut damaged = bytes.clone();
         damaged[off as usize] ^= 0x40;

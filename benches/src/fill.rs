@@ -14,6 +14,7 @@ pub const PAGE: usize = 4096;
 pub const CHUNK: usize = 64 << 20;
 
 /// The root: chunks of bytes, every byte written at least once.
+#[derive(snapheap::Persist)]
 pub struct Chunks {
     pub chunks: HVec<HVec<u8>>,
 }

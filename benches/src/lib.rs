@@ -2,6 +2,8 @@
 //! timing with repetitions, and table printing. Each binary compares snapheap with its reference
 //! in the same run and prints ratios; the README records the tables.
 
+pub mod ycsb;
+
 use std::time::{Duration, Instant};
 
 /// xorshift64*: deterministic, fast, good enough to pick sizes and keys.

@@ -3,8 +3,9 @@
 //! Input: `flags: u8` then the journal file. Flags: bit 0 reseals the header and record
 //! checksums first (to reach the checks behind them), bit 1 scans it as the newest journal
 //! (torn tail allowed), bit 2 expects ids other than the header's. A successful scan must
-//! satisfy the scanner's documented invariants, and the prefix it accepted must scan cleanly
-//! as an older journal (what `resume` leaves behind).
+//! satisfy the scanner's documented invariants (including: every `DELTA` record it accepted has
+//! a valid payload), and the prefix it accepted must scan cleanly as an older journal (what
+//! `resume` leaves behind).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -57,6 +58,15 @@ fuzz_target!(|data: &[u8]| {
                 "a run whose record does not verify"
             );
             prev_end = file_offset + len;
+        }
+        for &(file_offset, len, count) in &g.deltas {
+            assert!(file_offset + len <= s.valid_end, "DELTA record past the valid end");
+            let rec = &b[(file_offset as usize - fuzzing::RECORD_HEADER_LEN)..(file_offset + len) as usize];
+            assert!(fuzzing::verify_record(rec, s.header.salt), "a DELTA record that does not verify");
+            let payload = &b[file_offset as usize..(file_offset + len) as usize];
+            if let Err((at, why)) = fuzzing::delta_check(payload, count) {
+                panic!("the scanner accepted a DELTA payload with {why} at {at}");
+            }
         }
     }
     let again = fuzzing::scan_journal(&b[..s.valid_end as usize], heap_id, journal_id, false)

@@ -5,8 +5,9 @@
 //! 2. Pause the allocator: no thread is inside `alloc`/`dealloc`, so the allocator's state in
 //!    the region is consistent.
 //! 3. Collect the pages written since the last commit from the tracker (which re-protects them
-//!    atomically) and copy them into the journal's encode buffer. If a snapshot is due, fork
-//!    the snapshot writer now, while the image is exactly this commit.
+//!    atomically) and capture them into the journal's encode buffer, each whole or as a delta
+//!    against its cached base (`capture.rs`). If a snapshot is due, fork the snapshot writer
+//!    now, while the image is exactly this commit.
 //! 4. Resume the allocator and write the encoded group to the journal with one write.
 //! 5. Release the commit lock, then (with `Durability::Immediate`) wait until the group is
 //!    durable, sharing the sync with concurrent committers (`durable.rs`).
@@ -22,9 +23,7 @@
 
 use super::{lock, CommitState, Engine};
 use crate::error::{Error, Result};
-use crate::mem::sysmem::SysVec;
 use crate::options::Durability;
-use std::alloc::System;
 use std::sync::atomic::Ordering;
 
 impl Engine {
@@ -33,6 +32,14 @@ impl Engine {
     /// making it durable when the durability mode asks for it).
     pub(crate) fn commit(&self) -> Result<u64> {
         self.commit_inner(false)
+    }
+
+    /// Commits and waits until the commit is durable, whatever the durability mode (the
+    /// format upgrade needs the root record durable before it rewrites `meta`).
+    pub(crate) fn commit_durable(&self) -> Result<u64> {
+        let seq = self.commit_inner(false)?;
+        self.wait_durable(seq)?;
+        Ok(seq)
     }
 
     pub(super) fn commit_inner(&self, force_snapshot: bool) -> Result<u64> {
@@ -48,6 +55,11 @@ impl Engine {
 
     /// Steps 2-4 of the commit path, with the commit lock held by the caller.
     pub(super) fn commit_locked(&self, cs: &mut CommitState, force_snapshot: bool) -> Result<u64> {
+        if self.frozen.load(Ordering::Acquire) {
+            return Err(Error::invalid(
+                "commit refused: a root migration is running (its closure must not commit)",
+            ));
+        }
         // Back-pressure: if the journal has grown to twice the snapshot threshold while the
         // snapshot writer still runs, wait for it, so that disk use stays bounded by two
         // snapshot files and about three thresholds of journal however slow the writer is.
@@ -70,28 +82,29 @@ impl Engine {
             let wrote = !cs.ranges.is_empty();
             seq = if wrote { cs.last_seq + 1 } else { cs.last_seq };
             if wrote {
-                let mut slices: SysVec<(u64, &[u8])> = SysVec::with_capacity_in(cs.ranges.len(), System);
+                cs.journal.begin_group(seq, self.durable.durable_end());
                 // The hashed rung copied the reported pages during the collect and made the
-                // copies' digests its baselines: journal exactly those bytes (see
+                // copies' digests its baselines: capture exactly those bytes (see
                 // mem/track/hashed.rs), not a later read of the live pages.
                 let staged = tracker.staged();
                 let mut at = 0usize;
                 for &(a, b) in cs.ranges.iter() {
                     debug_assert!(a >= base && b <= base + extent && a < b);
-                    let bytes = match staged {
+                    let src = match staged {
                         Some(s) => {
                             at += b - a;
-                            &s[at - (b - a)..at]
+                            s[at - (b - a)..at].as_ptr()
                         }
                         // The allocator is paused and the commit lock excludes mutation of the
                         // root, so the only concurrent writes possible are by other threads into
                         // blocks unreachable from the root; such pages are reported again by
-                        // the next collect.
-                        // SAFETY: [a, b) lies inside [base, base + extent), mapped read-write for
-                        // the engine's lifetime; concurrent writes are only those described above.
-                        None => unsafe { std::slice::from_raw_parts(a as *const u8, b - a) },
+                        // the next collect, and the capture reads each page once (`capture.rs`).
+                        None => a as *const u8,
                     };
-                    slices.push(((a - base) as u64, bytes));
+                    // SAFETY: [a, b) is page-aligned and lies inside [base, base + extent), mapped
+                    // read-write for the engine's lifetime; `src` is either `a` itself or the
+                    // staged copy of [a, b), `b - a` bytes that live until the next collect.
+                    unsafe { cs.capture.capture(&mut cs.journal, base, a, b, src, &cs.since_snap) };
                     cs.since_snap.insert_range(a, b);
                     pages += ((b - a) / crate::sys::OS_PAGE) as u64;
                 }
@@ -99,8 +112,7 @@ impl Engine {
                     staged.is_none_or(|s| s.len() == at),
                     "staged bytes do not match the ranges"
                 );
-                cs.journal
-                    .encode_group(seq, extent as u64, self.durable.durable_end(), &slices);
+                cs.journal.finish_group(extent as u64);
             }
             drop(tracker);
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
@@ -117,10 +129,16 @@ impl Engine {
                         Ordering::Relaxed,
                     );
                 }
-                Err(e) => return Err(self.poison(e)),
+                Err(e) => {
+                    // Nothing follows an unwritten group (the heap is poisoned); the cache
+                    // must not run ahead of the journal all the same.
+                    cs.capture.invalidate(self.arena.extent() as u64);
+                    return Err(self.poison(e));
+                }
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
+            self.counters.publish_capture(&cs.capture);
         }
         if forked {
             self.rotate_journal(cs, seq)?;

@@ -3,9 +3,15 @@
 //!
 //! - `recover.rs`: creating a heap directory and recovering an existing one.
 //! - `commit.rs`: capturing dirty pages at a commit point and appending them to the journal.
+//! - `capture.rs`: each dirty page journaled whole or as a delta against the base cache;
+//!   `page_diff.rs`: the word differ it uses.
 //! - `durable.rs`: group commit (one `fdatasync` for concurrent committers) and the background
 //!   flusher of [`Durability::Eventual`](crate::Durability::Eventual).
 //! - `snapshot.rs`: forking a snapshot writer, reaping it, rotating journals.
+//! - `footprint.rs`: returning pages that equal the newest snapshot to the kernel as clean
+//!   file-backed pages.
+//! - `detach.rs`: what stays of a closed heap (its memory, still mapped for values that
+//!   outlived the handle) and adopting it at a reopen in the same process.
 //! - `verify.rs`: the full invariant check ([`VerifyReport`]).
 //!
 //! # Lock order
@@ -31,12 +37,18 @@
 //! [`grow_hook`] is the allocator's one call upward, a function pointer with a `*const ()`
 //! context: the context is the engine's boxed [`GrowCtx`], which outlives the arena's use.
 
+mod capture;
 mod commit;
+mod detach;
 mod durable;
+mod footprint;
+pub(crate) mod page_diff;
 mod recover;
 mod snapshot;
 mod verify;
 
+pub(crate) use detach::release as release_detached_at;
+pub use detach::release_detached;
 pub use verify::{SnapshotFileState, VerifyReport};
 
 use crate::disk::format::meta::Meta;
@@ -56,6 +68,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) use recover::Fingerprint;
+pub(crate) use snapshot::SNAPSHOT_FILES;
 
 /// What the allocator's growth hook needs: the region and the tracker. Boxed separately so its
 /// address is stable before the arena exists.
@@ -116,6 +129,13 @@ pub(crate) struct CommitState {
     pending: Option<snapshot::Pending>,
     last_seq: u64,
     last_snapshot_at: std::time::Instant,
+    /// Progress of returning clean pages to the kernel (`footprint.rs`).
+    footprint: footprint::Footprint,
+    /// Delta capture and the base cache.
+    capture: capture::Capture,
+    /// Bytes of the journals of the chain before the current one (since the newest durable
+    /// snapshot); with the current journal's, what the next open would replay.
+    older_journal_bytes: u64,
 }
 
 /// Counters reported by [`Stats`].
@@ -131,6 +151,31 @@ struct Counters {
     snapshot_generation: AtomicU64,
     journal_bytes: AtomicU64,
     replayed_pages: AtomicU64,
+    remapped_pages: AtomicU64,
+    last_remap_micros: AtomicU64,
+    delta_pages: AtomicU64,
+    full_pages: AtomicU64,
+    unchanged_pages: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_evictions: AtomicU64,
+    cache_bytes: AtomicU64,
+    cache_budget: AtomicU64,
+}
+
+impl Counters {
+    /// Publishes the capture's counters (under the commit lock, after a commit).
+    fn publish_capture(&self, cap: &capture::Capture) {
+        let (k, c) = cap.counters();
+        let st = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        st(&self.delta_pages, k.delta_pages);
+        st(&self.full_pages, k.full_pages);
+        st(&self.unchanged_pages, k.same_pages);
+        st(&self.cache_hits, c.hits);
+        st(&self.cache_misses, c.misses);
+        st(&self.cache_evictions, c.evictions);
+        st(&self.cache_bytes, c.bytes);
+    }
 }
 
 /// One open heap.
@@ -148,6 +193,11 @@ pub(crate) struct Engine {
     counters: Counters,
     lock_file: Box<dyn VFile>,
     closed: AtomicBool,
+    /// Set while a root migration runs (`Engine::freeze_commits`): every commit is refused,
+    /// so no state between taking the old root and installing the new one is ever committed.
+    frozen: AtomicBool,
+    /// Set by a `close` whose final commit succeeded (see `detach.rs`).
+    closed_with_commit: AtomicBool,
 }
 
 impl Engine {
@@ -185,6 +235,18 @@ impl Engine {
         err
     }
 
+    /// Poisons the heap with `cause` (a root migration failed halfway in memory): every later
+    /// commit fails, so the half-migrated state never becomes durable.
+    pub(crate) fn poison_with(&self, cause: String) {
+        let _ = self.poison(Error::invalid(cause));
+    }
+
+    /// While `on`, every commit (explicit, at close, or a snapshot) returns an error: a root
+    /// migration runs and the heap holds no consistent state to commit.
+    pub(crate) fn freeze_commits(&self, on: bool) {
+        self.frozen.store(on, Ordering::Release);
+    }
+
     /// Whether an earlier failure poisoned the heap.
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
@@ -199,6 +261,7 @@ impl Engine {
             let t = lock(&self.grow.tracker);
             (t.mode().name(), t.fallback_text())
         };
+        let anonymous_bytes = footprint::anonymous_bytes(self.base(), self.base() + self.arena.extent());
         Stats {
             commit_seq: last_seq,
             durable_seq,
@@ -217,12 +280,23 @@ impl Engine {
             track_fallback,
             replayed_pages: ld(&c.replayed_pages),
             reclaimed_bytes: 0,
+            remapped_pages: ld(&c.remapped_pages),
+            anonymous_bytes,
+            last_remap_micros: ld(&c.last_remap_micros),
+            delta_pages: ld(&c.delta_pages),
+            full_pages: ld(&c.full_pages),
+            unchanged_pages: ld(&c.unchanged_pages),
+            base_cache_hits: ld(&c.cache_hits),
+            base_cache_misses: ld(&c.cache_misses),
+            base_cache_evictions: ld(&c.cache_evictions),
+            base_cache_bytes: ld(&c.cache_bytes),
+            base_cache_budget: ld(&c.cache_budget),
         }
     }
 
     /// Releases the heap. With `commit_and_snapshot`, first commits outstanding changes and
-    /// (if enabled and the journal is not empty) takes a snapshot so the next open replays
-    /// nothing; without it (drop), uncommitted changes are discarded as in a crash. In both
+    /// (if enabled and the journal chain holds at least `close_snapshot_min_bytes`) takes a
+    /// snapshot so the next open replays nothing; without it (drop), uncommitted changes are discarded as in a crash. In both
     /// cases everything committed is made durable and a running snapshot writer is reaped.
     pub(crate) fn close(&self, commit_and_snapshot: bool) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -232,6 +306,7 @@ impl Engine {
         let mut result = Ok(());
         if commit_and_snapshot && !self.is_poisoned() {
             result = self.commit_inner(false).map(drop);
+            self.closed_with_commit.store(result.is_ok(), Ordering::Release);
         }
         {
             let mut cs = lock(&self.commit);
@@ -239,13 +314,11 @@ impl Engine {
             if result.is_ok() && !self.is_poisoned() {
                 result = self.wait_durable(cs.last_seq);
             }
-            let journal_has_commits = cs.journal.end() > crate::disk::format::journal::FIRST_RECORD_OFFSET;
-            if commit_and_snapshot
-                && result.is_ok()
-                && self.opts.snapshot_on_close
-                && journal_has_commits
-                && !self.is_poisoned()
-            {
+            // Cheap restart: a small journal is replayed at the next open instead (docs/design.md,
+            // "Restart without a snapshot").
+            let chain = cs.older_journal_bytes + cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
+            let worth_it = chain > 0 && chain >= self.opts.close_snapshot_min_bytes;
+            if commit_and_snapshot && result.is_ok() && self.opts.snapshot_on_close && worth_it && !self.is_poisoned() {
                 result = self.snapshot_locked(&mut cs);
             }
         }
@@ -257,7 +330,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close(false);
-        // The region (and with it every mapping of the heap) is unmapped when `grow` drops,
-        // after the allocator was closed above, so stale `HeapAlloc`s no longer touch it.
+        // The region stays mapped: values allocated from the heap may outlive the handle.
+        // `detach` moves it (and the armed tracker) to the list of detached heaps, leaving an
+        // inert region in `grow`; only an explicit, unsafe release unmaps it.
+        detach::detach(self);
     }
 }

@@ -5,14 +5,19 @@
 //!
 //! 1. Lock the directory (`lock`, an exclusive `flock`; [`lock_dir`]), read and check `meta`
 //!    or create the heap ([`read_meta`], [`create_meta`]).
-//! 2. Reserve the heap's address range at its recorded base (in [`read_meta`]).
+//! 2. Reserve the heap's address range at its recorded base (in [`read_meta`]), or take the
+//!    heap's detached memory if this process closed it earlier (`detach.rs`): steps 3 and 4
+//!    then only read and check, and step 5 adopts the memory and its tracker if the files end
+//!    exactly where it is, or fails with `Error::Detached`.
 //! 3. Read both snapshot headers; map the newest valid one's pages copy-on-write (lazy: no page
 //!    is read until touched) ([`map_newest_snapshot`]).
 //! 4. Scan the journals that follow it (gap-free ids, each starting where the previous ended;
 //!    [`scan_journals`]); replay their complete commit groups in order ([`replay`]); only the
 //!    last journal may end in a torn tail, which is truncated (`JournalWriter::resume`).
 //!    [`check_image`] then checks that the allocator's header lies inside the image.
-//! 5. Arm dirty tracking on the mapped extent, attach the allocator ([`attach`]), resume the
+//! 5. Seed the base cache from the replayed pages ([`seed_capture`], before anything else
+//!    writes the region), arm dirty tracking on the mapped extent, attach the allocator
+//!    ([`attach`]), resume the
 //!    last journal; remove journals older than the snapshot ([`remove_stale`]) and build the
 //!    engine ([`assemble`]).
 //!
@@ -21,12 +26,13 @@
 //!
 //! # Safety
 //!
-//! Replay writes recovered pages into the reserved, mapped region before anything is handed
+//! Replay writes recovered pages (and applies `DELTA` entries to them) into the reserved, mapped region before anything is handed
 //! out, and [`check_image`] reads the allocator header in segment 0 only after checking that
 //! segment 0 is mapped; each `unsafe` block states its range.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
-use crate::disk::format::meta::{fnv1a, Meta, MetaError, META_LEN};
+use crate::disk::format::delta::{apply_entry, Entries, ENTRY_PAGE_OFFSET};
+use crate::disk::format::meta::{fnv1a, Meta, MetaError, FORMAT_VERSION, LEGACY_FORMAT_VERSION, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
 use crate::disk::journal::{
     journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
@@ -35,6 +41,7 @@ use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_heade
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::alloc::{Arena, ArenaHeader, ARENA_HEADER_OFFSET, SEGMENT};
+use crate::mem::base_cache::BaseCache;
 use crate::mem::dirty_set::DirtySet;
 use crate::mem::region::Region;
 use crate::mem::sysmem::{SysBox, SysVec};
@@ -54,6 +61,10 @@ pub(crate) struct Fingerprint {
     pub align: u64,
     pub type_name: &'static str,
     pub schema: String,
+    /// The caller reads the root identity of a format-1 heap from [`Engine::meta`] and
+    /// checks it itself (format 1 recorded the user's root type in `meta`; `Heap<T>` passes
+    /// the root-record kind, which such a heap does not name yet).
+    pub legacy_root: bool,
 }
 
 impl Fingerprint {
@@ -64,10 +75,27 @@ impl Fingerprint {
             align: std::mem::align_of::<T>() as u64,
             type_name: std::any::type_name::<T>(),
             schema: schema.to_string(),
+            legacy_root: false,
+        }
+    }
+
+    /// The fingerprint of the root record kind that format-2 `meta` records for a `Heap<T>`
+    /// (the user's root type lives in the committed root record).
+    pub(crate) fn root_record_kind() -> Fingerprint {
+        Fingerprint {
+            size: crate::disk::format::root::ROOT_RECORD_LEN as u64,
+            align: 8,
+            type_name: crate::disk::format::root::ROOT_RECORD_KIND,
+            schema: String::new(),
+            legacy_root: true,
         }
     }
 
     fn check(&self, m: &Meta) -> Result<()> {
+        if m.version == LEGACY_FORMAT_VERSION && self.legacy_root && m.root_type_name != self.type_name {
+            // A format-1 `Heap<T>` heap: the typed layer checks the recorded root type.
+            return Ok(());
+        }
         if fnv1a(self.type_name.as_bytes()) != m.root_type_hash
             || self.size != m.root_size
             || self.align != m.root_align
@@ -121,10 +149,21 @@ impl Engine {
         vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let dir = dir.to_path_buf();
         let lock_file = lock_dir(&*vfs, &dir)?; // 1
-        let (meta, mut region) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
-        let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region)?; // 3
+                                                // `adopting`: this heap's memory from an earlier handle in this process, still mapped
+                                                // (`detach.rs`). Steps 3 and 4 then only read and check the files, and step 5 takes
+                                                // the memory and its tracker over if the files end exactly where the memory is.
+        let (meta, mut region, adopting) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
+        let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region, adopting.is_none())?; // 3
         let journals = scan_journals(&*vfs, &dir, &meta, snaps.first_journal, snaps.start_seq)?; // 4
-        let replayed = replay(&*vfs, &meta, &mut region, &journals.scans)?; // 4
+        let replayed = replay(
+            &*vfs,
+            opts,
+            &dir,
+            &meta,
+            &mut region,
+            &journals.scans,
+            adopting.is_some(),
+        )?; // 4
         let any_state = snaps.newest.is_some() || replayed.any_group;
         if any_state {
             check_image(&dir, &region, &journals.scans, &snaps)?;
@@ -133,11 +172,35 @@ impl Engine {
             Some(last) => JournalWriter::resume(&*vfs, last)?, // 4: truncates a torn tail
             None => JournalWriter::create(&*vfs, &dir, meta.heap_id, snaps.first_journal, snaps.start_seq)?,
         };
-        let (grow, arena) = attach(opts, &dir, &meta, region, !any_state)?; // 5
+        // With adoption the memory is the detached heap's, which may hold writes made after its
+        // last commit: the cache then starts empty instead of seeded (docs/design.md, "Base cache").
+        let capture = seed_capture(opts, &meta, &region, &snaps, &replayed, adopting.is_none()); // 5, before arming
+        let older_journal_bytes = journals
+            .scans
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|s| s.valid_end - crate::disk::format::journal::FIRST_RECORD_OFFSET)
+            .sum();
+        let adopted = match adopting {
+            Some(t) => {
+                t.check_same_state(&dir, &journal)?;
+                Some(t.adopt())
+            }
+            None => None,
+        };
+        let (grow, arena) = match adopted {
+            Some((region, tracker)) => attach(opts, &dir, &meta, region, false, Some(tracker))?, // 5
+            None => attach(opts, &dir, &meta, region, !any_state, None)?,                        // 5
+        };
         remove_stale(&*vfs, &dir, &journals.stale);
-        Ok(assemble(
-            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena,
-        ))
+        let (capture, cache_budget) = capture;
+        let engine = assemble(
+            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture,
+        );
+        engine.counters.cache_budget.store(cache_budget, Ordering::Relaxed);
+        lock(&engine.commit).older_journal_bytes = older_journal_bytes;
+        Ok(engine)
     }
 }
 
@@ -174,8 +237,14 @@ fn lock_dir(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn VFile>> {
 }
 
 /// Steps 1b and 2: reads and checks `meta` (or creates a new heap), then reserves the heap's
-/// address range at its recorded base.
-fn read_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) -> Result<(Meta, Region)> {
+/// address range at its recorded base, or takes this heap's detached memory (returning an
+/// inert copy of its region for the later steps to read, see `detach.rs`).
+fn read_meta(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    opts: &OpenOptions,
+    fp: &Fingerprint,
+) -> Result<(Meta, Region, Option<super::detach::Taken>)> {
     let meta_path = dir.join("meta");
     match read_file(vfs, &meta_path, META_LEN)? {
         Some(bytes) => {
@@ -184,14 +253,19 @@ fn read_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) ->
                 MetaError::Version(v) => Error::incompatible(format!(
                     "{} has format version {v}, this build reads version {}",
                     meta_path.display(),
-                    crate::disk::format::meta::FORMAT_VERSION
+                    FORMAT_VERSION
                 )),
             })?;
             fp.check(&meta)?;
+            if let Some(t) = super::detach::take(meta.base as usize) {
+                t.check_adoptable(dir, &meta)?;
+                let shadow = t.shadow();
+                return Ok((meta, shadow, Some(t)));
+            }
             let region = Region::reserve(meta.base as usize, meta.max_size as usize)?;
-            Ok((meta, region))
+            Ok((meta, region, None))
         }
-        None => create_meta(vfs, dir, opts, fp),
+        None => create_meta(vfs, dir, opts, fp).map(|(m, r)| (m, r, None)),
     }
 }
 
@@ -210,8 +284,9 @@ struct Snapshots {
 }
 
 /// Step 3: reads both snapshot headers and maps the newest valid snapshot's pages
-/// copy-on-write (lazily: no page is read until touched).
-fn map_newest_snapshot(vfs: &dyn Vfs, dir: &Path, meta: &Meta, region: &mut Region) -> Result<Snapshots> {
+/// copy-on-write (lazily: no page is read until touched); with `map` false (adopting a
+/// detached heap, whose memory already holds them) only reads the headers and bitmap.
+fn map_newest_snapshot(vfs: &dyn Vfs, dir: &Path, meta: &Meta, region: &mut Region, map: bool) -> Result<Snapshots> {
     let mut files: SysVec<Box<dyn VFile>> = SysVec::new_in(System);
     let mut headers = [None, None];
     for (i, name) in SNAPSHOT_FILES.iter().enumerate() {
@@ -231,7 +306,7 @@ fn map_newest_snapshot(vfs: &dyn Vfs, dir: &Path, meta: &Meta, region: &mut Regi
     if let Some(n) = newest {
         let h = headers[n].expect("newest is valid");
         let f = &files[n];
-        if h.extent > 0 {
+        if h.extent > 0 && map {
             map_snapshot(region, &**f, h.extent as usize, &dir.join(SNAPSHOT_FILES[n]))?;
         }
         prev_interval = read_dirty_bitmap(&**f, &h, region.base(), meta.max_size as usize);
@@ -306,9 +381,23 @@ struct Replayed {
 }
 
 /// Step 4b: replays the complete commit groups in order, growing the region to each group's
-/// extent and copying its page runs into place.
-fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]) -> Result<Replayed> {
+/// extent, copying its page runs into place and applying its `DELTA` entries (each checked
+/// against its post-image checksum). With `adopt` (the memory of a detached heap already
+/// holds them, which step 5 checks by the commit number and journal digest) the runs are read
+/// and checked into a scratch buffer instead (`DELTA` payloads decoded and validated; their
+/// post-image check needs the intermediate images, which adoption does not rebuild), so
+/// damage is reported as on any open.
+fn replay(
+    vfs: &dyn Vfs,
+    opts: &OpenOptions,
+    dir: &Path,
+    meta: &Meta,
+    region: &mut Region,
+    scans: &[JournalScan],
+    adopt: bool,
+) -> Result<Replayed> {
     let base = region.base();
+    let mut delta_buf: SysVec<u8> = SysVec::new_in(System);
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
     let mut any_group = false;
@@ -323,30 +412,88 @@ fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]
                     format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
                 ));
             }
-            region
-                .grow(g.extent as usize)
-                .map_err(io_err("mmap (grow heap)", &scan.path))?;
+            if !adopt {
+                region
+                    .grow(g.extent as usize)
+                    .map_err(io_err("mmap (grow heap)", &scan.path))?;
+            } else if g.extent as usize > region.extent() {
+                return Err(Error::Detached {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "its files describe {:#x} bytes, more than the {:#x} bytes still mapped",
+                        g.extent,
+                        region.extent()
+                    ),
+                });
+            }
             for run in &scan.runs[g.runs.clone()] {
+                let pages_run = run.delta_entries.is_none();
                 if run.region_offset % sys::OS_PAGE as u64 != 0
-                    || run.len % sys::OS_PAGE as u64 != 0
-                    || run.region_offset.checked_add(run.len).is_none_or(|e| e > g.extent)
+                    || (pages_run && run.len % sys::OS_PAGE as u64 != 0)
+                    || run.region_end > g.extent
+                    || run.region_end <= run.region_offset
                 {
                     return Err(Error::corrupt(
                         &scan.path,
                         run.file_offset,
                         format!(
-                            "page run {:#x}+{:#x} lies outside the heap extent {:#x}",
-                            run.region_offset, run.len, g.extent
+                            "page run {:#x}..{:#x} lies outside the heap extent {:#x}",
+                            run.region_offset, run.region_end, g.extent
                         ),
                     ));
                 }
-                let addr = base + run.region_offset as usize;
-                // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
-                // and nothing has been handed out yet, so no reference aliases it.
-                let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
-                read_run(&*f, &scan.path, run, dst)?;
-                ranges.push((addr, addr + run.len as usize));
-                pages += run.len / sys::OS_PAGE as u64;
+                let Some(count) = run.delta_entries else {
+                    let addr = base + run.region_offset as usize;
+                    if adopt {
+                        let mut scratch = vec![0u8; run.len as usize];
+                        read_run(&*f, &scan.path, run, &mut scratch)?;
+                        ranges.push((addr, addr + run.len as usize));
+                        pages += run.len / sys::OS_PAGE as u64;
+                        continue;
+                    }
+                    // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
+                    // and nothing has been handed out yet, so no reference aliases it.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
+                    read_run(&*f, &scan.path, run, dst)?;
+                    ranges.push((addr, addr + run.len as usize));
+                    pages += run.len / sys::OS_PAGE as u64;
+                    continue;
+                };
+                // A DELTA record: read its payload again and decode it with the same checks as
+                // the scan (the file could have changed since), then apply each entry to its
+                // page in place and check the page's post-image checksum.
+                delta_buf.clear();
+                delta_buf.resize(run.len as usize, 0);
+                read_run(&*f, &scan.path, run, &mut delta_buf)?;
+                let at = |off: usize| run.file_offset + off as u64;
+                for e in Entries::new(&delta_buf, count) {
+                    let e = e.map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    if e.page < run.region_offset || e.page >= run.region_end {
+                        return Err(Error::corrupt(
+                            &scan.path,
+                            at(e.at + ENTRY_PAGE_OFFSET),
+                            format!(
+                                "DELTA entry for page {:#x} outside the record's pages (changed since the scan)",
+                                e.page
+                            ),
+                        ));
+                    }
+                    let addr = base + e.page as usize;
+                    if adopt {
+                        ranges.push((addr, addr + sys::OS_PAGE));
+                        pages += 1;
+                        continue;
+                    }
+                    // SAFETY: the page lies in [region_offset, region_end), inside the mapped
+                    // extent (checked above), and nothing refers into the region yet.
+                    let page = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, sys::OS_PAGE) };
+                    if opts.planted_delta_replay_zero_base() {
+                        page.fill(0); // planted bug (tests only): the wrong base
+                    }
+                    apply_entry(&e, page).map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
+                    ranges.push((addr, addr + sys::OS_PAGE));
+                    pages += 1;
+                }
             }
         }
     }
@@ -355,6 +502,34 @@ fn replay(vfs: &dyn Vfs, meta: &Meta, region: &mut Region, scans: &[JournalScan]
         pages,
         any_group,
     })
+}
+
+/// Start of step 5: the base cache, seeded with the pages replay just wrote (their memory is
+/// exactly what the journal chain holds), before tracking is armed and before anything else
+/// writes the region; the most recently replayed first, up to its capacity. Pages at or above
+/// the newest snapshot's extent that replay did not write are zeros in the chain
+/// (`docs/design.md`, "Base cache"). Returns the capture and the cache's budget (0: off; a
+/// cache whose mapping fails is off, not an error).
+fn seed_capture(
+    opts: &OpenOptions,
+    meta: &Meta,
+    region: &Region,
+    snaps: &Snapshots,
+    replayed: &Replayed,
+    seed: bool,
+) -> (super::capture::Capture, u64) {
+    let cache = BaseCache::new(opts.base_cache_bytes, meta.max_size as usize / sys::OS_PAGE).unwrap_or(None);
+    let budget = if cache.is_some() { opts.base_cache_bytes } else { 0 };
+    let zero_from = snaps.newest.and_then(|n| snaps.headers[n]).map_or(0, |h| h.extent);
+    let mut capture = super::capture::Capture::new(cache, zero_from, opts.planted_delta_stale_base());
+    for &(a, b) in replayed.ranges.iter().rev().filter(|_| seed) {
+        // SAFETY: replayed ranges are page-aligned and inside the mapped extent, and nothing
+        // writes the region during open.
+        if !unsafe { capture.seed(region.base(), a, b) } {
+            break;
+        }
+    }
+    (capture, budget)
 }
 
 /// Between steps 4 and 5: `Arena::attach` reads the allocator header in segment 0 and every
@@ -391,32 +566,46 @@ fn check_image(dir: &Path, region: &Region, scans: &[JournalScan], snaps: &Snaps
 }
 
 /// Step 5: arms dirty tracking on the mapped extent and creates (`fresh`) or attaches the
-/// allocator. The allocator comes last: nothing after it can fail.
+/// allocator. The allocator comes last: nothing after it can fail. An `adopted` tracker (of
+/// a detached heap) is already armed on the whole extent and reports every page written
+/// since the commit the files end at.
 fn attach(
     opts: &OpenOptions,
     dir: &Path,
     meta: &Meta,
     mut region: Region,
     fresh: bool,
+    adopted: Option<Tracker>,
 ) -> Result<(SysBox<GrowCtx>, &'static Arena)> {
     let base = region.base();
-    let mut tracker =
-        Tracker::new(opts.tracking, opts.concurrent_writers).map_err(|(mode, why)| Error::Unsupported {
-            what: format!(
-                "dirty-tracking rung {} was requested with OpenOptions::tracking, but {why}",
-                mode.name()
-            ),
-        })?;
-    if fresh {
-        region.grow(SEGMENT).map_err(io_err("mmap (first segment)", dir))?;
-    }
-    if region.extent() > 0 {
-        // SAFETY: [base, base + extent) is mapped read-write and stays so until the engine is
-        // dropped (the region is the tracker's sibling in GrowCtx); the tracker is never asked
-        // to report after that.
-        unsafe { tracker.arm(base, base + region.extent()) }
-            .map_err(io_err("arm dirty tracking (userfaultfd or pagemap)", dir))?;
-    }
+    // An adopted tracker serves if it runs the requested rung (any rung for `Auto`); else a
+    // new one is armed over the adopted memory, which holds exactly the committed state (a
+    // detached heap with uncommitted changes is never adopted).
+    let adopted = adopted.filter(|t| t.serves(opts.tracking));
+    let tracker = match adopted {
+        Some(t) => t,
+        None => {
+            let mut tracker =
+                Tracker::new(opts.tracking, opts.concurrent_writers).map_err(|(mode, why)| Error::Unsupported {
+                    what: format!(
+                        "dirty-tracking rung {} was requested with OpenOptions::tracking, but {why}",
+                        mode.name()
+                    ),
+                })?;
+            if fresh {
+                region.grow(SEGMENT).map_err(io_err("mmap (first segment)", dir))?;
+            }
+            if region.extent() > 0 {
+                // SAFETY: [base, base + extent) is mapped read-write and stays so until the
+                // engine is dropped (the region is the tracker's sibling in GrowCtx, and a
+                // detached region keeps its tracker with it); the tracker is never asked to
+                // report after that.
+                unsafe { tracker.arm(base, base + region.extent()) }
+                    .map_err(io_err("arm dirty tracking (userfaultfd or pagemap)", dir))?;
+            }
+            tracker
+        }
+    };
     let grow = SysBox::new_in(
         GrowCtx {
             region: Mutex::new(region),
@@ -466,6 +655,7 @@ fn assemble(
     journal: JournalWriter,
     grow: SysBox<GrowCtx>,
     arena: &'static Arena,
+    capture: super::capture::Capture,
 ) -> SysBox<Engine> {
     let base = lock(&grow.region).base();
     let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
@@ -478,6 +668,7 @@ fn assemble(
     let snap_files = [files.next().expect("two files"), files.next().expect("two files")];
     let counters = Counters::default();
     counters.replayed_pages.store(replayed.pages, Ordering::Relaxed);
+    counters.publish_capture(&capture);
     if let Some(n) = snaps.newest {
         counters
             .snapshot_generation
@@ -500,6 +691,9 @@ fn assemble(
             pending: None,
             last_seq,
             last_snapshot_at: Instant::now(),
+            footprint: Default::default(),
+            capture,
+            older_journal_bytes: 0,
         }),
         durable,
         poisoned: AtomicBool::new(false),
@@ -507,6 +701,8 @@ fn assemble(
         counters,
         lock_file,
         closed: AtomicBool::new(false),
+        frozen: AtomicBool::new(false),
+        closed_with_commit: AtomicBool::new(false),
     };
     let engine = SysBox::new_in(engine, System);
     if opts.durability == Durability::Eventual {
@@ -532,6 +728,11 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     }
     let region = Region::reserve_anywhere(max_size as usize)?;
     let meta = Meta {
+        version: if opts.test_create_legacy_format {
+            LEGACY_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         heap_id: sys::random_u64(),
         page_size: sys::OS_PAGE as u32,
         base: region.base() as u64,
@@ -546,6 +747,13 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
         root_type_name: fp.type_name.to_string(),
         schema: fp.schema.clone(),
     };
+    write_meta(vfs, dir, &meta)?;
+    Ok((meta, region))
+}
+
+/// Writes `meta` as `meta.tmp`, syncs it, renames it over `meta` and syncs the directory: a
+/// crash leaves the old `meta` (or none) or the new one, whole.
+fn write_meta(vfs: &dyn Vfs, dir: &Path, meta: &Meta) -> Result<()> {
     let tmp = dir.join("meta.tmp");
     let path = dir.join("meta");
     let f = vfs.open(&tmp, true).map_err(io_err("create", &tmp))?;
@@ -555,5 +763,32 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     drop(f);
     vfs.rename(&tmp, &path).map_err(io_err("rename", &path))?;
     vfs.sync_dir(dir).map_err(io_err("fsync (directory)", dir))?;
-    Ok((meta, region))
+    Ok(())
+}
+
+impl Engine {
+    /// The heap directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The meta header as read (or created) at open.
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Upgrade step 2 of a format-1 heap: rewrites `meta` in format 2 with the root fields of
+    /// `kind` (the caller has made the root record durable first, see `docs/design.md`,
+    /// "Format upgrade"). Idempotent; the in-memory header keeps what was read at open.
+    pub(crate) fn upgrade_meta(&self, kind: &Fingerprint) -> Result<()> {
+        let mut m = self.meta.clone();
+        m.version = FORMAT_VERSION;
+        m.root_size = kind.size;
+        m.root_align = kind.align;
+        m.root_type_hash = fnv1a(kind.type_name.as_bytes());
+        m.schema_hash = fnv1a(kind.schema.as_bytes());
+        m.root_type_name = kind.type_name.to_string();
+        m.schema = kind.schema.clone();
+        write_meta(&*self.vfs, &self.dir, &m)
+    }
 }

@@ -154,6 +154,11 @@ impl Engine {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let fresh = DirtySet::new(self.base(), self.meta.max_size as usize / sys::OS_PAGE);
         let fork_set = std::mem::replace(&mut cs.since_snap, fresh);
+        // Replay may now start from this image (memory at the fork, which can differ from the
+        // copies this commit journaled where other threads wrote in between) or from the older
+        // one: no cached base is safe for both, so every page's next record is whole or
+        // against zeros (docs/design.md, "Base cache", case 2).
+        cs.capture.invalidate(extent as u64);
         cs.pending = Some(Pending {
             pid,
             in_process_ok,
@@ -174,6 +179,7 @@ impl Engine {
         let id = cs.journal.id() + 1;
         let j = JournalWriter::create(&*self.vfs, &self.dir, self.meta.heap_id, id, seq).map_err(|e| self.poison(e))?;
         self.durable.rotated(j.file(), id, seq, j.end());
+        cs.older_journal_bytes += cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         cs.journal = j;
         self.counters.journal_bytes.store(0, Ordering::Relaxed);
         Ok(())
@@ -215,6 +221,9 @@ impl Engine {
                 c.snapshot_generation.store(p.header.generation, Ordering::Relaxed);
                 cs.snaps[p.slot] = Some(p.header);
                 cs.prev_interval = Some(p.fork_set);
+                cs.footprint.snapshot_reaped();
+                // The chain now starts at the journal created at the fork: the current one.
+                cs.older_journal_bytes = 0;
                 if block {
                     delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
                 } else {

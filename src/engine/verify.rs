@@ -32,6 +32,7 @@
 //! the SAFETY comment at the read.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Engine};
+use crate::disk::format::delta::{apply_entry, Entries};
 use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
 use crate::disk::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, PageRun};
 use crate::error::{Error, Result};
@@ -330,6 +331,7 @@ impl Engine {
         let mut diff_disk: SysVec<usize> = SysVec::new_in(System);
         let mut diff_snap: SysVec<usize> = SysVec::new_in(System);
         let mut files: SysVec<(u64, Box<dyn crate::io::VFile>)> = SysVec::new_in(System);
+        let mut delta_buf: SysVec<u8> = SysVec::new_in(System);
         let window = WINDOW_PAGES * OS_PAGE;
         let mut at = 0usize;
         while at < mapped {
@@ -355,7 +357,7 @@ impl Engine {
             disk_img.resize(len, 0);
             disk_img.copy_from_slice(&snap_img);
             for &(jid, run) in src.runs.iter() {
-                let (ra, rb) = (run.region_offset as usize, (run.region_offset + run.len) as usize);
+                let (ra, rb) = (run.region_offset as usize, run.region_end as usize);
                 let (a, b) = (ra.max(at), rb.min(at + len));
                 if a >= b {
                     continue;
@@ -367,12 +369,32 @@ impl Engine {
                 }
                 let f = &files.iter().find(|f| f.0 == jid as u64).expect("opened above").1;
                 let path = self.dir.join(journal_file_name(jid as u64));
-                let part = PageRun {
-                    file_offset: run.file_offset + (a - ra) as u64,
-                    region_offset: a as u64,
-                    len: (b - a) as u64,
+                let Some(count) = run.delta_entries else {
+                    let part = PageRun {
+                        file_offset: run.file_offset + (a - ra) as u64,
+                        region_offset: a as u64,
+                        len: (b - a) as u64,
+                        delta_entries: None,
+                        region_end: b as u64,
+                    };
+                    read_run(&**f, &path, &part, &mut disk_img[a - at..b - at])?;
+                    continue;
                 };
-                read_run(&**f, &path, &part, &mut disk_img[a - at..b - at])?;
+                // A DELTA record: apply its entries for pages in this window, in order (the
+                // window is page-aligned, so an entry's page lies wholly inside or outside it).
+                delta_buf.clear();
+                delta_buf.resize(run.len as usize, 0);
+                read_run(&**f, &path, &run, &mut delta_buf)?;
+                let corrupt = |off: usize, what: String| Error::corrupt(&path, run.file_offset + off as u64, what);
+                for e in Entries::new(&delta_buf, count) {
+                    let e = e.map_err(|e| corrupt(e.offset, e.to_string()))?;
+                    let p = e.page as usize;
+                    if p < at || p >= at + len {
+                        continue;
+                    }
+                    apply_entry(&e, &mut disk_img[p - at..p - at + OS_PAGE])
+                        .map_err(|e| corrupt(e.offset, e.to_string()))?;
+                }
             }
             // Other threads may write into blocks they own meanwhile (as during a commit's
             // copy); such pages are then reported by the kernel in the peek below, which is all

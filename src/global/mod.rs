@@ -95,6 +95,7 @@ struct Config {
     max_size: u64,
     durability: Durability,
     snapshot_after_journal_bytes: u64,
+    allow_other_builds: bool,
 }
 
 /// A persistent heap usable as `#[global_allocator]`: the whole process's heap, with roots of
@@ -178,6 +179,11 @@ struct Config {
 ///
 /// # What must not be stored in roots
 ///
+/// `with_root` requires `T:` [`GlobalPersist`](crate::GlobalPersist), which refuses at compile
+/// time the types listed here that the compiler can see (references, `fn` pointers, `dyn`
+/// objects, locks, OS handles); a persistent heap that is not the `#[global_allocator]` panics
+/// at `with_root`.
+///
 /// Everything reachable from a root must stay meaningful in the next run:
 /// - no pointers into the executable: `&'static str` literals, `Box<dyn Trait>` and
 ///   `&dyn Trait` (their vtables), `fn` pointers and closures stored as trait objects. They
@@ -233,6 +239,7 @@ impl GlobalHeap {
                 max_size: DEFAULT_MAX_SIZE,
                 durability: Durability::Immediate,
                 snapshot_after_journal_bytes: DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+                allow_other_builds: false,
             },
         }
     }
@@ -252,6 +259,21 @@ impl GlobalHeap {
     /// Journal volume after which a commit starts a snapshot.
     pub const fn snapshot_after_journal_bytes(mut self, bytes: u64) -> GlobalHeap {
         self.config.snapshot_after_journal_bytes = bytes;
+        self
+    }
+
+    /// Opens heaps written by other builds of the program, as `SNAPHEAP_ALLOW_OTHER_BUILD=1`
+    /// does, but stated in the code. Every new release opening the previous release's heap is
+    /// such a case, with or without [`GlobalHeap::migrate_root`].
+    ///
+    /// # Safety
+    ///
+    /// Nothing reachable from the roots may point into the executable: no `&'static str`
+    /// literals, `Box<dyn Trait>`/`&dyn Trait` (vtables), `fn` pointers or closures stored as
+    /// trait objects. Those addresses are meaningless in another build (and, with ASLR, in
+    /// another run); the build-id check exists to catch them, and this turns it off.
+    pub const unsafe fn allow_other_builds(mut self) -> GlobalHeap {
+        self.config.allow_other_builds = true;
         self
     }
 
@@ -336,6 +358,7 @@ impl GlobalHeap {
             align: std::mem::align_of::<Registry>() as u64,
             type_name: REGISTRY_TYPE_NAME,
             schema: String::new(),
+            legacy_root: false,
         };
         let started = Instant::now();
         let engine = loop {
@@ -348,8 +371,15 @@ impl GlobalHeap {
             }
         };
         let engine: &'static Engine = SysBox::leak(engine);
+        if engine.meta().version == crate::disk::format::meta::LEGACY_FORMAT_VERSION {
+            // A format-1 GlobalHeap heap: its root identity (the registry) is already in the
+            // committed state, so the upgrade is the rewrite of `meta` alone.
+            if let Err(e) = engine.upgrade_meta(&fp) {
+                open_failed(dir, &e);
+            }
+        }
         let arena = engine.arena();
-        if let Err(e) = check_build(arena) {
+        if let Err(e) = check_build(arena, self.config.allow_other_builds) {
             open_failed(dir, &e);
         }
         let registry = match registry_at(arena, arena.user_words()[WORD_REGISTRY].load(Acquire)) {
@@ -401,8 +431,15 @@ impl GlobalHeap {
     /// while `init` and `f` run: do not call `with_root`, `commit` or `snapshot` inside them.
     ///
     /// Panics when the registry is full ([`MAX_ROOTS`] types) or the heap is exhausted.
-    pub fn with_root<T: Send + 'static, R>(&self, init: impl FnOnce() -> T, f: impl FnOnce(&mut T) -> R) -> R {
+    pub fn with_root<T: crate::persist::GlobalPersist + Send + 'static, R>(
+        &self,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
         let arena = self.ready();
+        if self.engine().is_some() {
+            crate::persist::assert_installed(arena);
+        }
         let _g = lock(&self.roots);
         let word = self.registry_word(arena);
         let reg = self.registry(word);
@@ -547,7 +584,7 @@ fn unsafe_arena(a: *const Arena) -> Option<&'static Arena> {
 }
 
 /// Checks the executable id recorded in the heap against this executable's and records ours.
-fn check_build(arena: &Arena) -> Result<()> {
+fn check_build(arena: &Arena, allowed_in_code: bool) -> Result<()> {
     let ours = match process::getenv(c"SNAPHEAP_TEST_BUILD_ID") {
         // Tests simulate another build by setting a (hex) id.
         Some(v) => u64::from_str_radix(std::str::from_utf8(v).unwrap_or("1"), 16).unwrap_or(1) | 1,
@@ -555,13 +592,13 @@ fn check_build(arena: &Arena) -> Result<()> {
     };
     let word = &arena.user_words()[WORD_BUILD];
     let recorded = word.load(Acquire);
-    let allow = process::getenv(c"SNAPHEAP_ALLOW_OTHER_BUILD").is_some_and(|v| v == b"1");
+    let allow = allowed_in_code || process::getenv(c"SNAPHEAP_ALLOW_OTHER_BUILD").is_some_and(|v| v == b"1");
     if recorded != 0 && ours != 0 && recorded != ours && !allow {
         return Err(Error::incompatible(format!(
             "the heap was written by another build of this program (executable id {recorded:016x}, this one is \
              {ours:016x}); pointers into the executable stored in it (&'static str, Box<dyn Trait> vtables, fn \
              pointers) would be invalid. Set SNAPHEAP_ALLOW_OTHER_BUILD=1 to open it anyway if you are sure it \
-             holds none"
+             holds none (or build the GlobalHeap with `allow_other_builds`)"
         )));
     }
     if ours != 0 {

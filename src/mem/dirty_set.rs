@@ -1,6 +1,6 @@
 //! The software dirty bitmap ([`DirtySet`]): the pages of one epoch, accumulated between
 //! snapshots and stored in snapshot files. Pure bookkeeping: it never sees the kernel
-//! tracker (`track.rs`), which only reports ranges that the engine inserts here.
+//! tracker (`track/`), which only reports ranges that the engine inserts here.
 //!
 //! # Invariants
 //!

@@ -12,9 +12,11 @@
 //! parts of *our own* reservation with `MAP_FIXED`. The control area holds the process-local
 //! allocator handle (see `alloc`), is never persisted and never tracked.
 //!
-//! After a heap is closed, its reservation and control area are retained (the control area
-//! records the closed state, so a stale `HeapAlloc` fails cleanly instead of touching freed
-//! memory), and a later open of a heap with the same base in this process reuses them.
+//! After a heap is closed, its data part stays mapped (the engine *detaches* the region, see
+//! `engine/detach.rs`) and its control area records the closed state, so a stale `HeapAlloc`
+//! fails cleanly and values allocated from the heap stay readable. Only an explicit release
+//! drops a region, which returns its data part to `PROT_NONE` and retains the reservation and
+//! control area, so a later open of a heap with the same base in this process reuses them.
 //!
 //! # Invariants
 //!
@@ -60,6 +62,10 @@ pub(crate) struct Region {
     extent: usize,
     /// Bytes from `base` mapped from the snapshot file.
     file_extent: usize,
+    /// Whether dropping the region unmaps its data part. False for a region whose memory
+    /// may be referenced by values handed out earlier (an adopted detached region, until the
+    /// engine takes it back with [`Region::take`]) and for the inert copies `take` leaves.
+    release_on_drop: bool,
 }
 
 impl Region {
@@ -80,6 +86,7 @@ impl Region {
                 max_size,
                 extent: 0,
                 file_extent: 0,
+                release_on_drop: true,
             });
         }
         match sys::reserve(start, len) {
@@ -104,6 +111,7 @@ impl Region {
             max_size,
             extent: 0,
             file_extent: 0,
+            release_on_drop: true,
         })
     }
 
@@ -137,6 +145,38 @@ impl Region {
         self.extent
     }
 
+    /// Bytes from `base` mapped from the snapshot file (copy-on-write).
+    pub(crate) fn file_extent(&self) -> usize {
+        self.file_extent
+    }
+
+    /// Moves the region out, leaving an inert copy behind whose drop does nothing (the
+    /// engine detaches its region at close this way). The returned region releases its data
+    /// part when dropped.
+    pub(crate) fn take(&mut self) -> Region {
+        let r = Region {
+            release_on_drop: true,
+            ..*self
+        };
+        self.release_on_drop = false;
+        r
+    }
+
+    /// An inert copy (its drop does nothing), for reading the geometry of a region someone
+    /// else owns.
+    pub(crate) fn shadow(&self) -> Region {
+        Region {
+            release_on_drop: false,
+            ..*self
+        }
+    }
+
+    /// Makes dropping this region leave its data part mapped (for an adopted region whose
+    /// memory values of the earlier handle may still reference).
+    pub(crate) fn keep_mapped_on_drop(&mut self) {
+        self.release_on_drop = false;
+    }
+
     /// Maps `[base, base + len)` copy-on-write from `fd` at file offset `offset`. Used once at
     /// open, before anything else is mapped.
     ///
@@ -159,6 +199,26 @@ impl Region {
         let _ = sys::no_huge_pages(self.base, len);
         self.extent = len;
         self.file_extent = len;
+        Ok(())
+    }
+
+    /// Replaces `[a, a + len)`, inside the mapped part, with a copy-on-write mapping of `fd` at
+    /// `offset` (returning clean pages to the kernel, `engine/footprint.rs`). The range loses
+    /// its userfaultfd registration: the caller arms it again.
+    ///
+    /// # Safety
+    ///
+    /// The file stays at least `offset + len` bytes long while mapped, every page of the range
+    /// holds exactly the file's bytes at its offset, and no thread writes the range during the
+    /// call (readers are fine: they see the same bytes before and after).
+    pub(crate) unsafe fn remap_file(&self, a: usize, len: usize, fd: RawFd, offset: u64) -> std::io::Result<()> {
+        if a < self.base || len > self.extent || a - self.base > self.extent - len {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: inside the mapped part of our reservation (checked above); the content and
+        // exclusion are the caller's promise.
+        unsafe { sys::map_file_private_fixed(a, len, fd, offset) }?;
+        let _ = sys::no_huge_pages(a, len);
         Ok(())
     }
 
@@ -196,9 +256,13 @@ impl Region {
 
 impl Drop for Region {
     /// Unmaps the data part (back to `PROT_NONE`) and retains the reservation and control area
-    /// for this process. The owner drops a region only when no reference into its data part
-    /// remains: at a failed open (nothing was handed out) or after the heap is closed.
+    /// for this process. The owner drops a releasing region only when no reference into its
+    /// data part remains: at a failed open (nothing was handed out) or at an explicit release
+    /// (whose caller guarantees it). Inert and kept-mapped regions drop without effect.
     fn drop(&mut self) {
+        if !self.release_on_drop {
+            return;
+        }
         // SAFETY: see above; the range is our own reservation.
         let ok = unsafe { sys::rereserve(self.base, self.max_size) }.is_ok();
         if ok {

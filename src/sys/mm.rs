@@ -1,5 +1,6 @@
 //! Memory mappings: the reservation of a heap's address range, fixed-address anonymous and
-//! private file mappings inside it, unmapping and `MADV_NOHUGEPAGE`.
+//! private file mappings inside it, unmapping, `MADV_NOHUGEPAGE`, and process-local mappings a
+//! fork child does not inherit.
 //!
 //! # Safety
 //!
@@ -125,6 +126,35 @@ pub unsafe fn rereserve(addr: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Maps `len` bytes of zero-filled, readable and writable private anonymous memory wherever
+/// the kernel chooses (`MAP_NORESERVE`: untouched pages cost nothing), not inherited by
+/// `fork` children (`MADV_DONTFORK`). Returns its address. For process-local caches that a
+/// snapshot child must not copy. See mmap(2), madvise(2).
+pub fn map_private_no_fork(len: usize) -> io::Result<usize> {
+    // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: [p, p + len) is the mapping just created; advice changes no contents.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: as above; nothing refers to it yet.
+        unsafe { libc::munmap(p, len) };
+        return Err(e);
+    }
+    Ok(p as usize)
+}
+
 /// Unmaps `[addr, addr + len)`.
 ///
 /// # Safety
@@ -133,6 +163,16 @@ pub unsafe fn rereserve(addr: usize, len: usize) -> io::Result<()> {
 pub unsafe fn unmap(addr: usize, len: usize) -> io::Result<()> {
     // SAFETY: the caller owns the range and holds no references into it.
     cvt(unsafe { libc::munmap(addr as *mut libc::c_void, len) }).map(drop)
+}
+
+/// `madvise(MADV_POPULATE_WRITE)` (Linux >= 5.14): faults every page of the range in as if
+/// written, without changing its contents, so each page of a `MAP_PRIVATE` file mapping gets
+/// its private copy. Safe: contents and protections stay as they are (the kernel copies each
+/// page atomically under its page-table lock, so a concurrent writer loses nothing).
+pub fn populate_write(addr: usize, len: usize) -> io::Result<()> {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: MADV_POPULATE_WRITE changes no contents and no protections.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) }).map(drop)
 }
 
 /// `madvise(MADV_NOHUGEPAGE)`: keep the range in 4 KiB pages so that dirty tracking and

@@ -135,3 +135,39 @@ pub fn line_reader(
     });
     (rx, reader)
 }
+
+/// A heap handle that releases the heap's memory when dropped (`Heap::drop_and_release`), so
+/// the next open in this process recovers from the files, as after a crash, instead of
+/// refusing with `Error::Detached`. For tests that keep every value they allocate in the
+/// root (the `unsafe` contract of the release).
+pub struct Released<T: snapheap::Persist>(Option<snapheap::Heap<T>>);
+
+/// Wraps the result of an open in [`Released`].
+pub fn released<T: snapheap::Persist>(r: snapheap::Result<snapheap::Heap<T>>) -> snapheap::Result<Released<T>> {
+    r.map(|h| Released(Some(h)))
+}
+
+impl<T: snapheap::Persist> Released<T> {
+    /// Closes the heap (commit and snapshot), then releases its memory.
+    pub fn close(mut self) -> snapheap::Result<()> {
+        let h = self.0.take().expect("open");
+        // SAFETY: the tests using this keep every heap value in the root.
+        unsafe { h.close_and_release() }
+    }
+}
+
+impl<T: snapheap::Persist> std::ops::Deref for Released<T> {
+    type Target = snapheap::Heap<T>;
+    fn deref(&self) -> &snapheap::Heap<T> {
+        self.0.as_ref().expect("open")
+    }
+}
+
+impl<T: snapheap::Persist> Drop for Released<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // SAFETY: the tests using this keep every heap value in the root.
+            unsafe { h.drop_and_release() }
+        }
+    }
+}

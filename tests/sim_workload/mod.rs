@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub const DIR: &str = "/sim/heap";
 
 /// The root type of the harness heap.
+#[derive(snapheap::Persist)]
 pub struct Root {
     pub version: u64,
     pub blocks: HVec<HVec<u64>>,
@@ -43,6 +44,46 @@ pub fn use_tracking(t: Tracking) {
 }
 
 /// Options for the harness heap on `disk`: small, with frequent automatic snapshots.
+/// A heap on a simulated disk that releases its memory when dropped or closed, so that the
+/// next open in this process recovers from the (crashed) disk instead of refusing with
+/// `Error::Detached`. Sound here: the harness keeps every value it allocates in the root.
+pub struct SimHeap(Option<Heap<Root>>);
+
+impl SimHeap {
+    /// Closes the heap (commit, snapshot) and releases its memory.
+    pub fn close(mut self) -> snapheap::Result<()> {
+        let h = self.0.take().expect("open");
+        // SAFETY: every value allocated from the heap lives in its root.
+        unsafe { h.close_and_release() }
+    }
+}
+
+impl std::ops::Deref for SimHeap {
+    type Target = Heap<Root>;
+    fn deref(&self) -> &Heap<Root> {
+        self.0.as_ref().expect("open")
+    }
+}
+
+impl Drop for SimHeap {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // SAFETY: every value allocated from the heap lives in its root.
+            unsafe { h.drop_and_release() }
+        }
+    }
+}
+
+/// Opens the harness heap on `disk` (see [`SimHeap`]).
+/// A failed open (a failed creation may leave a detached heap) releases too.
+pub fn open_sim(disk: &SimVfs, bug: Option<PlantedBug>) -> snapheap::Result<SimHeap> {
+    let o = options(disk, bug);
+    o.open(DIR, init).map(|h| SimHeap(Some(h))).inspect_err(|_| {
+        // SAFETY: the harness's `init` keeps nothing outside the root.
+        let _ = unsafe { o.release_detached(DIR) };
+    })
+}
+
 pub fn options(disk: &SimVfs, bug: Option<PlantedBug>) -> OpenOptions {
     let mut o = OpenOptions::new();
     o.vfs(Arc::new(disk.clone()))
@@ -115,7 +156,7 @@ impl Model {
 /// A heap on a traced simulated disk, and its model.
 pub struct Run {
     pub disk: SimVfs,
-    pub heap: Option<Heap<Root>>,
+    pub heap: Option<SimHeap>,
     pub model: Model,
     pub rng: Rng,
     pub bug: Option<PlantedBug>,
@@ -130,7 +171,7 @@ impl Run {
         model.starts.push(0);
         model.committed.push(Vec::new());
         model.acks.push(None);
-        let heap = options(&disk, bug).open(DIR, init).expect("create the harness heap");
+        let heap = open_sim(&disk, bug).expect("create the harness heap");
         model.acks[0] = Some(disk.trace_len());
         Run {
             disk,
@@ -227,7 +268,7 @@ impl Run {
 
     /// Reopens after a close (no crash): the state must be the last committed version.
     pub fn reopen(&mut self) -> snapheap::Result<()> {
-        let heap = options(&self.disk, self.bug).open(DIR, init)?;
+        let heap = open_sim(&self.disk, self.bug)?;
         let v = self.model.committed.len() as u64 - 1;
         if let Err(e) = check_state(&heap, &self.model, v, v) {
             panic!("reopen after a clean close: {e}");
@@ -298,9 +339,7 @@ pub fn double_crash(
 ) -> Result<u64, String> {
     disk.start_trace();
     let (lo, hi) = model.allowed(k);
-    let heap = options(disk, bug)
-        .open(DIR, init)
-        .map_err(|e| format!("open failed: {e}"))?;
+    let heap = open_sim(disk, bug).map_err(|e| format!("open failed: {e}"))?;
     let v1 = check_state(&heap, model, lo, hi)?;
     let start = disk.trace_len();
     commit_after_recovery(&heap)?;
@@ -327,9 +366,7 @@ pub fn double_crash(
             "second crash after op {k2}/{} of the recovery ({mode:?})",
             trace.ops.len()
         );
-        let heap = options(&d2, bug)
-            .open(DIR, init)
-            .map_err(|e| format!("{what}: open failed: {e}"))?;
+        let heap = open_sim(&d2, bug).map_err(|e| format!("{what}: open failed: {e}"))?;
         let v2 = heap.read().version;
         let ok = (v2 == v1 && k2 < ack) || (v2 == u64::MAX && k2 > start);
         if !ok {
@@ -350,9 +387,7 @@ pub fn double_crash(
 /// operations; then checks that the recovered heap accepts a new commit.
 pub fn check_recovery(disk: &SimVfs, model: &Model, k: usize, bug: Option<PlantedBug>) -> Result<u64, String> {
     let (lo, hi) = model.allowed(k);
-    let heap = options(disk, bug)
-        .open(DIR, init)
-        .map_err(|e| format!("open failed: {e}"))?;
+    let heap = open_sim(disk, bug).map_err(|e| format!("open failed: {e}"))?;
     let v = check_state(&heap, model, lo, hi)?;
     commit_after_recovery(&heap)?;
     Ok(v)

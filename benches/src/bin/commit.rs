@@ -9,9 +9,16 @@
 //!    heap size (1 MiB to 4 GiB of allocated and touched data) and dirty pages (0 to 10,000).
 //!    Target: <= 1 ms per GiB of heap + 2 us per dirty page.
 //! 3. `bytes`: journal bytes appended by a commit that changes 64 bytes.
+//! 4. `scattered`: one byte changed in each of the same 100 pages spread over a 512 MiB heap,
+//!    commit after commit: journal bytes per commit (target <= 16 KiB once the pages have been
+//!    committed once), the pages journaled as deltas, and the base cache's memory against the
+//!    heap's.
+//!
+//! The word differ's own cost per page is measured by the crate's example `diff_cost`
+//! (`cargo run --release --example diff_cost`).
 //!
 //! Run: `cargo run --release --manifest-path benches/Cargo.toml --bin commit [part ...]`
-//! (parts: immediate, eventual, bytes; default all). `--max-gib N` caps the heap sizes of
+//! (parts: immediate, eventual, bytes, scattered; default all). `--max-gib N` caps the heap sizes of
 //! `eventual` (default 4). `SNAPHEAP_BENCH_DIR` chooses the scratch directory (default: temp).
 
 #[path = "../fill.rs"]
@@ -144,7 +151,10 @@ fn immediate(iters: usize) {
         );
     }
     println!();
-    drop(heap);
+    // Released: a dropped heap's memory otherwise stays mapped until exit, and the next
+    // open of it would take that memory over instead of mapping its files.
+    // SAFETY: the benchmark keeps every heap value in the root.
+    unsafe { heap.drop_and_release() };
 }
 
 fn eventual(max_gib: usize, reps: usize) {
@@ -248,7 +258,10 @@ fn eventual(max_gib: usize, reps: usize) {
             );
         }
         eprintln!("({} filled in {:.1} s)", size_name(size), fill_time.as_secs_f64());
-        drop(heap);
+        // Released: a dropped heap's memory otherwise stays mapped until exit, and the next
+        // open of it would take that memory over instead of mapping its files.
+        // SAFETY: the benchmark keeps every heap value in the root.
+        unsafe { heap.drop_and_release() };
         drop(dir);
     }
     println!();
@@ -294,8 +307,8 @@ fn bytes64() {
     let dir = Scratch::new("commit-64");
     let heap = open(&dir, Durability::Immediate);
     fill(&heap, 1 << 20, usize::MAX);
-    println!("| change | pages captured | journal bytes |");
-    println!("|---|---:|---:|");
+    println!("| change | pages captured | journal bytes | delta pages (total) |");
+    println!("|---|---:|---:|---:|");
     for (what, off) in [
         ("64 bytes inside one page", 128usize),
         ("64 bytes across a page boundary", PAGE - 32),
@@ -309,7 +322,12 @@ fn bytes64() {
         g.commit().expect("commit");
         drop(g);
         let s = heap.stats();
-        println!("| {what} | {} | {} |", s.last_commit_pages, s.journal_bytes - j0);
+        println!(
+            "| {what} | {} | {} | {} |",
+            s.last_commit_pages,
+            s.journal_bytes - j0,
+            s.delta_pages
+        );
     }
     // One 8-byte word in one page, for comparison with the 64-byte change.
     let mut g = heap.write();
@@ -319,10 +337,51 @@ fn bytes64() {
     drop(g);
     let s = heap.stats();
     println!(
-        "| 1 byte inside one page | {} | {} |",
+        "| 1 byte inside one page | {} | {} | {} |",
         s.last_commit_pages,
-        s.journal_bytes - j0
+        s.journal_bytes - j0,
+        s.delta_pages
     );
+    println!();
+}
+
+/// One byte changed in each of the same 100 pages of a 512 MiB heap, commit after commit.
+fn scattered() {
+    println!("## Journal bytes: one byte in each of the same 100 scattered pages of a 512 MiB heap\n");
+    let dir = Scratch::new("commit-scat");
+    let heap = open(&dir, Durability::Eventual);
+    fill(&heap, 512 << 20, 256 << 20);
+    let total = fill::data_pages(&heap.read());
+    let s0 = heap.stats();
+    println!(
+        "heap: {} mapped, {total} data pages; base cache budget {} MiB\n",
+        size_name(s0.mapped_bytes as usize),
+        s0.base_cache_budget >> 20
+    );
+    println!("| commit | journal bytes | pages captured | delta pages | whole pages | cache hits | cache misses | cache bytes | cache / heap |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut prev = heap.stats();
+    for r in 0..8usize {
+        let mut g = heap.write();
+        // The same 100 pages every time (shift 0), a different byte of each.
+        touch_spread(&mut g, total, 100, 0, r as u8 + 1);
+        g.commit().expect("commit");
+        drop(g);
+        let s = heap.stats();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3}% |",
+            r + 1,
+            s.journal_bytes - prev.journal_bytes,
+            s.last_commit_pages,
+            s.delta_pages - prev.delta_pages,
+            s.full_pages - prev.full_pages,
+            s.base_cache_hits - prev.base_cache_hits,
+            s.base_cache_misses - prev.base_cache_misses,
+            s.base_cache_bytes,
+            s.base_cache_bytes as f64 * 100.0 / s.mapped_bytes as f64
+        );
+        prev = s;
+    }
     println!();
 }
 
@@ -357,15 +416,16 @@ fn profile() {
 }
 
 fn main() {
-    let (parts, max_gib) = fill::parts_and_max_gib(&["immediate", "eventual", "bytes"]);
+    let (parts, max_gib) = fill::parts_and_max_gib(&["immediate", "eventual", "bytes", "scattered"]);
     println!("# snapheap commit benchmarks ({})\n", fill::now_utc());
     for p in &parts {
         match p.as_str() {
             "immediate" => immediate(1000),
             "eventual" => eventual(max_gib, 7),
             "bytes" => bytes64(),
+            "scattered" => scattered(),
             "profile" => profile(),
-            other => panic!("unknown part {other:?} (immediate, eventual, bytes)"),
+            other => panic!("unknown part {other:?} (immediate, eventual, bytes, scattered)"),
         }
     }
 }

@@ -98,7 +98,10 @@ fn fork(max_gib: usize, reps: usize) {
                 pages.push(s.last_snapshot_pages);
             }
         }
-        drop(heap);
+        // Released: a dropped heap's memory otherwise stays mapped until exit, and the next
+        // open of it would take that memory over instead of mapping its files.
+        // SAFETY: the benchmark keeps every heap value in the root.
+        unsafe { heap.drop_and_release() };
         drop(dir);
         let floor = (floor_before + raw_fork_floor(gib << 30, reps)) / 2;
         let (lo, hi) = (*forks.iter().min().unwrap(), *forks.iter().max().unwrap());
@@ -152,7 +155,9 @@ fn open_bench(reps: usize) {
     {
         let heap = open(&dir);
         fill(&heap, size, 256 << 20);
-        heap.close().expect("close (commits and snapshots)");
+        // Released, so the memory does not stay mapped until exit (and a reopen maps the files).
+        // SAFETY: the benchmark keeps every heap value in the root.
+        unsafe { heap.close_and_release() }.expect("close (commits and snapshots)");
     }
     // The files a non-lazy open would read: the newest snapshot, the journals, meta.
     let mut files = Vec::new();
@@ -206,7 +211,10 @@ fn open_bench(reps: usize) {
                     // (17 here), which close() would commit and snapshot, changing the files
                     // between rounds. A drop discards them like a crash, leaving the directory
                     // exactly as the clean close left it.
-                    drop(heap);
+                    // Released: a dropped heap's memory otherwise stays mapped until exit, and the next
+                    // open of it would take that memory over instead of mapping its files.
+                    // SAFETY: the benchmark keeps every heap value in the root.
+                    unsafe { heap.drop_and_release() };
                 } else {
                     let t = Instant::now();
                     bytes = read_files(&files);
@@ -294,7 +302,10 @@ fn bytes(sizes: &[usize]) {
                 prev = want;
             }
         }
-        drop(heap);
+        // Released: a dropped heap's memory otherwise stays mapped until exit, and the next
+        // open of it would take that memory over instead of mapping its files.
+        // SAFETY: the benchmark keeps every heap value in the root.
+        unsafe { heap.drop_and_release() };
         drop(dir);
     }
     println!();

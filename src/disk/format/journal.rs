@@ -10,18 +10,25 @@
 //! - Records start at 8-aligned offsets `>= FIRST_RECORD_OFFSET` and are
 //!   `record_len(len) = align8(RECORD_HEADER_LEN + len)` bytes long.
 //! - `PAGES`: `1 <= count <= MAX_PAGES_PER_RECORD`, `len == count * PAGE_SIZE`,
-//!   `arg % PAGE_SIZE == 0`, `arg + len <= u64::MAX`. `COMMIT`: `len == 0`, `count` = number of
-//!   `PAGES` records of the group, `arg` = region extent.
+//!   `arg % PAGE_SIZE == 0`, `arg + len <= u64::MAX`. `DELTA` (version 2): `len % 8 == 0`,
+//!   `MIN_ENTRY_LEN <= len <= MAX_PAGES_PAYLOAD`, `1 <= count <= len / MIN_ENTRY_LEN`, `arg == 0`;
+//!   its payload is checked by [`super::delta`]. `COMMIT`: `len == 0`, `count` = number of
+//!   `PAGES` and `DELTA` records of the group, `arg` = region extent.
 //! - `crc == crc32(salt.to_le_bytes() ++ record[4 .. RECORD_HEADER_LEN + len])`.
 //! - `synced <= ` the record's own offset (a record never claims durability past itself).
 
+use super::delta::MIN_ENTRY_LEN;
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use std::fmt;
 
 /// Bytes 0..8 of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"SNAPJRNL";
-/// The format version this code writes and reads.
-pub(crate) const VERSION: u32 = 1;
+/// The format version this code writes: 2, which may hold `DELTA` records.
+pub(crate) const VERSION: u32 = 2;
+/// The oldest format version this code reads (1: `PAGES` and `COMMIT` records only).
+pub(crate) const MIN_READ_VERSION: u32 = 1;
+/// The first version that may hold `DELTA` records.
+pub(crate) const DELTA_VERSION: u32 = 2;
 
 // File header, chained offsets (see the diagram in docs/design.md ("Journal files")).
 /// Offset of `magic` (`[u8; 8]`).
@@ -77,6 +84,8 @@ pub(crate) const RECORD_ALIGN: u64 = 8;
 pub(crate) const KIND_PAGES: u16 = 1;
 /// `kind` of the record that closes a group.
 pub(crate) const KIND_COMMIT: u16 = 2;
+/// `kind` of a record carrying page deltas (format version 2; payload in [`super::delta`]).
+pub(crate) const KIND_DELTA: u16 = 3;
 /// Size of one journaled page.
 pub(crate) const PAGE_SIZE: u64 = 4096;
 /// Largest payload of one `PAGES` record.
@@ -97,6 +106,8 @@ pub(crate) struct JournalHeader {
     pub start_seq: u64,
     /// Random per file, mixed into every record checksum.
     pub salt: u64,
+    /// The format version ([`MIN_READ_VERSION`]..=[`VERSION`]).
+    pub version: u32,
 }
 
 /// Why a file header was rejected. [`HeaderError::offset`] names the bad field.
@@ -109,7 +120,7 @@ pub(crate) enum HeaderError {
     },
     /// `magic` is not [`MAGIC`].
     BadMagic,
-    /// `version` is not [`VERSION`].
+    /// `version` is outside [`MIN_READ_VERSION`]..=[`VERSION`].
     UnsupportedVersion(u32),
     /// `hdr_len` is not [`HEADER_LEN`].
     BadHeaderLen(u32),
@@ -149,7 +160,10 @@ impl fmt::Display for HeaderError {
             }
             HeaderError::BadMagic => write!(f, "not a snapheap journal (bad magic)"),
             HeaderError::UnsupportedVersion(v) => {
-                write!(f, "journal format version {v}, this build reads version {VERSION}")
+                write!(
+                    f,
+                    "journal format version {v}, this build reads versions {MIN_READ_VERSION} to {VERSION}"
+                )
             }
             HeaderError::BadHeaderLen(n) => write!(f, "header length {n}, expected {HEADER_LEN}"),
             HeaderError::BadChecksum { stored, computed } => write!(
@@ -165,7 +179,7 @@ impl fmt::Display for HeaderError {
 pub(crate) fn encode_header(h: &JournalHeader) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
     b[MAGIC_OFFSET..MAGIC_OFFSET + 8].copy_from_slice(&MAGIC);
-    put_u32(&mut b, VERSION_OFFSET, VERSION);
+    put_u32(&mut b, VERSION_OFFSET, h.version);
     put_u32(&mut b, HDR_LEN_OFFSET, HEADER_LEN as u32);
     put_u64(&mut b, HEAP_ID_OFFSET, h.heap_id);
     put_u64(&mut b, JOURNAL_ID_OFFSET, h.journal_id);
@@ -189,7 +203,7 @@ pub(crate) fn decode_header(b: &[u8]) -> Result<JournalHeader, HeaderError> {
         return Err(HeaderError::BadMagic);
     }
     let version = field32(VERSION_OFFSET);
-    if version != VERSION {
+    if !(MIN_READ_VERSION..=VERSION).contains(&version) {
         return Err(HeaderError::UnsupportedVersion(version));
     }
     let hdr_len = field32(HDR_LEN_OFFSET);
@@ -212,6 +226,7 @@ pub(crate) fn decode_header(b: &[u8]) -> Result<JournalHeader, HeaderError> {
         journal_id: field64(JOURNAL_ID_OFFSET),
         start_seq: field64(START_SEQ_OFFSET),
         salt: field64(SALT_OFFSET),
+        version,
     })
 }
 
@@ -221,17 +236,18 @@ pub(crate) fn decode_header(b: &[u8]) -> Result<JournalHeader, HeaderError> {
 pub(crate) struct RecordHeader {
     /// Stored checksum.
     pub crc: u32,
-    /// [`KIND_PAGES`] or [`KIND_COMMIT`].
+    /// [`KIND_PAGES`], [`KIND_DELTA`] or [`KIND_COMMIT`].
     pub kind: u16,
     /// Zero.
     pub flags: u16,
     /// Payload length in bytes.
     pub len: u32,
-    /// `PAGES`: pages in the payload; `COMMIT`: `PAGES` records in the group.
+    /// `PAGES`: pages in the payload; `DELTA`: entries in the payload; `COMMIT`: `PAGES` and
+    /// `DELTA` records in the group.
     pub count: u32,
     /// Commit sequence number of the group.
     pub seq: u64,
-    /// `PAGES`: region offset of the first page; `COMMIT`: region extent.
+    /// `PAGES`: region offset of the first page; `DELTA`: 0; `COMMIT`: region extent.
     pub arg: u64,
     /// A file offset that was durable when the record was written.
     pub synced: u64,
@@ -285,6 +301,18 @@ impl RecordHeader {
                     Err("page count of a PAGES record out of range")
                 } else if u64::from(self.len) != u64::from(self.count) * PAGE_SIZE {
                     Err("PAGES record length is not its page count times the page size")
+                } else {
+                    Ok(())
+                }
+            }
+            KIND_DELTA => {
+                let len = self.len as usize;
+                if len % 8 != 0 || len < MIN_ENTRY_LEN || self.len > MAX_PAGES_PAYLOAD {
+                    Err("DELTA record length out of range or not a multiple of 8")
+                } else if self.count == 0 || self.count as usize > len / MIN_ENTRY_LEN {
+                    Err("entry count of a DELTA record out of range")
+                } else if self.arg != 0 {
+                    Err("DELTA record arg is not zero")
                 } else {
                     Ok(())
                 }
@@ -416,6 +444,7 @@ mod tests {
             journal_id: 7,
             start_seq: 41,
             salt: 0xdead_beef,
+            version: VERSION,
         }
     }
 

@@ -1,4 +1,10 @@
-//! The meta header: the heap's identity, written once when the heap is created.
+//! The meta header: the heap's identity, written when the heap is created (and rewritten
+//! once when a format-1 heap is upgraded to format 2).
+//!
+//! Format 2 (this build): the root fields name the *kind* of heap (for a `Heap<T>`
+//! `snapheap::Heap root record v1`, whose root type and schema live in the committed root
+//! record, `root.rs`; for a `GlobalHeap` its registry type). Format 1 recorded the user's
+//! root type and schema here; such a heap is read and upgraded at its first open.
 //!
 //! File `meta` in the heap directory, 512 bytes, little-endian:
 //!
@@ -44,14 +50,19 @@ pub(crate) const CRC_OFFSET: usize = 508;
 
 /// The magic number of a meta file.
 pub(crate) const MAGIC: [u8; 8] = *b"SNAPHEAP";
-/// The on-disk format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The older format version this build still reads (and upgrades at open).
+pub(crate) const LEGACY_FORMAT_VERSION: u32 = 1;
 /// The largest `max_size` accepted (64 TiB, inside x86-64's 47-bit user space).
 pub(crate) const MAX_MAX_SIZE: u64 = 1 << 46;
 
 /// The decoded meta header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
+    /// Format version: [`FORMAT_VERSION`], or [`LEGACY_FORMAT_VERSION`] for a heap not yet
+    /// upgraded.
+    pub version: u32,
     pub heap_id: u64,
     pub page_size: u32,
     pub base: u64,
@@ -98,7 +109,7 @@ impl Meta {
     pub(crate) fn encode(&self) -> [u8; META_LEN] {
         let mut b = [0u8; META_LEN];
         b[MAGIC_OFFSET..MAGIC_OFFSET + 8].copy_from_slice(&MAGIC);
-        put_u32(&mut b, VERSION_OFFSET, FORMAT_VERSION);
+        put_u32(&mut b, VERSION_OFFSET, self.version);
         put_u32(&mut b, PAGE_SIZE_OFFSET, self.page_size);
         put_u64(&mut b, HEAP_ID_OFFSET, self.heap_id);
         put_u64(&mut b, BASE_OFFSET, self.base);
@@ -132,7 +143,7 @@ impl Meta {
             return Err(corrupt(CRC_OFFSET, "meta header checksum mismatch"));
         }
         let version = get_u32(b, VERSION_OFFSET);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != LEGACY_FORMAT_VERSION {
             return Err(MetaError::Version(version));
         }
         let page_size = get_u32(b, PAGE_SIZE_OFFSET);
@@ -162,6 +173,7 @@ impl Meta {
                 .map_err(|_| corrupt(off, "text field is not UTF-8"))
         };
         Ok(Meta {
+            version,
             heap_id: get_u64(b, HEAP_ID_OFFSET),
             page_size,
             base,
@@ -183,6 +195,7 @@ mod tests {
 
     fn sample() -> Meta {
         Meta {
+            version: FORMAT_VERSION,
             heap_id: 0x1234_5678_9abc_def0,
             page_size: 4096,
             base: 0x2000_0000_0000,
@@ -201,6 +214,13 @@ mod tests {
     fn meta_round_trips() {
         let m = sample();
         assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn format_1_headers_still_decode() {
+        let mut m = sample();
+        m.version = LEGACY_FORMAT_VERSION;
+        assert_eq!(Meta::decode(&m.encode()).unwrap().version, 1);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod delta;
 pub(crate) mod journal;
 pub(crate) mod meta;
+pub(crate) mod root;
 pub(crate) mod snapshot;
 
 fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {

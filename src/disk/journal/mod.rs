@@ -14,7 +14,8 @@
 //!   `[end, zeroed_end)` were written as zeros by this writer (pre-zeroed space).
 //! - Scan: `FIRST_RECORD_OFFSET <= valid_end <= file_len`; `groups[i].seq == start_seq + 1 + i`;
 //!   `groups[i].runs` are consecutive, disjoint ranges of `runs` covering all of it; every
-//!   run satisfies `file_offset + len <= valid_end`.
+//!   run satisfies `file_offset + len <= valid_end`, and a `DELTA` run's payload passed
+//!   `format::delta::check_payload`.
 //! - Nothing read from disk is trusted before its checksum verified; buffers are bounded by
 //!   `min(WINDOW_LEN, file length)` and the run list by `file length / 4136` entries.
 
@@ -55,15 +56,22 @@ pub(crate) fn parse_journal_file_name(name: &str) -> Option<u64> {
     }
 }
 
-/// Where the payload of one `PAGES` record lies in the journal file.
+/// Where the payload of one `PAGES` or `DELTA` record lies in the journal file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PageRun {
     /// File offset of the first payload byte.
     pub file_offset: u64,
-    /// Byte offset in the heap region of the first page (a multiple of 4096).
+    /// `PAGES`: byte offset in the heap region of the first page (a multiple of 4096).
+    /// `DELTA`: the first entry's page.
     pub region_offset: u64,
-    /// Payload length in bytes (a multiple of 4096, at most 1 MiB).
+    /// Payload length in bytes (`PAGES`: a multiple of 4096; both: at most 1 MiB).
     pub len: u64,
+    /// `Some(count)` for a `DELTA` record of `count` entries (its payload validated by the
+    /// scanner); `None` for `PAGES`.
+    pub delta_entries: Option<u32>,
+    /// End of the region range the record touches (`PAGES`: `region_offset + len`; `DELTA`:
+    /// the last entry's page + 4096).
+    pub region_end: u64,
 }
 
 /// One complete commit group.
@@ -107,7 +115,7 @@ mod tests {
     use super::*;
     use crate::disk::format::journal::{
         decode_header, seal_record, RecordHeader, FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEAP_ID_OFFSET,
-        JOURNAL_ID_OFFSET, PAGE_SIZE, RECORD_HEADER_LEN,
+        JOURNAL_ID_OFFSET, KIND_DELTA, PAGE_SIZE, RECORD_HEADER_LEN,
     };
     use crate::disk::format::journal::{REC_COUNT_OFFSET, REC_SEQ_OFFSET, REC_SYNCED_OFFSET, VERSION_OFFSET};
     use crate::disk::format::{put_u32, put_u64};
@@ -633,12 +641,110 @@ mod tests {
         assert_eq!(corrupt_offset(r), HEAP_ID_OFFSET as u64);
         let r = scan_journal(&vfs, &jpath(), HEAP, ID + 1, true);
         assert_eq!(corrupt_offset(r), JOURNAL_ID_OFFSET as u64);
-        let mut b = bytes(&vfs, &jpath());
-        b[VERSION_OFFSET] = 2;
-        let crc = crc32fast::hash(&b[..60]);
-        b[60..64].copy_from_slice(&crc.to_le_bytes());
-        let vfs = with_file(&jpath(), &b);
-        assert!(matches!(scan(&vfs, true), Err(Error::Incompatible { .. })));
+        for (version, readable) in [(0u8, false), (1, true), (2, true), (3, false), (0xff, false)] {
+            let mut b = bytes(&vfs, &jpath());
+            b[VERSION_OFFSET] = version;
+            let crc = crc32fast::hash(&b[..60]);
+            b[60..64].copy_from_slice(&crc.to_le_bytes());
+            let vfs = with_file(&jpath(), &b);
+            let r = scan(&vfs, true);
+            if readable {
+                assert_eq!(r.unwrap().header.version, u32::from(version));
+            } else {
+                assert!(matches!(r, Err(Error::Incompatible { .. })), "version {version}: {r:?}");
+            }
+        }
+    }
+
+    /// Writes groups of `DELTA` entries (and one whole page) and returns the journal bytes, the
+    /// group ends, and each group's entries as `(page, new image)`.
+    /// Per group, its pages as `(region offset, new image)`.
+    type DeltaGroups = Vec<Vec<(u64, Vec<u8>)>>;
+
+    fn build_delta(vfs: &SimVfs) -> (Vec<u8>, Vec<u64>, DeltaGroups) {
+        use crate::disk::format::delta::{encode_entry, entry_len, page_crc, Run};
+        let mut w = JournalWriter::create(vfs, &dir(), HEAP, ID, START).unwrap();
+        w.set_prezero_step(TEST_PREZERO);
+        let mut ends = vec![FIRST_RECORD_OFFSET];
+        let mut groups = Vec::new();
+        for g in 0..4u64 {
+            w.begin_group(w.next_seq(), *ends.last().unwrap());
+            let whole = pages(g + 50, 1);
+            w.add_pages(0x40000, &whole);
+            let mut entries = vec![(0x40000, whole)];
+            for k in 0..3u64 {
+                let page = (g * 4 + k) * PAGE_SIZE;
+                let new = pages(g * 10 + k, 1);
+                let runs = [
+                    Run {
+                        start: k as u16,
+                        len: 2,
+                    },
+                    Run { start: 100, len: 1 },
+                ];
+                let out = w.delta_entry(entry_len(2, 3));
+                assert!(encode_entry(out, page, page_crc(&new), &runs, &new));
+                entries.push((page, new));
+            }
+            w.finish_group(1 << 20);
+            ends.push(w.write_encoded().unwrap());
+            groups.push(entries);
+        }
+        (built_bytes(vfs, &ends), ends, groups)
+    }
+
+    #[test]
+    fn delta_records_scan_with_their_pages_and_damage_inside_them_names_the_field() {
+        use crate::disk::format::delta::{ENTRY_HEADER_LEN, ENTRY_RUNS_OFFSET, RUN_DESC_LEN, RUN_START_OFFSET};
+        let vfs = SimVfs::new();
+        let (b, ends, groups) = build_delta(&vfs);
+        let s = scan(&vfs, false).unwrap();
+        assert_eq!(s.groups.len(), 4);
+        for (g, entries) in s.groups.iter().zip(&groups) {
+            let runs = &s.runs[g.runs.clone()];
+            assert_eq!(runs.len(), 2, "a PAGES and a DELTA record");
+            assert_eq!((runs[0].delta_entries, runs[0].region_offset), (None, 0x40000));
+            assert_eq!(runs[1].delta_entries, Some(3));
+            assert_eq!(
+                (runs[1].region_offset, runs[1].region_end),
+                (entries[1].0, entries[3].0 + PAGE_SIZE)
+            );
+        }
+        // A field of the second entry of group 2's DELTA record, resealed: Corrupt at it.
+        let starts = record_starts(&b);
+        let delta_rec = starts[4] as usize; // group 2: PAGES, DELTA, COMMIT after group 1's three
+        assert_eq!(RecordHeader::decode(&b[delta_rec..]).unwrap().kind, KIND_DELTA);
+        let entry = delta_rec + RECORD_HEADER_LEN + crate::disk::format::delta::entry_len(2, 3);
+        let salt = decode_header(&b).unwrap().salt;
+        let len = RecordHeader::decode(&b[delta_rec..]).unwrap().len as usize;
+        for (field, value) in [
+            (entry + ENTRY_RUNS_OFFSET, 0u8),
+            (entry + ENTRY_HEADER_LEN + RUN_DESC_LEN + RUN_START_OFFSET, 1),
+            (entry, 0x10),
+        ] {
+            let mut bad = b.clone();
+            bad[field] = value;
+            seal_record(&mut bad[delta_rec..delta_rec + RECORD_HEADER_LEN + len], salt);
+            let vfs = with_file(&jpath(), &bad);
+            assert_eq!(corrupt_offset(scan(&vfs, true)), field as u64, "field at {field}");
+        }
+        // The same journal as version 1: a DELTA record there is damage.
+        let mut v1 = b.clone();
+        v1[VERSION_OFFSET] = 1;
+        let crc = crc32fast::hash(&v1[..60]);
+        v1[60..64].copy_from_slice(&crc.to_le_bytes());
+        let vfs = with_file(&jpath(), &v1);
+        assert_eq!(corrupt_offset(scan(&vfs, true)), starts[1]);
+        // A resumed version-1 journal takes no deltas.
+        let vfs = with_file(&jpath(), &v1[..starts[1] as usize]);
+        let w = JournalWriter::resume(&vfs, &scan(&vfs, true).unwrap()).unwrap();
+        assert!(!w.accepts_delta());
+        // Cut anywhere in the last (delta) group: the first three groups remain.
+        for cut in ends[3]..ends[4] {
+            let vfs = with_file(&jpath(), &b[..cut as usize]);
+            let s = scan(&vfs, true).unwrap();
+            assert_eq!((s.groups.len(), s.valid_end), (3, ends[3]), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -11,10 +11,11 @@
 #![forbid(unsafe_code)]
 
 use super::{Group, JournalHeader, JournalScan, PageRun};
+use crate::disk::format::delta::{Entries, PAGE_SIZE as DELTA_PAGE};
 use crate::disk::format::journal::{
-    decode_header, verify_record_crc, HeaderError, RecordHeader, FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN,
-    HEAP_ID_OFFSET, JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_PAGES, MAX_RECORD_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
-    START_SEQ_OFFSET,
+    decode_header, verify_record_crc, HeaderError, RecordHeader, DELTA_VERSION, FIRST_RECORD_OFFSET, HEADER_AREA_LEN,
+    HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_DELTA, KIND_PAGES, MAX_RECORD_LEN, RECORD_ALIGN,
+    RECORD_HEADER_LEN, START_SEQ_OFFSET,
 };
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
@@ -197,6 +198,34 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
                 file_offset: pos + RECORD_HEADER_LEN as u64,
                 region_offset: h.arg,
                 len: u64::from(h.len),
+                delta_entries: None,
+                region_end: h.arg + u64::from(h.len),
+            });
+            pages_records += 1;
+        } else if h.kind == KIND_DELTA {
+            if header.version < DELTA_VERSION {
+                return Err(Error::corrupt(
+                    path,
+                    pos,
+                    format!("DELTA record in a version {} journal", header.version),
+                ));
+            }
+            // Validated whole before anything is applied; its checksum verified, so a bad
+            // entry is damage or a bug, never a torn write.
+            let payload_at = pos + RECORD_HEADER_LEN as u64;
+            let payload = w.get(payload_at, h.len as usize)?;
+            let (mut first, mut last) = (None, 0);
+            for e in Entries::new(payload, h.count) {
+                let e = e.map_err(|e| Error::corrupt(path, payload_at + e.offset as u64, e.to_string()))?;
+                first.get_or_insert(e.page);
+                last = e.page;
+            }
+            runs.push(PageRun {
+                file_offset: payload_at,
+                region_offset: first.unwrap_or(0),
+                len: u64::from(h.len),
+                delta_entries: Some(h.count),
+                region_end: last + DELTA_PAGE as u64,
             });
             pages_records += 1;
         } else {
@@ -206,7 +235,7 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
                     path,
                     pos,
                     format!(
-                        "COMMIT record of sequence {seq} counts {} PAGES records, its group has {pages_records}",
+                        "COMMIT record of sequence {seq} counts {} PAGES and DELTA records, its group has {pages_records}",
                         h.count
                     ),
                 ));

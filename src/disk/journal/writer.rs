@@ -12,8 +12,8 @@
 
 use super::{journal_file_name, JournalHeader, JournalScan, JOURNAL_TEMP_SUFFIX};
 use crate::disk::format::journal::{
-    encode_header, seal_record, RecordHeader, FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN, KIND_COMMIT,
-    KIND_PAGES, MAX_PAGES_PAYLOAD, PAGE_SIZE, RECORD_ALIGN, RECORD_HEADER_LEN,
+    encode_header, seal_record, RecordHeader, DELTA_VERSION, FIRST_RECORD_OFFSET, HEADER_AREA_LEN, HEADER_LEN,
+    KIND_COMMIT, KIND_DELTA, KIND_PAGES, MAX_PAGES_PAYLOAD, PAGE_SIZE, RECORD_ALIGN, RECORD_HEADER_LEN, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
@@ -53,10 +53,29 @@ pub(crate) struct JournalWriter {
     encoded: Option<u64>,
     /// Zeros for pre-zeroing, allocated on first use.
     zeros: SysVec<u8>,
+    /// The file's format version (from its header).
+    version: u32,
+    /// `DELTA` entries staged for the group's next `DELTA` record.
+    delta: SysVec<u8>,
+    /// The group being encoded.
+    group: GroupState,
+}
+
+/// The group [`JournalWriter`] is encoding.
+#[derive(Default)]
+struct GroupState {
+    seq: u64,
+    synced: u64,
+    /// The open `PAGES` record: (buffer offset of its header, region offset, payload len).
+    open_pages: Option<(usize, u64, usize)>,
+    /// Entries in `delta`.
+    delta_entries: u32,
+    /// Records sealed so far.
+    records: u32,
 }
 
 impl JournalWriter {
-    fn new(file: Arc<dyn VFile>, path: PathBuf, id: u64, salt: u64, end: u64, next_seq: u64) -> Self {
+    fn new(file: Arc<dyn VFile>, path: PathBuf, id: u64, salt: u64, end: u64, next_seq: u64, version: u32) -> Self {
         JournalWriter {
             file,
             path,
@@ -69,6 +88,9 @@ impl JournalWriter {
             buf: SysVec::new_in(System),
             encoded: None,
             zeros: SysVec::new_in(System),
+            version,
+            delta: SysVec::new_in(System),
+            group: GroupState::default(),
         }
     }
 
@@ -94,6 +116,7 @@ impl JournalWriter {
             journal_id: id,
             start_seq,
             salt,
+            version: VERSION,
         };
         let mut area = [0u8; HEADER_AREA_LEN];
         area[..HEADER_LEN].copy_from_slice(&encode_header(&header));
@@ -109,7 +132,7 @@ impl JournalWriter {
             let _ = vfs.remove(&tmp);
             return Err(e);
         }
-        Ok(Self::new(file, path, id, salt, FIRST_RECORD_OFFSET, next_seq))
+        Ok(Self::new(file, path, id, salt, FIRST_RECORD_OFFSET, next_seq, VERSION))
     }
 
     /// Continues the last journal after recovery: truncates it to `scan.valid_end` when
@@ -140,6 +163,7 @@ impl JournalWriter {
             scan.header.salt,
             scan.valid_end,
             next_seq,
+            scan.header.version,
         ))
     }
 
@@ -156,66 +180,134 @@ impl JournalWriter {
     /// `(region_offset, bytes)` with both multiples of 4096; contiguous pages are coalesced
     /// into `PAGES` records of at most 1 MiB, then the `COMMIT` record carries `extent`.
     /// `seq` must be [`Self::next_seq`] and `synced` an offset `<= end()` already durable.
-    /// Returns the encoded length. Does not allocate once the buffer has grown to the
-    /// largest group size (cost: one memcpy and one crc32 pass over the payload).
+    /// Returns the encoded length. (The same as [`Self::begin_group`], [`Self::add_pages`]
+    /// for each run and [`Self::finish_group`]; the tests' shorthand.)
+    #[cfg(test)]
     pub(crate) fn encode_group(&mut self, seq: u64, extent: u64, synced: u64, runs: &[(u64, &[u8])]) -> u64 {
+        self.begin_group(seq, synced);
+        for &(region_offset, bytes) in runs {
+            self.add_pages(region_offset, bytes);
+        }
+        self.finish_group(extent)
+    }
+
+    /// Starts encoding group `seq` (which must be [`Self::next_seq`]); `synced` is an offset
+    /// `<= end()` already durable. Add pages with [`Self::add_pages`] and
+    /// [`Self::delta_entry`], then close it with [`Self::finish_group`]. Does not allocate once
+    /// the buffers have grown to the largest group (cost: one memcpy and one crc32 pass over
+    /// the payload).
+    pub(crate) fn begin_group(&mut self, seq: u64, synced: u64) {
         debug_assert_eq!(seq, self.next_seq, "groups must have consecutive sequence numbers");
         debug_assert!(
             synced <= self.end,
             "synced {synced} is past the journal end {}",
             self.end
         );
-        const MAX: usize = MAX_PAGES_PAYLOAD as usize;
-        let payload: usize = runs.iter().map(|r| r.1.len()).sum();
-        let max_records = runs.len() + payload / MAX + 1;
         self.buf.clear();
-        self.buf.reserve(payload + max_records * RECORD_HEADER_LEN);
-        let header = move |kind, len: usize, count, arg| RecordHeader {
+        self.delta.clear();
+        self.group = GroupState {
+            seq,
+            synced,
+            open_pages: None,
+            delta_entries: 0,
+            records: 0,
+        };
+        self.encoded = None;
+    }
+
+    fn header(&self, kind: u16, len: usize, count: u32, arg: u64) -> RecordHeader {
+        RecordHeader {
             crc: 0,
             kind,
             flags: 0,
             len: len as u32,
             count,
-            seq,
+            seq: self.group.seq,
             arg,
-            synced,
-        };
-        let pages = move |len: usize, start| header(KIND_PAGES, len, (len as u64 / PAGE_SIZE) as u32, start);
-        // The open PAGES record: (buffer offset of its header, region offset, payload len).
-        let mut open: Option<(usize, u64, usize)> = None;
-        let mut records = 0u32;
-        for &(region_offset, bytes) in runs {
-            debug_assert!(region_offset % PAGE_SIZE == 0 && bytes.len() as u64 % PAGE_SIZE == 0);
-            let (mut off, mut rest) = (region_offset, bytes);
-            while !rest.is_empty() {
-                let (at, start, len) = match open {
-                    Some((at, start, len)) if start + len as u64 == off && len < MAX => (at, start, len),
-                    other => {
-                        if let Some((at, start, len)) = other {
-                            self.seal(at, pages(len, start));
-                            records += 1;
-                        }
-                        let at = self.buf.len();
-                        self.buf.resize(at + RECORD_HEADER_LEN, 0);
-                        (at, off, 0)
-                    }
-                };
-                let take = rest.len().min(MAX - len);
-                crate::mem::sysmem::extend_bytes(&mut self.buf, &rest[..take]);
-                open = Some((at, start, len + take));
-                off += take as u64;
-                rest = &rest[take..];
-            }
+            synced: self.group.synced,
         }
-        if let Some((at, start, len)) = open {
-            self.seal(at, pages(len, start));
-            records += 1;
+    }
+
+    /// Closes the open `PAGES` record, if any.
+    fn close_pages(&mut self) {
+        if let Some((at, start, len)) = self.group.open_pages.take() {
+            let h = self.header(KIND_PAGES, len, (len as u64 / PAGE_SIZE) as u32, start);
+            self.seal(at, h);
+            self.group.records += 1;
         }
+    }
+
+    /// Adds whole page images `bytes` at region offset `region_offset` (both multiples of
+    /// 4096) to the group, continuing the open `PAGES` record when contiguous with it.
+    pub(crate) fn add_pages(&mut self, region_offset: u64, bytes: &[u8]) {
+        const MAX: usize = MAX_PAGES_PAYLOAD as usize;
+        debug_assert!(region_offset % PAGE_SIZE == 0 && bytes.len() as u64 % PAGE_SIZE == 0);
+        let (mut off, mut rest) = (region_offset, bytes);
+        while !rest.is_empty() {
+            let (at, start, len) = match self.group.open_pages {
+                Some((at, start, len)) if start + len as u64 == off && len < MAX => (at, start, len),
+                _ => {
+                    self.close_pages();
+                    let at = self.buf.len();
+                    self.buf.resize(at + RECORD_HEADER_LEN, 0);
+                    (at, off, 0)
+                }
+            };
+            let take = rest.len().min(MAX - len);
+            crate::mem::sysmem::extend_bytes(&mut self.buf, &rest[..take]);
+            self.group.open_pages = Some((at, start, len + take));
+            off += take as u64;
+            rest = &rest[take..];
+        }
+    }
+
+    /// Whether this journal's format version may hold `DELTA` records (a resumed version-1
+    /// journal may not).
+    pub(crate) fn accepts_delta(&self) -> bool {
+        self.version >= DELTA_VERSION
+    }
+
+    /// Reserves a `DELTA` entry of `len` bytes (a multiple of 8, at most 1 MiB) in the group
+    /// and returns it for the caller to encode (`format::delta::encode_entry`). Entries must
+    /// come in increasing page order within the group.
+    pub(crate) fn delta_entry(&mut self, len: usize) -> &mut [u8] {
+        debug_assert!(self.accepts_delta() && len % 8 == 0 && len <= MAX_PAGES_PAYLOAD as usize);
+        if self.delta.len() + len > MAX_PAGES_PAYLOAD as usize {
+            self.flush_delta();
+        }
+        let at = self.delta.len();
+        self.delta.resize(at + len, 0);
+        self.group.delta_entries += 1;
+        &mut self.delta[at..]
+    }
+
+    /// Appends the staged `DELTA` entries as one record.
+    fn flush_delta(&mut self) {
+        if self.group.delta_entries == 0 {
+            return;
+        }
+        self.close_pages();
         let at = self.buf.len();
         self.buf.resize(at + RECORD_HEADER_LEN, 0);
-        self.seal(at, header(KIND_COMMIT, 0, records, extent));
+        crate::mem::sysmem::extend_bytes(&mut self.buf, &self.delta);
+        let h = self.header(KIND_DELTA, self.delta.len(), self.group.delta_entries, 0);
+        self.seal(at, h);
+        self.group.records += 1;
+        self.delta.clear();
+        self.group.delta_entries = 0;
+    }
+
+    /// Closes the group with its `COMMIT` record (carrying `extent`) and returns the encoded
+    /// length; [`Self::write_encoded`] writes it.
+    pub(crate) fn finish_group(&mut self, extent: u64) -> u64 {
+        self.flush_delta();
+        self.close_pages();
+        let at = self.buf.len();
+        self.buf.resize(at + RECORD_HEADER_LEN, 0);
+        let h = self.header(KIND_COMMIT, 0, self.group.records, extent);
+        self.seal(at, h);
         debug_assert_eq!(self.buf.len() as u64 % RECORD_ALIGN, 0);
-        self.encoded = Some(seq);
+        self.encoded = Some(self.group.seq);
         self.buf.len() as u64
     }
 

@@ -240,6 +240,24 @@ impl Tracker {
         Ok(t)
     }
 
+    /// An all-dirty tracker armed on nothing: what a detached engine leaves in place of the
+    /// tracker it hands to the detached heap.
+    pub(crate) fn placeholder() -> Tracker {
+        Tracker::bare(TrackMode::AllDirty)
+    }
+
+    /// Whether this tracker runs the rung `request` asks for (`Auto` any but soft-dirty, which it never picks): an adopted
+    /// detached heap keeps its tracker only then.
+    pub(crate) fn serves(&self, request: Tracking) -> bool {
+        match request {
+            Tracking::Auto => self.mode != TrackMode::SoftDirty,
+            Tracking::UffdWp => self.mode == TrackMode::Uffd,
+            Tracking::SoftDirty => self.mode == TrackMode::SoftDirty,
+            Tracking::Hashed => self.mode == TrackMode::Hashed,
+            Tracking::AllDirty => self.mode == TrackMode::AllDirty,
+        }
+    }
+
     /// A tracker in `mode` with no kernel objects.
     fn bare(mode: TrackMode) -> Tracker {
         Tracker {

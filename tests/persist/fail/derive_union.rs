@@ -1,0 +1,7 @@
+#[derive(snapheap::Persist)]
+union Bits {
+    int: u64,
+    float: f64,
+}
+
+fn main() {}

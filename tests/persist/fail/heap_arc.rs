@@ -1,0 +1,3 @@
+fn main() {
+    let _ = snapheap::Heap::<std::sync::Arc<u64>>::open("/tmp/never", |_| std::sync::Arc::new(1));
+}

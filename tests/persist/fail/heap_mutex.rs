@@ -1,0 +1,3 @@
+fn main() {
+    let _ = snapheap::Heap::<std::sync::Mutex<u64>>::open("/tmp/never", |_| std::sync::Mutex::new(0));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    let _ = snapheap::Heap::<&'static str>::open("/tmp/never", |_| "a literal in the executable");
+}
