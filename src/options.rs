@@ -111,6 +111,10 @@ pub struct OpenOptions {
     pub(crate) test_create_legacy_format: bool,
     #[cfg(any(test, feature = "testing"))]
     pub(crate) test_planted_bug: Option<PlantedBug>,
+    /// Tests only: called by a commit that forks a snapshot writer, after the collect and
+    /// the capture, just before the fork (to write heap memory in that window).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) test_before_fork: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Tests only (`testing` feature): deliberately broken protocol steps, used by the reliability suite to prove that
@@ -126,6 +130,10 @@ pub enum PlantedBug {
     /// After journaling a page as a delta, keep its old base image instead of the one just
     /// journaled, so its next delta is computed against a stale base (`engine/capture.rs`).
     DeltaStaleBase,
+    /// Skip the hashed rung's fork check (step 0 of the snapshot protocol): a snapshot writer
+    /// writes its image even where another thread changed a page between the commit's collect
+    /// and the fork (`engine/snapshot.rs`; `tests/track_fork_race.rs` must catch it).
+    NoForkCheck,
     /// At recovery, apply each `DELTA` entry to a zeroed page instead of the page's replayed
     /// image (`engine/recover.rs`): the post-image check must report it.
     DeltaReplayZeroBase,
@@ -181,6 +189,8 @@ impl Default for OpenOptions {
             test_create_legacy_format: false,
             #[cfg(any(test, feature = "testing"))]
             test_planted_bug: None,
+            #[cfg(any(test, feature = "testing"))]
+            test_before_fork: None,
         }
     }
 }
@@ -323,6 +333,33 @@ impl OpenOptions {
     pub fn test_planted_bug(&mut self, bug: Option<PlantedBug>) -> &mut Self {
         self.test_planted_bug = bug;
         self
+    }
+
+    /// Tests only: run `hook` in every commit that forks a snapshot writer, between the
+    /// commit's collect and the fork (the window an unguarded writer can hit).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn test_before_fork(&mut self, hook: Option<Arc<dyn Fn() + Send + Sync>>) -> &mut Self {
+        self.test_before_fork = hook;
+        self
+    }
+
+    /// Runs the [`test_before_fork`](Self::test_before_fork) hook, if any; nothing without the
+    /// `testing` feature.
+    pub(crate) fn run_test_before_fork(&self) {
+        #[cfg(any(test, feature = "testing"))]
+        if let Some(h) = &self.test_before_fork {
+            h();
+        }
+    }
+
+    /// Whether the tests planted [`PlantedBug::NoForkCheck`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_no_fork_check(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::NoForkCheck);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
     }
 
     /// Whether the tests planted [`PlantedBug::DeltaStaleBase`]; always false without the

@@ -18,6 +18,12 @@ pub struct Stats {
     pub snapshots: u64,
     /// Snapshots that failed (fork error or child failure) and will be retried.
     pub snapshot_failures: u64,
+    /// Snapshots their writer abandoned before writing anything because a page it was to
+    /// write no longer matched what the forking commit journaled (hashed tracking only: a
+    /// thread wrote heap memory without a guard between the commit's collect and the fork;
+    /// docs/design.md, "Snapshot protocol"). Retried at the next trigger (`Heap::snapshot`
+    /// retries at once, a few times).
+    pub snapshot_retries: u64,
     /// Pages written by the last completed snapshot.
     pub last_snapshot_pages: u64,
     /// How long the last `fork()` stalled the committing thread, in microseconds.

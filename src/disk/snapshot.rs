@@ -8,6 +8,10 @@
 //!
 //! The protocol (each step durable before the next starts):
 //!
+//! 0. With an [`ImageCheck`] (the hashed tracking rung): every page of the plan is checked
+//!    against the tracker's baselines first; if one differs, the writer abandons the snapshot
+//!    before touching the file ([`Written::ImageChanged`]). See docs/design.md, "Snapshot
+//!    protocol".
 //! 1. `StampInvalid`: overwrite the header with an invalid one, then `SyncInvalid`. From here
 //!    on recovery ignores this file, so half-written pages can never be mistaken for a
 //!    snapshot.
@@ -105,6 +109,14 @@ impl Plan {
     }
 }
 
+/// The check of step 0: whether the page at an address holds what the commit that forked
+/// journaled for it (the tracker's baseline). Implementations must be allocation-, lock- and
+/// panic-free: the forked child calls them.
+pub(crate) trait ImageCheck {
+    /// Whether the page at `addr` (page-aligned, inside the plan) may be written as it is.
+    fn page_matches(&self, addr: usize) -> bool;
+}
+
 /// Where a plan is written: a raw file descriptor (the forked child) or a [`VFile`]
 /// (in-process, e.g. on the simulated disk of the reliability tests).
 pub(crate) trait Sink {
@@ -144,9 +156,19 @@ impl Sink for &dyn VFile {
     }
 }
 
-/// Result of [`write_plan`]: `Ok(true)` when complete, `Ok(false)` when stopped early by
-/// `stop_after`, `Err((step, error))` on failure.
-pub(crate) type Outcome = Result<bool, (Step, io::Error)>;
+/// How a [`write_plan`] that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The protocol completed: the file holds a valid snapshot.
+    Complete,
+    /// Stopped early by `stop_after` (tests).
+    Stopped,
+    /// Step 0 found a page that differs from its baseline: nothing was written.
+    ImageChanged,
+}
+
+/// Result of [`write_plan`]: how it ended, or `Err((step, error))` on failure.
+pub(crate) type Outcome = Result<Written, (Step, io::Error)>;
 
 /// Runs the protocol. Allocation-free and panic-free, so it may run in a forked child.
 ///
@@ -154,14 +176,25 @@ pub(crate) type Outcome = Result<bool, (Step, io::Error)>;
 ///
 /// Every run `[a, b)` of the plan satisfies `base + b <= base + extent` of a region that is
 /// mapped and readable for the whole call.
-pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
+pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan, check: Option<&dyn ImageCheck>) -> Outcome {
     macro_rules! step {
         ($step:expr, $e:expr) => {{
             $e.map_err(|e| ($step, e))?;
             if plan.stop_after == Some($step) {
-                return Ok(false);
+                return Ok(Written::Stopped);
             }
         }};
+    }
+    if let Some(c) = check {
+        for &(a, b) in plan.runs.iter() {
+            let mut off = a;
+            while off < b {
+                if !c.page_matches(plan.base + off as usize) {
+                    return Ok(Written::ImageChanged);
+                }
+                off += sys::OS_PAGE as u64;
+            }
+        }
     }
     step!(Step::StampInvalid, sink.write_at(&plan.invalid_header, 0));
     step!(Step::SyncInvalid, sink.sync());
@@ -191,14 +224,18 @@ pub(crate) unsafe fn write_plan(sink: &impl Sink, plan: &Plan) -> Outcome {
     step!(Step::SyncData, sink.sync());
     step!(Step::WriteHeader, sink.write_at(&plan.header.encode(), 0));
     step!(Step::SyncHeader, sink.sync());
-    Ok(true)
+    Ok(Written::Complete)
 }
 
 /// Exit status the forked child uses for "stopped early on purpose" (tests).
 pub(crate) const EXIT_STOPPED: i32 = 100;
+/// Exit status the forked child uses for "abandoned at step 0: a page differs from its
+/// baseline" ([`Written::ImageChanged`]).
+pub(crate) const EXIT_IMAGE_CHANGED: i32 = 101;
 
-/// Body of the forked child: runs the plan on `fd` and leaves with `_exit`. Exit code 0 on
-/// success, [`EXIT_STOPPED`] when stopped by the plan, `10 + step` on failure, 3 if the parent
+/// Body of the forked child: runs the plan on `fd` (with the step-0 `check`, if any) and
+/// leaves with `_exit`. Exit code 0 on success, [`EXIT_STOPPED`] when stopped by the plan,
+/// [`EXIT_IMAGE_CHANGED`] when step 0 abandoned it, `10 + step` on failure, 3 if the parent
 /// died before the child started.
 ///
 /// The child first closes every descriptor but `fd` and `lock_fd`: it must not keep the
@@ -209,15 +246,22 @@ pub(crate) const EXIT_STOPPED: i32 = 100;
 ///
 /// Must only be called in a freshly forked child, with the plan's runs mapped (they are: the
 /// child has a copy-on-write image of the parent's region).
-pub(crate) unsafe fn child_main(fd: RawFd, lock_fd: RawFd, plan: &Plan, parent: libc::pid_t) -> ! {
+pub(crate) unsafe fn child_main(
+    fd: RawFd,
+    lock_fd: RawFd,
+    plan: &Plan,
+    check: Option<&dyn ImageCheck>,
+    parent: libc::pid_t,
+) -> ! {
     if sys::die_with_parent() != parent {
         sys::exit_immediately(3);
     }
     sys::close_all_except(&[fd, lock_fd]);
     // SAFETY: forwarded from this function's contract.
-    match unsafe { write_plan(&RawSink(fd), plan) } {
-        Ok(true) => sys::exit_immediately(0),
-        Ok(false) => sys::exit_immediately(EXIT_STOPPED),
+    match unsafe { write_plan(&RawSink(fd), plan, check) } {
+        Ok(Written::Complete) => sys::exit_immediately(0),
+        Ok(Written::Stopped) => sys::exit_immediately(EXIT_STOPPED),
+        Ok(Written::ImageChanged) => sys::exit_immediately(EXIT_IMAGE_CHANGED),
         Err((step, _)) => sys::exit_immediately(10 + step as i32),
     }
 }

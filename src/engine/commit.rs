@@ -114,10 +114,13 @@ impl Engine {
                 );
                 cs.journal.finish_group(extent as u64);
             }
-            drop(tracker);
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
-                forked = self.fork_snapshot(cs, seq, extent);
+                self.opts.run_test_before_fork();
+                // The tracker stays locked through the fork: the hashed rung's writer checks
+                // its image against the baselines of this collect (`snapshot.rs`).
+                forked = self.fork_snapshot(cs, &tracker, seq, extent);
             }
+            drop(tracker);
         }
         if seq != cs.last_seq {
             match cs.journal.write_encoded() {

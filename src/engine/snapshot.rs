@@ -19,11 +19,12 @@
 use super::{lock, CommitState, Engine};
 use crate::disk::format::snapshot::{dirty_len_for, SnapHeader};
 use crate::disk::journal::{parse_journal_file_name, JournalWriter};
-use crate::disk::snapshot::{self as writer, Plan, Step};
+use crate::disk::snapshot::{self as writer, ImageCheck, Plan, Step, Written};
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use crate::mem::dirty_set::DirtySet;
 use crate::mem::sysmem::SysVec;
+use crate::mem::track::Tracker;
 use crate::sys;
 use std::alloc::System;
 use std::path::Path;
@@ -34,8 +35,8 @@ use std::time::Instant;
 pub(crate) struct Pending {
     /// The child's pid; 0 when the plan was written in-process.
     pid: libc::pid_t,
-    /// Outcome of an in-process write.
-    in_process_ok: bool,
+    /// Outcome of an in-process write (`None`: it failed).
+    in_process: Option<Written>,
     slot: usize,
     header: SnapHeader,
     pages: u64,
@@ -115,16 +116,21 @@ impl Engine {
 
     /// Starts a snapshot writer for the current image. Returns whether one was started (a
     /// failed fork is counted and retried at a later commit; the journal keeps every commit
-    /// safe meanwhile). Runs with the allocator paused.
-    pub(super) fn fork_snapshot(&self, cs: &mut CommitState, seq: u64, extent: usize) -> bool {
+    /// safe meanwhile). Runs with the allocator paused and the tracker locked (`tracker`, as
+    /// of this commit's collect): with the hashed rung the writer checks every page it writes
+    /// against the tracker's baselines first (step 0 of the protocol) and abandons the
+    /// snapshot if one differs, i.e. another thread wrote it between the collect and the fork.
+    pub(super) fn fork_snapshot(&self, cs: &mut CommitState, tracker: &Tracker, seq: u64, extent: usize) -> bool {
         if cs.pending.is_some() {
             return false;
         }
         let (slot, plan) = self.plan_snapshot(cs, seq, extent);
+        let check_image = tracker.needs_image_check() && !self.opts.planted_no_fork_check();
+        let check: Option<&dyn ImageCheck> = check_image.then_some(tracker as &dyn ImageCheck);
         let pages = plan.pages();
         let started = Instant::now();
         let file: &dyn VFile = &*cs.snap_files[slot];
-        let (pid, in_process_ok) = match file.raw_fd() {
+        let (pid, in_process) = match file.raw_fd() {
             Some(fd) => {
                 let lock_fd = self.lock_file.raw_fd().unwrap_or(-1);
                 // SAFETY: getpid has no preconditions.
@@ -133,9 +139,10 @@ impl Engine {
                 // panic-free and leaves with _exit.
                 match unsafe { sys::fork() } {
                     // SAFETY: we are the freshly forked child; the plan's runs lie in the
-                    // region, which the child has a copy-on-write image of.
-                    Ok(0) => unsafe { writer::child_main(fd, lock_fd, &plan, parent) },
-                    Ok(pid) => (pid, false),
+                    // region, which the child has a copy-on-write image of. The check reads the
+                    // child's copy of the tracker, whose lock this thread held at the fork.
+                    Ok(0) => unsafe { writer::child_main(fd, lock_fd, &plan, check, parent) },
+                    Ok(pid) => (pid, None),
                     Err(_) => {
                         self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                         return false;
@@ -145,8 +152,8 @@ impl Engine {
             None => {
                 // SAFETY: the plan's runs lie inside the mapped region, which stays mapped
                 // during this call.
-                let r = unsafe { writer::write_plan(&file, &plan) };
-                (0, matches!(r, Ok(true)))
+                let r = unsafe { writer::write_plan(&file, &plan, check) };
+                (0, r.ok())
             }
         };
         self.counters
@@ -161,7 +168,7 @@ impl Engine {
         cs.capture.invalidate(extent as u64);
         cs.pending = Some(Pending {
             pid,
-            in_process_ok,
+            in_process,
             slot,
             header: plan.header,
             pages,
@@ -187,11 +194,18 @@ impl Engine {
 
     /// Reaps a finished snapshot writer (blocking if `block`). On success the new snapshot
     /// becomes the newest and older journals are deleted; on failure its pages are folded back
-    /// into `since_snap` and its file counts as invalid. Returns the failure, if any.
-    pub(super) fn reap(&self, cs: &mut CommitState, block: bool) -> Option<String> {
+    /// into `since_snap` and its file counts as invalid; when the writer abandoned the snapshot
+    /// at step 0 (hashed rung: a page changed between the collect and the fork) the pages are
+    /// folded back too, the untouched file keeps its state, `Stats::snapshot_retries` grows and
+    /// the next trigger tries again. Returns what went wrong, if anything.
+    pub(super) fn reap(&self, cs: &mut CommitState, block: bool) -> Option<Reaped> {
         let p = cs.pending.as_ref()?;
         let ok = if p.pid == 0 {
-            Ok(p.in_process_ok)
+            match p.in_process {
+                Some(Written::Complete) => Ok(true),
+                Some(Written::ImageChanged) => Ok(false),
+                _ => Err("in-process snapshot write failed".to_string()),
+            }
         } else {
             let st = if block {
                 sys::wait_child(p.pid).map(Some)
@@ -203,6 +217,8 @@ impl Engine {
                 Ok(Some(s)) => {
                     if libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0 {
                         Ok(true)
+                    } else if libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == writer::EXIT_IMAGE_CHANGED {
+                        Ok(false)
                     } else {
                         Err(describe_status(s))
                     }
@@ -239,37 +255,58 @@ impl Engine {
                 }
                 None
             }
-            failed => {
+            Ok(false) => {
+                // Nothing was written: the target keeps whatever state it had (an older valid
+                // image stays usable as the next plan's base).
+                cs.since_snap.union_with(&p.fork_set);
+                self.counters.snapshot_retries.fetch_add(1, Ordering::Relaxed);
+                Some(Reaped::ImageChanged)
+            }
+            Err(why) => {
                 cs.snaps[p.slot] = None;
                 cs.since_snap.union_with(&p.fork_set);
                 self.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                Some(match failed {
-                    Err(s) => s,
-                    _ => "in-process snapshot write failed".to_string(),
-                })
+                Some(Reaped::Failed(why))
             }
         }
     }
 
     /// Takes a snapshot now and waits until it is durable (commit lock held by the caller).
+    /// A writer that abandons its snapshot because other threads wrote heap memory between
+    /// the collect and the fork (hashed rung) is retried at once, up to
+    /// [`SNAPSHOT_ATTEMPTS`] times in all.
     pub(crate) fn snapshot_locked(&self, cs: &mut CommitState) -> Result<()> {
         self.reap(cs, true);
-        self.commit_locked(cs, true)?;
-        if cs.pending.is_none() {
-            return Err(Error::io(
-                "fork (snapshot writer)",
-                &self.dir,
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let slot = cs.pending.as_ref().map_or(0, |p| p.slot);
-        match self.reap(cs, true) {
-            None => Ok(()),
-            Some(why) => Err(Error::io(
-                "snapshot writer",
-                self.dir.join(SNAPSHOT_FILES[slot]),
-                std::io::Error::other(why),
-            )),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.commit_locked(cs, true)?;
+            if cs.pending.is_none() {
+                return Err(Error::io(
+                    "fork (snapshot writer)",
+                    &self.dir,
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            let slot = cs.pending.as_ref().map_or(0, |p| p.slot);
+            let path = self.dir.join(SNAPSHOT_FILES[slot]);
+            match self.reap(cs, true) {
+                None => return Ok(()),
+                Some(Reaped::ImageChanged) if attempt < SNAPSHOT_ATTEMPTS => continue,
+                Some(Reaped::ImageChanged) => {
+                    return Err(Error::io(
+                        "snapshot writer",
+                        path,
+                        std::io::Error::other(format!(
+                            "abandoned {SNAPSHOT_ATTEMPTS} times: other threads kept writing heap memory between \
+                             the commit's collect and the fork (hashed tracking; the journal holds every commit)"
+                        )),
+                    ))
+                }
+                Some(Reaped::Failed(why)) => {
+                    return Err(Error::io("snapshot writer", path, std::io::Error::other(why)))
+                }
+            }
         }
     }
 
@@ -278,6 +315,24 @@ impl Engine {
         let mut cs = lock(&self.commit);
         self.check_poison()?;
         self.snapshot_locked(&mut cs)
+    }
+}
+
+/// Attempts `Heap::snapshot` makes when writers abandon the snapshot at step 0.
+pub(crate) const SNAPSHOT_ATTEMPTS: u32 = 4;
+
+/// What went wrong with a reaped snapshot writer.
+#[derive(Debug)]
+pub(crate) enum Reaped {
+    /// Abandoned at step 0 (hashed rung): nothing was written; retried later.
+    ImageChanged,
+    /// It failed (the reason); its file counts as invalid.
+    Failed(String),
+}
+
+impl ImageCheck for Tracker {
+    fn page_matches(&self, addr: usize) -> bool {
+        self.image_matches(addr)
     }
 }
 

@@ -298,6 +298,42 @@ impl Hashed {
         step(self, None, "probe: collect did not update the baseline (2)")
     }
 
+    /// The baseline of the armed page at `addr`: `None` when it is not armed, `Some(0)` when
+    /// its content is its backing. Allocation-free (a binary search), so the snapshot child
+    /// may call it.
+    fn baseline(&self, addr: usize) -> Option<Digest> {
+        let i = self.pieces.partition_point(|p| p.end <= addr);
+        let p = self.pieces.get(i).filter(|p| p.start <= addr)?;
+        p.digests.get((addr - p.start) / PAGE).copied()
+    }
+
+    /// Whether the page at `addr` still holds the bytes its baseline was taken from, as far as
+    /// the snapshot writer must know: true for a page without a baseline (its content is the
+    /// backing, or it is private anonymous and so reported at the next collect whatever it
+    /// holds) and for an unarmed one; else whether the page's digest equals the baseline. The
+    /// snapshot child calls it on its copy-on-write image, which is frozen, for every page it is
+    /// about to write (docs/design.md, "Dirty tracking: the ladder", the fork check).
+    /// Allocation-, lock- and panic-free.
+    pub(crate) fn image_matches(&self, addr: usize) -> bool {
+        match self.baseline(addr) {
+            None | Some(0) => true,
+            // SAFETY: an armed page is mapped readable (the promise of `arm`).
+            Some(d) => d == unsafe { digest(&self.key, (addr & !(PAGE - 1)) as *const u64) },
+        }
+    }
+
+    /// Whether the armed page at `addr` has a baseline and it is the digest of `bytes` (one
+    /// page): then the next collect reports the page exactly when its content differs from
+    /// `bytes` (for `verify`, comparing against the committed image).
+    pub(crate) fn baseline_is(&self, addr: usize, bytes: &[u8]) -> bool {
+        debug_assert_eq!(bytes.len(), PAGE);
+        match self.baseline(addr) {
+            // SAFETY: `bytes` is one page of readable memory (unaligned reads).
+            Some(d) if d != 0 && bytes.len() == PAGE => d == unsafe { digest(&self.key, bytes.as_ptr().cast()) },
+            _ => false,
+        }
+    }
+
     /// The copies staged by the last updating [`report`](Self::report): the reported pages'
     /// bytes in report order. The commit journals these, not the live pages.
     pub(crate) fn staged(&self) -> &[u8] {

@@ -323,6 +323,25 @@ impl Tracker {
         self.hashed.as_ref().map(|h| h.staged())
     }
 
+    /// Whether a snapshot writer must check its image against this tracker before writing
+    /// it: only the hashed rung, whose report is not sticky (a write between the collect and
+    /// the fork that is undone before the next collect leaves no trace; see `hashed.rs`).
+    pub(crate) fn needs_image_check(&self) -> bool {
+        self.hashed.is_some()
+    }
+
+    /// The snapshot child's check for the page at `addr` (see [`Hashed::image_matches`]);
+    /// true for the other rungs. Allocation-, lock- and panic-free.
+    pub(crate) fn image_matches(&self, addr: usize) -> bool {
+        self.hashed.as_ref().is_none_or(|h| h.image_matches(addr))
+    }
+
+    /// Hashed rung only: whether the page at `addr` has a baseline equal to the digest of
+    /// `bytes`, so the next collect reports it exactly when it differs from `bytes` (`verify`).
+    pub(crate) fn baseline_is(&self, addr: usize, bytes: &[u8]) -> bool {
+        self.hashed.as_ref().is_some_and(|h| h.baseline_is(addr, bytes))
+    }
+
     /// Starts tracking `[start, end)`: page-aligned, mapped read-write, possibly partly
     /// populated, anonymous or a `MAP_PRIVATE` file mapping, holding committed content. In
     /// uffd-wp mode registers it in write-protect mode and protects every page, so only writes
