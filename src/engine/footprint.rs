@@ -124,6 +124,57 @@ fn anonymous_runs(pm: &Pagemap, start: usize, end: usize, out: &mut SysVec<(usiz
     Ok(())
 }
 
+/// [`anonymous_runs`], falling back to plain `/proc/self/pagemap` entries where the kernel
+/// lacks `PAGEMAP_SCAN` (before 6.7: there only the hashed rung runs, and remapping is what
+/// keeps its collect cheap). The entries cannot tell the shared zero page (its frame number is
+/// hidden from unprivileged readers), so the fallback also returns present zero-page runs;
+/// remapping those is useless but harmless (a page neither written since the snapshot's fork
+/// nor reported holds the snapshot's bytes, whatever it maps).
+fn present_anonymous_runs(
+    pm: &Pagemap,
+    start: usize,
+    end: usize,
+    out: &mut SysVec<(usize, usize)>,
+) -> std::io::Result<()> {
+    let first = out.len();
+    match anonymous_runs(pm, start, end, out) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL | libc::EOPNOTSUPP)) => {
+            out.truncate(first);
+            anonymous_runs_from_entries(start, end, out)
+        }
+        r => r,
+    }
+}
+
+/// Runs of present, non-file pages of `[start, end)` from `/proc/self/pagemap` entries (any
+/// kernel since 4.2), appended to `out`.
+fn anonymous_runs_from_entries(start: usize, end: usize, out: &mut SysVec<(usize, usize)>) -> std::io::Result<()> {
+    use crate::sys::pagemap::{PagemapEntries, PM_FILE, PM_PRESENT};
+    const CHUNK: usize = 4096;
+    let pm = PagemapEntries::open()?;
+    let mut entries: SysVec<u64> = SysVec::new_in(System);
+    entries.resize(CHUNK, 0);
+    let first = out.len();
+    let mut addr = start;
+    while addr < end {
+        let n = CHUNK.min((end - addr) / sys::OS_PAGE);
+        pm.read(addr, &mut entries[..n])?;
+        for (j, &e) in entries[..n].iter().enumerate() {
+            if e & PM_PRESENT == 0 || e & PM_FILE != 0 {
+                continue;
+            }
+            let a = addr + j * sys::OS_PAGE;
+            let extend = out.len() > first && out.last().is_some_and(|l| l.1 == a);
+            match out.last_mut() {
+                Some(last) if extend => last.1 = a + sys::OS_PAGE,
+                _ => out.push((a, a + sys::OS_PAGE)),
+            }
+        }
+        addr += n * sys::OS_PAGE;
+    }
+    Ok(())
+}
+
 /// Bytes of `[start, end)` that are present private anonymous memory; 0 if the kernel cannot
 /// tell (no `PAGEMAP_SCAN`).
 pub(crate) fn anonymous_bytes(start: usize, end: usize) -> u64 {
@@ -196,7 +247,7 @@ impl Engine {
         let mut tracker = lock(&self.grow.tracker);
         let mut anon = SysVec::new_in(System);
         let mut written = SysVec::new_in(System);
-        if anonymous_runs(&pm, lo, hi, &mut anon).is_err() || tracker.peek(lo, hi, &mut written).is_err() {
+        if present_anonymous_runs(&pm, lo, hi, &mut anon).is_err() || tracker.peek(lo, hi, &mut written).is_err() {
             cs.footprint.due = false;
             return false;
         }
@@ -294,5 +345,35 @@ impl Engine {
         }
         debug_assert!(check.is_empty(), "freshly remapped pages reported written");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pagemap-entries fallback finds the same written runs as `PAGEMAP_SCAN` on a mapping
+    /// of written and untouched anonymous pages (no zero pages: the fallback cannot tell those).
+    #[test]
+    fn entries_fallback_matches_pagemap_scan() {
+        let pages = 64;
+        let mut map = crate::sys::uffd::ScratchMap::new(pages * sys::OS_PAGE).unwrap();
+        let a = map.addr();
+        for p in [0usize, 1, 2, 7, 20, 21, 40, 63] {
+            map.write(p * sys::OS_PAGE + 8, 1);
+        }
+        let mut from_entries = SysVec::new_in(System);
+        anonymous_runs_from_entries(a, a + pages * sys::OS_PAGE, &mut from_entries).unwrap();
+        let want: std::vec::Vec<(usize, usize)> = [(0, 3), (7, 8), (20, 22), (40, 41), (63, 64)]
+            .iter()
+            .map(|&(x, y)| (a + x * sys::OS_PAGE, a + y * sys::OS_PAGE))
+            .collect();
+        assert_eq!(from_entries.as_slice(), want.as_slice());
+        if let Ok(pm) = Pagemap::open() {
+            let mut scanned = SysVec::new_in(System);
+            if anonymous_runs(&pm, a, a + pages * sys::OS_PAGE, &mut scanned).is_ok() {
+                assert_eq!(scanned.as_slice(), want.as_slice());
+            }
+        }
     }
 }

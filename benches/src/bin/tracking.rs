@@ -5,12 +5,18 @@
 //! 2. `spread`: a 1 GiB heap, 1% of its pages changed at every commit.
 //!
 //! Every rung the kernel offers is opened with `OpenOptions::tracking` (a rung it lacks is
-//! printed as unavailable, with the probe's reason). Commits use `Durability::Eventual` with a
+//! printed as unavailable, with the probe's reason). The `+ remap` rows open with
+//! `OpenOptions::remap_clean_pages(true)` and take one snapshot after the fill (which maps the
+//! pages equal to it back from the snapshot file), so the hashed rung's pagemap read finds them
+//! as file pages and hashes only the pages written since: what a long-running program with
+//! remapping on sees between snapshots. No snapshot runs during the timed commits, so under
+//! `spread` the written pages accumulate (1% more per commit). Commits use `Durability::Eventual` with a
 //! flush interval longer than the run, so the times are the commit path (find pages, copy,
 //! write to the page cache), not the disk's sync latency; snapshots never start.
 //!
 //! Run: `cargo run --release --manifest-path benches/Cargo.toml --bin tracking [small|spread]`
-//! (default both). `SNAPHEAP_BENCH_DIR` chooses the scratch directory (default: temp).
+//! (default both). `SNAPHEAP_BENCH_DIR` chooses the scratch directory (default: temp);
+//! `TRACKING_ONLY=hashed+remap,uffd-wp` runs only the rows named.
 
 #[path = "../fill.rs"]
 mod fill;
@@ -22,8 +28,9 @@ use std::time::{Duration, Instant};
 
 const RUNGS: [Tracking; 4] = [Tracking::UffdWp, Tracking::SoftDirty, Tracking::Hashed, Tracking::AllDirty];
 
-fn open(dir: &Scratch, t: Tracking) -> Result<Heap<Chunks>, snapheap::Error> {
+fn open(dir: &Scratch, t: Tracking, remap: bool) -> Result<Heap<Chunks>, snapheap::Error> {
     OpenOptions::new()
+        .remap_clean_pages(remap)
         .durability(Durability::Eventual)
         .flush_interval(Duration::from_secs(3600))
         .snapshot_after_journal_bytes(1 << 50)
@@ -35,7 +42,7 @@ fn open(dir: &Scratch, t: Tracking) -> Result<Heap<Chunks>, snapheap::Error> {
 
 /// One measured configuration's result.
 struct Row {
-    rung: &'static str,
+    rung: String,
     median: Duration,
     min: Duration,
     bytes: u64,
@@ -44,10 +51,28 @@ struct Row {
 
 /// Opens a heap of `heap_bytes` with rung `t`, fills it, then times `reps` commits, each after
 /// `change(root, round)`.
-fn measure(t: Tracking, heap_bytes: usize, reps: usize, change: &dyn Fn(&mut Chunks, usize)) -> Result<Row, String> {
+fn measure(
+    t: Tracking,
+    remap: bool,
+    heap_bytes: usize,
+    reps: usize,
+    change: &dyn Fn(&mut Chunks, usize),
+) -> Result<Row, String> {
     let dir = Scratch::new(&format!("tracking-{}", t.name()));
-    let heap = open(&dir, t).map_err(|e| e.to_string())?;
+    let heap = open(&dir, t, remap).map_err(|e| e.to_string())?;
     fill(&heap, heap_bytes, 64 << 20);
+    let mut setup = String::new();
+    if remap {
+        let start = Instant::now();
+        heap.snapshot().map_err(|e| e.to_string())?;
+        let s = heap.stats();
+        setup = format!(
+            " (setup snapshot + remap {:.1} s: {} pages remapped, {} MiB left anonymous)",
+            start.elapsed().as_secs_f64(),
+            s.remapped_pages,
+            s.anonymous_bytes >> 20
+        );
+    }
     let mode = heap.stats().track_mode;
     assert_eq!(mode, t.name(), "forced rung not in use");
     let (mut times, mut bytes, mut pages) = (Vec::new(), Vec::new(), Vec::new());
@@ -67,11 +92,16 @@ fn measure(t: Tracking, heap_bytes: usize, reps: usize, change: &dyn Fn(&mut Chu
             pages.push(s.last_commit_pages);
         }
     }
+    let anon = heap.stats().anonymous_bytes >> 20;
+    if remap {
+        setup.push_str(&format!("; {anon} MiB anonymous after the timed commits"));
+        eprintln!("{}+remap{setup}", t.name());
+    }
     drop(heap);
     bytes.sort();
     pages.sort();
     Ok(Row {
-        rung: t.name(),
+        rung: if remap { format!("{} + remap", t.name()) } else { t.name().to_string() },
         median: quantile(&times, 0.5),
         min: quantile(&times, 0.0),
         bytes: bytes[bytes.len() / 2],
@@ -88,9 +118,18 @@ fn table(title: &str, heap_bytes: usize, change: &dyn Fn(&mut Chunks, usize)) {
     println!("| rung | commit median | min | journal bytes/commit | pages/commit | vs uffd-wp | vs all-dirty |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for t in RUNGS {
+    let mut configs: Vec<(Tracking, bool)> = RUNGS.iter().map(|&t| (t, false)).collect();
+    configs.push((Tracking::Hashed, true));
+    configs.push((Tracking::UffdWp, true));
+    // `TRACKING_ONLY=hashed+remap,uffd-wp` runs only those rows (quick checks).
+    let only = std::env::var("TRACKING_ONLY").ok();
+    for (t, remap) in configs {
+        let name = if remap { format!("{}+remap", t.name()) } else { t.name().to_string() };
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
+            continue;
+        }
         let reps = if t == Tracking::AllDirty { 3 } else { 10 };
-        match measure(t, heap_bytes, reps, change) {
+        match measure(t, remap, heap_bytes, reps, change) {
             Ok(r) => rows.push(r),
             Err(e) => println!("| {} | not available here: {e} | | | | | |", t.name()),
         }
