@@ -7,7 +7,9 @@
 //! 3. Collect the pages written since the last commit from the tracker (which re-protects them
 //!    atomically) and capture them into the journal's encode buffer, each whole or as a delta
 //!    against its cached base (`capture.rs`). If a snapshot is due, fork the snapshot writer
-//!    now, while the image is exactly this commit.
+//!    now, while the image is this commit (up to unguarded writes since the collect, which the
+//!    sticky rungs report next time and the hashed rung's writer checks for, `snapshot.rs`),
+//!    with the tracker still locked.
 //! 4. Resume the allocator and write the encoded group to the journal with one write.
 //! 5. Release the commit lock, then (with `Durability::Immediate`) wait until the group is
 //!    durable, sharing the sync with concurrent committers (`durable.rs`).
