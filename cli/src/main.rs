@@ -7,7 +7,9 @@
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use snapheap::inspect::{self, CheckReport, GroupInfo, HeapInfo, Inspector, Problem, RunKind, SnapshotState};
+use snapheap::inspect::{
+    self, CheckReport, GroupInfo, HeapInfo, Inspector, Problem, RootIdentity, RunKind, SnapshotState,
+};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,14 +139,55 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
         hex(i.max_size),
         size(i.max_size)
     );
-    println!(
-        "root type       {} (size {}, align {})",
-        i.root_type_name, i.root_size, i.root_align
-    );
-    println!(
-        "schema          {}",
-        if i.schema.is_empty() { "(none)" } else { &i.schema }
-    );
+    let schema = |s: &str| {
+        if s.is_empty() {
+            "(none)".to_string()
+        } else {
+            format!("{s:?}")
+        }
+    };
+    let mr = &i.meta_root;
+    match &i.root {
+        RootIdentity::Record {
+            type_name,
+            size,
+            align,
+            schema: sc,
+            migrations,
+            address,
+            record_address,
+        } => {
+            field("root type", type_name);
+            println!("                size {size}, align {align}, from the committed root record");
+            println!("schema          {}, {migrations} migration(s)", schema(sc));
+            println!("root            at {address:#x}, root record at {record_address:#x}");
+        }
+        RootIdentity::InMeta => {
+            field("root type", &mr.type_name);
+            println!(
+                "                size {}, align {}, from meta (format 1)",
+                mr.size, mr.align
+            );
+            println!("schema          {}", schema(&mr.schema));
+        }
+        RootIdentity::Global(roots) => {
+            println!("root type       GlobalHeap: {} root(s) in its registry", roots.len());
+            for r in roots {
+                println!(
+                    "  root          type hash {:016x}, size {}, align {}, at {:#x}",
+                    r.type_hash, r.size, r.align, r.address
+                );
+            }
+        }
+        RootIdentity::NoRoot => println!("root type       none committed yet"),
+        RootIdentity::Unreadable(why) => field("root type", &format!("unreadable: {why}")),
+    }
+    if !matches!(i.root, RootIdentity::InMeta) {
+        field(
+            "meta records",
+            &format!("{} (size {}, align {})", mr.type_name, mr.size, mr.align),
+        );
+    }
     println!("created         {} (unix seconds)", i.created_unix);
     for s in &i.snapshots {
         let state = match &s.state {
@@ -186,6 +229,22 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
     }
     println!("disk use        {} ({} bytes)", size(i.disk_bytes), i.disk_bytes);
     Ok(())
+}
+
+/// `label` in a 16-column field, then `text` in lines of at most 84 characters (a type name
+/// may be 256 bytes long), so the output fits 100 columns.
+fn field(label: &str, text: &str) {
+    let mut rest = text;
+    let mut first = true;
+    while first || !rest.is_empty() {
+        let mut cut = rest.len().min(84);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        println!("{:<16}{}", if first { label } else { "" }, &rest[..cut]);
+        rest = &rest[cut..];
+        first = false;
+    }
 }
 
 fn info_json(i: &HeapInfo) -> Value {
@@ -237,10 +296,56 @@ fn info_json(i: &HeapInfo) -> Value {
     json!({
         "dir": i.dir, "format_version": i.format_version, "heap_id": format!("{:016x}", i.heap_id),
         "base": hex(i.base), "max_size": i.max_size,
-        "root_type": { "name": i.root_type_name, "size": i.root_size, "align": i.root_align },
-        "schema": i.schema, "created_unix": i.created_unix, "snapshots": snaps, "journals": journals,
+        "root_type": root_type_json(i), "root": root_json(i),
+        "meta_root": { "name": i.meta_root.type_name, "size": i.meta_root.size, "align": i.meta_root.align,
+                       "schema": i.meta_root.schema },
+        "created_unix": i.created_unix, "snapshots": snaps, "journals": journals,
         "last_durable_seq": i.last_durable_seq, "disk_bytes": i.disk_bytes,
     })
+}
+
+/// The user's root type (`name`, `size`, `align`, `schema`), or null when it is not known
+/// (a `GlobalHeap` heap, no root yet, unreadable).
+fn root_type_json(i: &HeapInfo) -> Value {
+    match &i.root {
+        RootIdentity::Record {
+            type_name,
+            size,
+            align,
+            schema,
+            ..
+        } => json!({ "name": type_name, "size": size, "align": align, "schema": schema }),
+        RootIdentity::InMeta => json!({
+            "name": i.meta_root.type_name, "size": i.meta_root.size, "align": i.meta_root.align,
+            "schema": i.meta_root.schema,
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// Where the root identity came from and what it says.
+fn root_json(i: &HeapInfo) -> Value {
+    match &i.root {
+        RootIdentity::Record {
+            migrations,
+            address,
+            record_address,
+            ..
+        } => json!({
+            "source": "root_record", "migrations": migrations, "address": hex(*address),
+            "record_address": hex(*record_address),
+        }),
+        RootIdentity::InMeta => json!({ "source": "meta" }),
+        RootIdentity::Global(roots) => json!({
+            "source": "global_registry",
+            "roots": roots.iter().map(|r| json!({
+                "type_hash": format!("{:016x}", r.type_hash), "size": r.size, "align": r.align,
+                "address": hex(r.address),
+            })).collect::<Vec<_>>(),
+        }),
+        RootIdentity::NoRoot => json!({ "source": "none" }),
+        RootIdentity::Unreadable(why) => json!({ "source": "unreadable", "error": why }),
+    }
 }
 
 fn bar(show: bool) -> ProgressBar {
