@@ -28,7 +28,7 @@ pub struct CompactReport {
 /// Replays the journals of the heap in `dir` into a new snapshot with the normal crash-safe
 /// protocol (the heap is opened by the engine, as any program opens it, and a snapshot is
 /// taken and waited for), so the journals it covers are removed. Refuses a heap that is open
-/// elsewhere ([`Error::Locked`]) and a directory that is not a heap. A torn journal tail is
+/// elsewhere ([`Error::Locked`](crate::Error::Locked)) and a directory that is not a heap. A torn journal tail is
 /// truncated, as at every open.
 pub fn compact(dir: impl AsRef<Path>) -> Result<CompactReport> {
     let dir = dir.as_ref();
