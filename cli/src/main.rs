@@ -193,7 +193,7 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
         let state = match &s.state {
             SnapshotState::Empty => "empty".to_string(),
             SnapshotState::Incomplete { generation } => format!("incomplete (generation {generation}, not used)"),
-            SnapshotState::Damaged(p) => format!("DAMAGED at byte {}: {}", p.offset, p.what),
+            SnapshotState::Damaged(p) => format!("DAMAGED at byte {}:", p.offset),
             SnapshotState::Valid {
                 generation,
                 seq,
@@ -206,6 +206,9 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
             ),
         };
         println!("{:<15} {:>10}  {state}", file_name(&s.path), size(s.len));
+        if let SnapshotState::Damaged(p) = &s.state {
+            print_detail(&p.what);
+        }
     }
     if i.journals.is_empty() {
         println!("journals        none");
@@ -214,7 +217,7 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
         let what = if j.stale {
             "stale (covered by the newest snapshot)".to_string()
         } else if let Some(p) = &j.error {
-            format!("ERROR at byte {}: {}", p.offset, p.what)
+            format!("ERROR at byte {}:", p.offset)
         } else {
             match j.seqs {
                 Some((a, b)) => format!("commits {a}..={b} ({} groups)", j.groups),
@@ -222,28 +225,71 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
             }
         };
         println!("{:<24} {:>10}  {what}", file_name(&j.path), size(j.len));
+        if let (false, Some(p)) = (j.stale, &j.error) {
+            print_detail(&p.what);
+        }
     }
     match i.last_durable_seq {
         Some(s) => println!("last durable    commit {s}"),
-        None => println!("last durable    unknown (the journal chain is broken; run `snapheap check`)"),
+        None => field(
+            "last durable",
+            "unknown (the journal chain is broken; run `snapheap check`)",
+        ),
     }
     println!("disk use        {} ({} bytes)", size(i.disk_bytes), i.disk_bytes);
     Ok(())
 }
 
-/// `label` in a 16-column field, then `text` in lines of at most 84 characters (a type name
-/// may be 256 bytes long), so the output fits 100 columns.
+/// `label` in a 16-column field, then `text` wrapped to 84 columns (a type name may be 256
+/// bytes long), so the output fits 100 columns.
 fn field(label: &str, text: &str) {
-    let mut rest = text;
-    let mut first = true;
-    while first || !rest.is_empty() {
-        let mut cut = rest.len().min(84);
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
+    for (k, line) in wrap(text, 84).iter().enumerate() {
+        println!("{:<16}{line}", if k == 0 { label } else { "" });
+    }
+}
+
+/// `text` in lines of at most `width` bytes: broken at spaces, and inside a word (at a
+/// character boundary) only when the word alone is longer than a line.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let mut rest = word;
+        while !rest.is_empty() {
+            let line = lines.last_mut().expect("one line");
+            let room = if line.is_empty() {
+                width
+            } else {
+                width.saturating_sub(line.len() + 1)
+            };
+            if rest.len() <= room {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(rest);
+                rest = "";
+            } else if line.is_empty() {
+                let mut cut = width.min(rest.len());
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.push_str(&rest[..cut]);
+                rest = &rest[cut..];
+                lines.push(String::new());
+            } else {
+                lines.push(String::new());
+            }
         }
-        println!("{:<16}{}", if first { label } else { "" }, &rest[..cut]);
-        rest = &rest[cut..];
-        first = false;
+    }
+    if lines.len() > 1 && lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// The lines of a problem's description under a file's line, indented by 4.
+fn print_detail(what: &str) {
+    for line in wrap(what, 96) {
+        println!("    {line}");
     }
 }
 
@@ -462,16 +508,7 @@ fn print_check(dir: &Path, r: &CheckReport, json: bool) -> u8 {
 /// `LABEL: file at byte offset N:` and the description wrapped to 100 columns.
 fn print_entry(label: &str, p: &Problem) {
     println!("{label}: {} at byte offset {}:", p.file.display(), p.offset);
-    let mut line = String::from("   ");
-    for word in p.what.split_whitespace() {
-        if line.len() + 1 + word.len() > 100 && line.len() > 3 {
-            println!("{line}");
-            line = String::from("   ");
-        }
-        line.push(' ');
-        line.push_str(word);
-    }
-    println!("{line}");
+    print_detail(&p.what);
 }
 
 fn kind_name(k: RunKind) -> &'static str {
@@ -583,4 +620,24 @@ fn compact(dir: &Path, json: bool, show_progress: bool) -> snapheap::Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_breaks_at_spaces_and_inside_only_overlong_words() {
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefgh ij", 3), ["abc", "def", "gh", "ij"]);
+        assert_eq!(wrap("", 10), [""]);
+        let long = "x".repeat(200);
+        assert!(wrap(&format!("type {long} end"), 84).iter().all(|l| l.len() <= 84));
+        assert_eq!(
+            wrap(&format!("type {long} end"), 84).concat().replace(' ', "").len(),
+            200 + 7
+        );
+        // Multi-byte characters are never split.
+        assert_eq!(wrap("ééé", 3), ["é", "é", "é"]);
+    }
 }
