@@ -29,6 +29,15 @@ fn report(name: &str, tally: &Tally, started: Instant) {
     }
 }
 
+/// Fails the test with the first 20 failures, if any.
+fn assert_no_failures(tally: &Tally) {
+    assert!(
+        tally.failures.is_empty(),
+        "{:#?}",
+        &tally.failures[..tally.failures.len().min(20)]
+    );
+}
+
 /// Runs one seeded random workload of `len` operations and crashes it everywhere.
 fn random_workload(
     seed: u64,
@@ -103,11 +112,7 @@ fn random_workloads_recover_a_committed_state_at_every_crash_point() {
         &tally,
         started,
     );
-    assert!(
-        tally.failures.is_empty(),
-        "{:#?}",
-        &tally.failures[..tally.failures.len().min(20)]
-    );
+    assert_no_failures(&tally);
 }
 
 #[test]
@@ -157,11 +162,7 @@ fn every_sequence_of_up_to_three_operations_recovers_at_every_sync_point() {
         }
     }
     report("sequences of up to 3 operations", &tally, started);
-    assert!(
-        tally.failures.is_empty(),
-        "{:#?}",
-        &tally.failures[..tally.failures.len().min(20)]
-    );
+    assert_no_failures(&tally);
 }
 
 /// The harness is not blind: with the journal sync skipped, acknowledged commits are lost at
@@ -193,11 +194,7 @@ fn random_workloads_with_remapping_recover_a_committed_state_at_every_crash_poin
         runs_that_remapped > 0,
         "no workload remapped a page: the test covers nothing"
     );
-    assert!(
-        tally.failures.is_empty(),
-        "{:#?}",
-        &tally.failures[..tally.failures.len().min(20)]
-    );
+    assert_no_failures(&tally);
 }
 
 /// The remapping harness is not blind: remapping pages written since the snapshot reverts
