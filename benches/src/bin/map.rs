@@ -6,8 +6,8 @@
 //!
 //! Every case runs snapheap twice, with returning clean pages to the kernel
 //! (`OpenOptions::remap_clean_pages`, issue 15) on and off, then redb, so the effect of
-//! remapping is measured in the same run against the same reference (`MAP_REMAP=1` or `0` runs
-//! only that setting).
+//! remapping is measured in the same run against the same reference (`MAP_REMAP` lists the
+//! settings in order: default `1,0`; `0,1` runs off first, `1` only on).
 //!
 //! Cases (each side starts from an empty heap / database in a scratch directory):
 //! - commit every 1,000 inserts, `MAP_N_BATCH` inserts (default 1,000,000);
@@ -187,11 +187,12 @@ fn main() {
 
     println!("snapheap map benchmark: random u64 -> [u8; 32] inserts, equal durability");
     println!("(commit-every-insert cases use {n_each} inserts, set by MAP_N_EACH; batch cases {n_batch}, MAP_N_BATCH)");
-    let remap_modes: Vec<bool> = match std::env::var("MAP_REMAP").ok().as_deref() {
-        Some("1") => vec![true],
-        Some("0") => vec![false],
-        _ => vec![true, false],
-    };
+    // MAP_REMAP: the remapping settings to run, in order (default "1,0": on, then off).
+    let remap_modes: Vec<bool> = std::env::var("MAP_REMAP")
+        .unwrap_or_else(|_| "1,0".into())
+        .split(',')
+        .map(|m| m.trim() != "0")
+        .collect();
     println!(
         "{:<50} {:>8} {:>12} {:>12} {:>8}",
         "case", "inserts", "snapheap/s", "redb/s", "ratio"
