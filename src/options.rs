@@ -135,8 +135,13 @@ pub enum PlantedBug {
     /// and the fork (`engine/snapshot.rs`; `tests/track_fork_race.rs` must catch it).
     NoForkCheck,
     /// At recovery, apply each `DELTA` entry to a zeroed page instead of the page's replayed
-    /// image (`engine/recover.rs`): the post-image check must report it.
+    /// image (`engine/replay.rs`): the post-image check must report it.
     DeltaReplayZeroBase,
+    /// When returning clean pages to the kernel, treat every present anonymous page below the
+    /// newest snapshot's extent as clean, ignoring the pages written since its fork
+    /// (`since_snap`) and since the last commit (the tracker) (`engine/footprint.rs`): written
+    /// pages revert to the snapshot's content.
+    RemapWrittenPages,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -376,6 +381,15 @@ impl OpenOptions {
     pub(crate) fn planted_delta_replay_zero_base(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.test_planted_bug == Some(PlantedBug::DeltaReplayZeroBase);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::RemapWrittenPages`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_remap_written_pages(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::RemapWrittenPages);
         #[cfg(not(any(test, feature = "testing")))]
         false
     }

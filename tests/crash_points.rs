@@ -29,6 +29,15 @@ fn report(name: &str, tally: &Tally, started: Instant) {
     }
 }
 
+/// Fails the test with the first 20 failures, if any.
+fn assert_no_failures(tally: &Tally) {
+    assert!(
+        tally.failures.is_empty(),
+        "{:#?}",
+        &tally.failures[..tally.failures.len().min(20)]
+    );
+}
+
 /// Runs one seeded random workload of `len` operations and crashes it everywhere.
 fn random_workload(
     seed: u64,
@@ -38,13 +47,34 @@ fn random_workload(
     bug: Option<PlantedBug>,
     tally: &mut Tally,
 ) {
-    let mut run = Run::create(seed, bug);
+    random_workload_on(
+        Run::create(seed, bug),
+        seed,
+        len,
+        random_writes,
+        double_every,
+        bug,
+        tally,
+    );
+}
+
+/// [`random_workload`] on a given run; returns the pages the run remapped.
+fn random_workload_on(
+    mut run: Run,
+    seed: u64,
+    len: usize,
+    random_writes: usize,
+    double_every: usize,
+    bug: Option<PlantedBug>,
+    tally: &mut Tally,
+) -> u64 {
     for _ in 0..len {
         let op = Op::random(&mut run.rng);
         run.step(op)
             .unwrap_or_else(|e| panic!("seed {seed}: {op:?} failed without faults: {e}"));
     }
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
+    let remapped = run.remapped;
     let (trace, model) = run.finish();
     let plan = Plan {
         random_writes,
@@ -54,6 +84,7 @@ fn random_workload(
         ..Plan::default()
     };
     crash_everywhere(&trace, &model, plan, &mut rng, tally);
+    remapped
 }
 
 #[test]
@@ -100,11 +131,7 @@ fn random_workloads(tracking: Tracking, target: u64) {
         &tally,
         started,
     );
-    assert!(
-        tally.failures.is_empty(),
-        "{:#?}",
-        &tally.failures[..tally.failures.len().min(20)]
-    );
+    assert_no_failures(&tally);
 }
 
 #[test]
@@ -154,15 +181,77 @@ fn every_sequence_of_up_to_three_operations_recovers_at_every_sync_point() {
         }
     }
     report("sequences of up to 3 operations", &tally, started);
-    assert!(
-        tally.failures.is_empty(),
-        "{:#?}",
-        &tally.failures[..tally.failures.len().min(20)]
-    );
+    assert_no_failures(&tally);
 }
 
 /// The harness is not blind: with the journal sync skipped, acknowledged commits are lost at
 /// some crash point and the oracle reports it.
+/// The same with `OpenOptions::remap_clean_pages(true)`: the live heap returns clean pages to
+/// mirrors of the simulated snapshot files (`SimVfs::mirror_mapped_files`), which see every
+/// later write to those files, and every crash point still recovers a committed state.
+/// `SNAPHEAP_CRASH_POINTS_REMAP` sets the minimum number of crash points (default 2000).
+#[test]
+fn random_workloads_with_remapping_recover_a_committed_state_at_every_crash_point() {
+    let target = env_count("SNAPHEAP_CRASH_POINTS_REMAP", 2000);
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let (mut seed, mut remapped, mut runs_that_remapped) = (1, 0, 0);
+    while tally.points < target {
+        // 120 operations: long enough that remapping steps also run at commits after automatic
+        // snapshots, with pages captured since the fork (the planted bug below needs them).
+        let r = random_workload_on(Run::create_remapping(seed, None), seed, 120, 30, 10, None, &mut tally);
+        remapped += r;
+        runs_that_remapped += u64::from(r > 0);
+        seed += 1;
+    }
+    report(
+        &format!("random workloads with remapping (seeds 1..{seed}, {runs_that_remapped} remapped, {remapped} pages)"),
+        &tally,
+        started,
+    );
+    assert!(
+        runs_that_remapped > 0,
+        "no workload remapped a page: the test covers nothing"
+    );
+    assert_no_failures(&tally);
+}
+
+/// The remapping harness is not blind: remapping pages written since the snapshot reverts
+/// them, and either the live run (its clean reopens check the state; reverted block lengths
+/// make it panic) or some crash point's recovery sees a state that was never committed.
+#[test]
+fn planted_bug_remapping_written_pages_is_detected() {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut live = Vec::new();
+    for seed in 1..=8 {
+        let bug = Some(PlantedBug::RemapWrittenPages);
+        let mut t = Tally::default();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            random_workload_on(Run::create_remapping(seed, bug), seed, 120, 0, 0, bug, &mut t)
+        }));
+        if let Err(p) = res {
+            // The live run itself read reverted memory (a clean reopen found another state,
+            // or a block shorter than the model says).
+            live.push(p.downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".into()));
+        }
+        tally.points += t.points;
+        tally.failures.extend(t.failures);
+        if !tally.failures.is_empty() || !live.is_empty() {
+            break;
+        }
+    }
+    report("planted bug: written pages remapped", &tally, started);
+    println!("  live runs that failed: {}", live.len());
+    for l in live.iter().take(3) {
+        println!("  {l}");
+    }
+    assert!(
+        !tally.failures.is_empty() || !live.is_empty(),
+        "the harness missed pages reverted by remapping: {tally:?}"
+    );
+}
+
 #[test]
 fn planted_bug_skipped_journal_sync_is_detected() {
     let started = Instant::now();

@@ -7,7 +7,9 @@
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use snapheap::inspect::{self, CheckReport, GroupInfo, HeapInfo, Inspector, Problem, RunKind, SnapshotState};
+use snapheap::inspect::{
+    self, CheckReport, GroupInfo, HeapInfo, Inspector, Problem, RootIdentity, RunKind, SnapshotState,
+};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,20 +139,61 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
         hex(i.max_size),
         size(i.max_size)
     );
-    println!(
-        "root type       {} (size {}, align {})",
-        i.root_type_name, i.root_size, i.root_align
-    );
-    println!(
-        "schema          {}",
-        if i.schema.is_empty() { "(none)" } else { &i.schema }
-    );
+    let schema = |s: &str| {
+        if s.is_empty() {
+            "(none)".to_string()
+        } else {
+            format!("{s:?}")
+        }
+    };
+    let mr = &i.meta_root;
+    match &i.root {
+        RootIdentity::Record {
+            type_name,
+            size,
+            align,
+            schema: sc,
+            migrations,
+            address,
+            record_address,
+        } => {
+            field("root type", type_name);
+            println!("                size {size}, align {align}, from the committed root record");
+            println!("schema          {}, {migrations} migration(s)", schema(sc));
+            println!("root            at {address:#x}, root record at {record_address:#x}");
+        }
+        RootIdentity::InMeta => {
+            field("root type", &mr.type_name);
+            println!(
+                "                size {}, align {}, from meta (format 1)",
+                mr.size, mr.align
+            );
+            println!("schema          {}", schema(&mr.schema));
+        }
+        RootIdentity::Global(roots) => {
+            println!("root type       GlobalHeap: {} root(s) in its registry", roots.len());
+            for r in roots {
+                println!(
+                    "  root          type hash {:016x}, size {}, align {}, at {:#x}",
+                    r.type_hash, r.size, r.align, r.address
+                );
+            }
+        }
+        RootIdentity::NoRoot => println!("root type       none committed yet"),
+        RootIdentity::Unreadable(why) => field("root type", &format!("unreadable: {why}")),
+    }
+    if !matches!(i.root, RootIdentity::InMeta) {
+        field(
+            "meta records",
+            &format!("{} (size {}, align {})", mr.type_name, mr.size, mr.align),
+        );
+    }
     println!("created         {} (unix seconds)", i.created_unix);
     for s in &i.snapshots {
         let state = match &s.state {
             SnapshotState::Empty => "empty".to_string(),
             SnapshotState::Incomplete { generation } => format!("incomplete (generation {generation}, not used)"),
-            SnapshotState::Damaged(p) => format!("DAMAGED at byte {}: {}", p.offset, p.what),
+            SnapshotState::Damaged(p) => format!("DAMAGED at byte {}:", p.offset),
             SnapshotState::Valid {
                 generation,
                 seq,
@@ -163,6 +206,9 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
             ),
         };
         println!("{:<15} {:>10}  {state}", file_name(&s.path), size(s.len));
+        if let SnapshotState::Damaged(p) = &s.state {
+            print_detail(&p.what);
+        }
     }
     if i.journals.is_empty() {
         println!("journals        none");
@@ -171,7 +217,7 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
         let what = if j.stale {
             "stale (covered by the newest snapshot)".to_string()
         } else if let Some(p) = &j.error {
-            format!("ERROR at byte {}: {}", p.offset, p.what)
+            format!("ERROR at byte {}:", p.offset)
         } else {
             match j.seqs {
                 Some((a, b)) => format!("commits {a}..={b} ({} groups)", j.groups),
@@ -179,13 +225,72 @@ fn info(dir: &Path, json: bool) -> snapheap::Result<()> {
             }
         };
         println!("{:<24} {:>10}  {what}", file_name(&j.path), size(j.len));
+        if let (false, Some(p)) = (j.stale, &j.error) {
+            print_detail(&p.what);
+        }
     }
     match i.last_durable_seq {
         Some(s) => println!("last durable    commit {s}"),
-        None => println!("last durable    unknown (the journal chain is broken; run `snapheap check`)"),
+        None => field(
+            "last durable",
+            "unknown (the journal chain is broken; run `snapheap check`)",
+        ),
     }
     println!("disk use        {} ({} bytes)", size(i.disk_bytes), i.disk_bytes);
     Ok(())
+}
+
+/// `label` in a 16-column field, then `text` wrapped to 84 columns (a type name may be 256
+/// bytes long), so the output fits 100 columns.
+fn field(label: &str, text: &str) {
+    for (k, line) in wrap(text, 84).iter().enumerate() {
+        println!("{:<16}{line}", if k == 0 { label } else { "" });
+    }
+}
+
+/// `text` in lines of at most `width` bytes: broken at spaces, and inside a word (at a
+/// character boundary) only when the word alone is longer than a line.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let mut rest = word;
+        while !rest.is_empty() {
+            let line = lines.last_mut().expect("one line");
+            let room = if line.is_empty() {
+                width
+            } else {
+                width.saturating_sub(line.len() + 1)
+            };
+            if rest.len() <= room {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(rest);
+                rest = "";
+            } else if line.is_empty() {
+                let mut cut = width.min(rest.len());
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.push_str(&rest[..cut]);
+                rest = &rest[cut..];
+                lines.push(String::new());
+            } else {
+                lines.push(String::new());
+            }
+        }
+    }
+    if lines.len() > 1 && lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// The lines of a problem's description under a file's line, indented by 4.
+fn print_detail(what: &str) {
+    for line in wrap(what, 96) {
+        println!("    {line}");
+    }
 }
 
 fn info_json(i: &HeapInfo) -> Value {
@@ -237,10 +342,56 @@ fn info_json(i: &HeapInfo) -> Value {
     json!({
         "dir": i.dir, "format_version": i.format_version, "heap_id": format!("{:016x}", i.heap_id),
         "base": hex(i.base), "max_size": i.max_size,
-        "root_type": { "name": i.root_type_name, "size": i.root_size, "align": i.root_align },
-        "schema": i.schema, "created_unix": i.created_unix, "snapshots": snaps, "journals": journals,
+        "root_type": root_type_json(i), "root": root_json(i),
+        "meta_root": { "name": i.meta_root.type_name, "size": i.meta_root.size, "align": i.meta_root.align,
+                       "schema": i.meta_root.schema },
+        "created_unix": i.created_unix, "snapshots": snaps, "journals": journals,
         "last_durable_seq": i.last_durable_seq, "disk_bytes": i.disk_bytes,
     })
+}
+
+/// The user's root type (`name`, `size`, `align`, `schema`), or null when it is not known
+/// (a `GlobalHeap` heap, no root yet, unreadable).
+fn root_type_json(i: &HeapInfo) -> Value {
+    match &i.root {
+        RootIdentity::Record {
+            type_name,
+            size,
+            align,
+            schema,
+            ..
+        } => json!({ "name": type_name, "size": size, "align": align, "schema": schema }),
+        RootIdentity::InMeta => json!({
+            "name": i.meta_root.type_name, "size": i.meta_root.size, "align": i.meta_root.align,
+            "schema": i.meta_root.schema,
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// Where the root identity came from and what it says.
+fn root_json(i: &HeapInfo) -> Value {
+    match &i.root {
+        RootIdentity::Record {
+            migrations,
+            address,
+            record_address,
+            ..
+        } => json!({
+            "source": "root_record", "migrations": migrations, "address": hex(*address),
+            "record_address": hex(*record_address),
+        }),
+        RootIdentity::InMeta => json!({ "source": "meta" }),
+        RootIdentity::Global(roots) => json!({
+            "source": "global_registry",
+            "roots": roots.iter().map(|r| json!({
+                "type_hash": format!("{:016x}", r.type_hash), "size": r.size, "align": r.align,
+                "address": hex(r.address),
+            })).collect::<Vec<_>>(),
+        }),
+        RootIdentity::NoRoot => json!({ "source": "none" }),
+        RootIdentity::Unreadable(why) => json!({ "source": "unreadable", "error": why }),
+    }
 }
 
 fn bar(show: bool) -> ProgressBar {
@@ -357,16 +508,7 @@ fn print_check(dir: &Path, r: &CheckReport, json: bool) -> u8 {
 /// `LABEL: file at byte offset N:` and the description wrapped to 100 columns.
 fn print_entry(label: &str, p: &Problem) {
     println!("{label}: {} at byte offset {}:", p.file.display(), p.offset);
-    let mut line = String::from("   ");
-    for word in p.what.split_whitespace() {
-        if line.len() + 1 + word.len() > 100 && line.len() > 3 {
-            println!("{line}");
-            line = String::from("   ");
-        }
-        line.push(' ');
-        line.push_str(word);
-    }
-    println!("{line}");
+    print_detail(&p.what);
 }
 
 fn kind_name(k: RunKind) -> &'static str {
@@ -478,4 +620,24 @@ fn compact(dir: &Path, json: bool, show_progress: bool) -> snapheap::Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_breaks_at_spaces_and_inside_only_overlong_words() {
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefgh ij", 3), ["abc", "def", "gh", "ij"]);
+        assert_eq!(wrap("", 10), [""]);
+        let long = "x".repeat(200);
+        assert!(wrap(&format!("type {long} end"), 84).iter().all(|l| l.len() <= 84));
+        assert_eq!(
+            wrap(&format!("type {long} end"), 84).concat().replace(' ', "").len(),
+            200 + 7
+        );
+        // Multi-byte characters are never split.
+        assert_eq!(wrap("ééé", 3), ["é", "é", "é"]);
+    }
 }

@@ -232,7 +232,7 @@ impl Engine {
         if cs.pending.is_some() {
             return false;
         }
-        let (Some(h), Some(fd)) = (cs.snaps[n], cs.snap_files[n].raw_fd()) else {
+        let (Some(h), Some(fd)) = (cs.snaps[n], cs.snap_files[n].map_fd()) else {
             cs.footprint.due = false;
             return false;
         };
@@ -255,7 +255,8 @@ impl Engine {
         for &(a, b) in written.iter() {
             dirty.insert_range(a, b);
         }
-        let clean = |p: usize| !cs.since_snap.contains(p) && !dirty.contains(p);
+        let planted = self.opts.planted_remap_written_pages(); // tests only: the wrong set
+        let clean = |p: usize| planted || (!cs.since_snap.contains(p) && !dirty.contains(p));
         let region = lock(&self.grow.region);
         let (mut runs, mut bytes, mut stop_at, mut failed) = (0usize, 0usize, None, false);
         'outer: for &(a, b) in anon.iter() {

@@ -44,6 +44,7 @@ mod durable;
 mod footprint;
 pub(crate) mod page_diff;
 mod recover;
+pub(crate) mod replay;
 mod snapshot;
 mod verify;
 

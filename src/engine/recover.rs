@@ -26,17 +26,15 @@
 //!
 //! # Safety
 //!
-//! Replay writes recovered pages (and applies `DELTA` entries to them) into the reserved, mapped region before anything is handed
-//! out, and [`check_image`] reads the allocator header in segment 0 only after checking that
+//! Replay (`replay.rs`) writes recovered pages (and applies `DELTA` entries to them) into the
+//! reserved, mapped region before anything is handed out, and [`check_image`] reads the allocator header in segment 0 only after checking that
 //! segment 0 is mapped; each `unsafe` block states its range.
 
+use super::replay::{replay_journal, Replay, Target};
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Counters, Engine, GrowCtx};
-use crate::disk::format::delta::{apply_entry, Entries, ENTRY_PAGE_OFFSET};
 use crate::disk::format::meta::{fnv1a, Meta, MetaError, FORMAT_VERSION, LEGACY_FORMAT_VERSION, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
-use crate::disk::journal::{
-    journal_file_name, parse_journal_file_name, read_run, scan_journal, JournalScan, JournalWriter,
-};
+use crate::disk::journal::{journal_file_name, parse_journal_file_name, walk_chain, JournalScan, JournalWriter};
 use crate::disk::snapshot::{map_snapshot, read_dirty_bitmap, read_snapshot_header};
 use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
@@ -331,43 +329,14 @@ struct Journals {
 
 /// Step 4a: scans the journals that follow the snapshot: gap-free ids from `first_journal`,
 /// each starting at the commit where the previous one ended; only the last may end in a torn
-/// tail.
+/// tail (`disk::journal::walk_chain`). The first broken link is the error.
 fn scan_journals(vfs: &dyn Vfs, dir: &Path, meta: &Meta, first_journal: u64, start_seq: u64) -> Result<Journals> {
-    let names = vfs.list(dir).map_err(io_err("list directory", dir))?;
-    let mut ids: Vec<u64> = names
-        .iter()
-        .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
-        .collect();
-    ids.sort_unstable();
-    let stale: Vec<u64> = ids.iter().copied().filter(|&id| id < first_journal).collect();
-    ids.retain(|&id| id >= first_journal);
-    let mut scans: Vec<JournalScan> = Vec::new();
-    let mut expect_seq = start_seq;
-    for (k, &id) in ids.iter().enumerate() {
-        let path = dir.join(journal_file_name(id));
-        let expected_id = first_journal + k as u64;
-        if id != expected_id {
-            return Err(Error::corrupt(
-                dir.join(journal_file_name(expected_id)),
-                0,
-                format!("journal {expected_id} is missing but journal {id} exists"),
-            ));
-        }
-        let scan = scan_journal(vfs, &path, meta.heap_id, id, k + 1 == ids.len())?;
-        if scan.header.start_seq != expect_seq {
-            return Err(Error::corrupt(
-                &path,
-                crate::disk::format::journal::START_SEQ_OFFSET as u64,
-                format!(
-                    "journal starts after commit {} but the state before it ends at commit {expect_seq}",
-                    scan.header.start_seq
-                ),
-            ));
-        }
-        expect_seq = scan.last_seq();
-        scans.push(scan);
-    }
-    Ok(Journals { scans, stale })
+    let chain = walk_chain(vfs, dir, meta.heap_id, first_journal, start_seq)?;
+    let stale = chain.stale.clone();
+    Ok(Journals {
+        scans: chain.into_scans()?,
+        stale,
+    })
 }
 
 /// What step 4's replay wrote into the region.
@@ -380,13 +349,11 @@ struct Replayed {
     any_group: bool,
 }
 
-/// Step 4b: replays the complete commit groups in order, growing the region to each group's
-/// extent, copying its page runs into place and applying its `DELTA` entries (each checked
-/// against its post-image checksum). With `adopt` (the memory of a detached heap already
-/// holds them, which step 5 checks by the commit number and journal digest) the runs are read
-/// and checked into a scratch buffer instead (`DELTA` payloads decoded and validated; their
-/// post-image check needs the intermediate images, which adoption does not rebuild), so
-/// damage is reported as on any open.
+/// Step 4b: replays the complete commit groups in order (`replay.rs`: growing the region to
+/// each group's extent, copying its page runs into place and applying its `DELTA` entries,
+/// each checked against its post-image checksum). With `adopt` (the memory of a detached heap
+/// already holds them, which step 5 checks by the commit number and journal digest) the
+/// records are read and checked without writing, so damage is reported as on any open.
 fn replay(
     vfs: &dyn Vfs,
     opts: &OpenOptions,
@@ -397,110 +364,28 @@ fn replay(
     adopt: bool,
 ) -> Result<Replayed> {
     let base = region.base();
-    let mut delta_buf: SysVec<u8> = SysVec::new_in(System);
+    let target = if adopt {
+        Target::Check {
+            mapped: region.extent(),
+            dir,
+        }
+    } else {
+        Target::Write(region)
+    };
+    let mut rp = Replay::new(meta.max_size, target);
+    rp.planted_zero_base = opts.planted_delta_replay_zero_base();
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
-    let mut any_group = false;
     for scan in scans {
-        let f = vfs.open(&scan.path, false).map_err(io_err("open", &scan.path))?;
-        for g in &scan.groups {
-            any_group = true;
-            if g.extent > meta.max_size || g.extent % SEGMENT as u64 != 0 {
-                return Err(Error::corrupt(
-                    &scan.path,
-                    0,
-                    format!("commit {} has extent {:#x} outside the heap", g.seq, g.extent),
-                ));
-            }
-            if !adopt {
-                region
-                    .grow(g.extent as usize)
-                    .map_err(io_err("mmap (grow heap)", &scan.path))?;
-            } else if g.extent as usize > region.extent() {
-                return Err(Error::Detached {
-                    dir: dir.to_path_buf(),
-                    reason: format!(
-                        "its files describe {:#x} bytes, more than the {:#x} bytes still mapped",
-                        g.extent,
-                        region.extent()
-                    ),
-                });
-            }
-            for run in &scan.runs[g.runs.clone()] {
-                let pages_run = run.delta_entries.is_none();
-                if run.region_offset % sys::OS_PAGE as u64 != 0
-                    || (pages_run && run.len % sys::OS_PAGE as u64 != 0)
-                    || run.region_end > g.extent
-                    || run.region_end <= run.region_offset
-                {
-                    return Err(Error::corrupt(
-                        &scan.path,
-                        run.file_offset,
-                        format!(
-                            "page run {:#x}..{:#x} lies outside the heap extent {:#x}",
-                            run.region_offset, run.region_end, g.extent
-                        ),
-                    ));
-                }
-                let Some(count) = run.delta_entries else {
-                    let addr = base + run.region_offset as usize;
-                    if adopt {
-                        let mut scratch = vec![0u8; run.len as usize];
-                        read_run(&*f, &scan.path, run, &mut scratch)?;
-                        ranges.push((addr, addr + run.len as usize));
-                        pages += run.len / sys::OS_PAGE as u64;
-                        continue;
-                    }
-                    // SAFETY: [addr, addr + len) lies inside the mapped extent (checked above)
-                    // and nothing has been handed out yet, so no reference aliases it.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, run.len as usize) };
-                    read_run(&*f, &scan.path, run, dst)?;
-                    ranges.push((addr, addr + run.len as usize));
-                    pages += run.len / sys::OS_PAGE as u64;
-                    continue;
-                };
-                // A DELTA record: read its payload again and decode it with the same checks as
-                // the scan (the file could have changed since), then apply each entry to its
-                // page in place and check the page's post-image checksum.
-                delta_buf.clear();
-                delta_buf.resize(run.len as usize, 0);
-                read_run(&*f, &scan.path, run, &mut delta_buf)?;
-                let at = |off: usize| run.file_offset + off as u64;
-                for e in Entries::new(&delta_buf, count) {
-                    let e = e.map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
-                    if e.page < run.region_offset || e.page >= run.region_end {
-                        return Err(Error::corrupt(
-                            &scan.path,
-                            at(e.at + ENTRY_PAGE_OFFSET),
-                            format!(
-                                "DELTA entry for page {:#x} outside the record's pages (changed since the scan)",
-                                e.page
-                            ),
-                        ));
-                    }
-                    let addr = base + e.page as usize;
-                    if adopt {
-                        ranges.push((addr, addr + sys::OS_PAGE));
-                        pages += 1;
-                        continue;
-                    }
-                    // SAFETY: the page lies in [region_offset, region_end), inside the mapped
-                    // extent (checked above), and nothing refers into the region yet.
-                    let page = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, sys::OS_PAGE) };
-                    if opts.planted_delta_replay_zero_base() {
-                        page.fill(0); // planted bug (tests only): the wrong base
-                    }
-                    apply_entry(&e, page).map_err(|e| Error::corrupt(&scan.path, at(e.offset), e.to_string()))?;
-                    ranges.push((addr, addr + sys::OS_PAGE));
-                    pages += 1;
-                }
-            }
-        }
+        pages += replay_journal(vfs, &mut rp, scan, &mut |w| {
+            let a = base + w.region_offset as usize;
+            ranges.push((a, a + w.len as usize));
+        })?;
     }
     Ok(Replayed {
         ranges,
         pages,
-        any_group,
+        any_group: scans.iter().any(|s| !s.groups.is_empty()),
     })
 }
 

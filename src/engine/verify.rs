@@ -32,9 +32,9 @@
 //! the SAFETY comment at the read.
 
 use super::{lock, snapshot::SNAPSHOT_FILES, CommitState, Engine};
-use crate::disk::format::delta::{apply_entry, Entries};
+use crate::disk::format::delta::apply_entry;
 use crate::disk::format::snapshot::{SnapHeader, DATA_OFFSET, HEADER_LEN};
-use crate::disk::journal::{journal_file_name, parse_journal_file_name, read_run, scan_journal, PageRun};
+use crate::disk::journal::{for_each_delta_entry, journal_file_name, read_run, walk_chain, PageRun};
 use crate::error::{Error, Result};
 use crate::mem::sysmem::SysVec;
 use crate::sys::OS_PAGE;
@@ -256,39 +256,16 @@ impl Engine {
     fn verify_journals(&self, cs: &CommitState, newest: Option<usize>) -> Result<(u64, u64, Sources)> {
         let h = newest.and_then(|i| cs.snaps[i]);
         let (first, mut expect_seq) = h.map_or((1, 0), |h| (h.journal_id, h.seq));
-        let names = self
-            .vfs
-            .list(&self.dir)
-            .map_err(|e| Error::io("list directory", &self.dir, e))?;
-        let mut ids: Vec<u64> = names
-            .iter()
-            .filter_map(|n| n.to_str().and_then(parse_journal_file_name))
-            .filter(|&id| id >= first)
-            .collect();
-        ids.sort_unstable();
+        let chain = walk_chain(&*self.vfs, &self.dir, self.meta.heap_id, first, expect_seq)?;
+        let ids: Vec<u64> = chain.links.iter().map(|l| l.id).collect();
         let current = cs.journal.id();
         let mut sources = Sources {
             snap: newest.zip(h).map(|(i, h)| (i, h.extent)),
             runs: SysVec::new_in(System),
         };
         let mut groups = 0u64;
-        for (k, &id) in ids.iter().enumerate() {
-            let path = self.dir.join(journal_file_name(id));
-            if id != first + k as u64 {
-                return Err(Error::corrupt(
-                    &path,
-                    0,
-                    format!("journal {} is missing", first + k as u64),
-                ));
-            }
-            let scan = scan_journal(&*self.vfs, &path, self.meta.heap_id, id, k + 1 == ids.len())?;
-            if scan.header.start_seq != expect_seq {
-                return Err(Error::corrupt(
-                    &path,
-                    0,
-                    format!("starts after commit {}, expected {expect_seq}", scan.header.start_seq),
-                ));
-            }
+        for scan in chain.into_scans()? {
+            let id = scan.header.journal_id; // scan_journal checked it against the name
             expect_seq = scan.last_seq();
             groups += scan.groups.len() as u64;
             for g in scan.groups.iter() {
@@ -375,7 +352,7 @@ impl Engine {
                 }
                 let f = &files.iter().find(|f| f.0 == jid as u64).expect("opened above").1;
                 let path = self.dir.join(journal_file_name(jid as u64));
-                let Some(count) = run.delta_entries else {
+                if run.delta_entries.is_none() {
                     let part = PageRun {
                         file_offset: run.file_offset + (a - ra) as u64,
                         region_offset: a as u64,
@@ -385,22 +362,16 @@ impl Engine {
                     };
                     read_run(&**f, &path, &part, &mut disk_img[a - at..b - at])?;
                     continue;
-                };
+                }
                 // A DELTA record: apply its entries for pages in this window, in order (the
                 // window is page-aligned, so an entry's page lies wholly inside or outside it).
-                delta_buf.clear();
-                delta_buf.resize(run.len as usize, 0);
-                read_run(&**f, &path, &run, &mut delta_buf)?;
-                let corrupt = |off: usize, what: String| Error::corrupt(&path, run.file_offset + off as u64, what);
-                for e in Entries::new(&delta_buf, count) {
-                    let e = e.map_err(|e| corrupt(e.offset, e.to_string()))?;
+                for_each_delta_entry(&**f, &path, &run, &mut delta_buf, &mut |e| {
                     let p = e.page as usize;
                     if p < at || p >= at + len {
-                        continue;
+                        return Ok(());
                     }
-                    apply_entry(&e, &mut disk_img[p - at..p - at + OS_PAGE])
-                        .map_err(|e| corrupt(e.offset, e.to_string()))?;
-                }
+                    apply_entry(e, &mut disk_img[p - at..p - at + OS_PAGE])
+                })?;
             }
             // Other threads may write into blocks they own meanwhile (as during a commit's
             // copy); such pages are then reported by the kernel in the peek below, which is all

@@ -26,8 +26,9 @@ mod alloc;
 mod reclaim;
 mod roots;
 
+use roots::registry_at;
 pub use roots::MAX_ROOTS;
-use roots::{registry_at, Registry, RootEntry, REGISTRY_TYPE_NAME, WORD_REGISTRY};
+pub(crate) use roots::{Registry, RootEntry, REGISTRY_MAGIC, REGISTRY_TYPE_NAME, WORD_REGISTRY};
 
 use crate::disk::format::meta::fnv1a;
 use crate::engine::{lock, Engine, Fingerprint};

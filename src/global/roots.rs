@@ -22,28 +22,28 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 
 /// The root type name recorded in `meta` for heaps of a [`GlobalHeap`] (a `Heap<T>` cannot
 /// open them by mistake, nor the other way round).
-pub(super) const REGISTRY_TYPE_NAME: &str = "snapheap::GlobalHeap root registry v1";
-pub(super) const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"SHROOTS1");
+pub(crate) const REGISTRY_TYPE_NAME: &str = "snapheap::GlobalHeap root registry v1";
+pub(crate) const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"SHROOTS1");
 /// Most root types one heap can hold.
 pub const MAX_ROOTS: usize = 64;
 /// `user_words` index of the registry pointer (the same word as `Heap<T>`'s root pointer).
-pub(super) const WORD_REGISTRY: usize = 0;
+pub(crate) const WORD_REGISTRY: usize = 0;
 /// One root: a value of the type whose name hashes to `type_hash`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub(super) struct RootEntry {
-    pub(super) type_hash: u64,
-    pub(super) size: u64,
-    pub(super) align: u64,
-    pub(super) ptr: u64,
+pub(crate) struct RootEntry {
+    pub(crate) type_hash: u64,
+    pub(crate) size: u64,
+    pub(crate) align: u64,
+    pub(crate) ptr: u64,
 }
 
 /// The root registry, one block in the heap.
 #[repr(C)]
-pub(super) struct Registry {
-    pub(super) magic: u64,
-    pub(super) len: u64,
-    pub(super) entries: [RootEntry; MAX_ROOTS],
+pub(crate) struct Registry {
+    pub(crate) magic: u64,
+    pub(crate) len: u64,
+    pub(crate) entries: [RootEntry; MAX_ROOTS],
 }
 
 impl GlobalHeap {

@@ -49,6 +49,11 @@ pub trait VFile: Send + Sync {
     /// The OS file descriptor, when this is a real file (needed for `mmap` and for the forked
     /// snapshot child, which writes with raw syscalls).
     fn raw_fd(&self) -> Option<RawFd>;
+    /// The descriptor to `mmap` the file's pages from (remapping clean pages), when there is
+    /// one: [`VFile::raw_fd`] for real files; the simulated disk can offer a mirror file.
+    fn map_fd(&self) -> Option<RawFd> {
+        self.raw_fd()
+    }
 }
 
 /// A directory of files.

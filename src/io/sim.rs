@@ -29,6 +29,14 @@
 //! anonymous memory instead of mapping it, and writes snapshots in-process instead of in a
 //! forked child (see `engine/recover.rs` and `engine/snapshot.rs`).
 //!
+//! **Mirrors** ([`SimVfs::mirror_mapped_files`]): so that remapping clean pages from the
+//! newest snapshot (`engine/footprint.rs`) runs on a simulated disk too, `map_fd()` of a file
+//! then returns the descriptor of a real, unlinked temporary file that holds the simulated
+//! file's written (page-cache) bytes and receives every later write, truncation and
+//! allocation made through this disk, as the page cache of a real file would: pages mapped
+//! from it see later writes to the file (the show-through `docs/design.md` reasons about).
+//! Durability and crashes stay the simulation's: a crashed disk has no mirrors.
+//!
 //! Test support only (compiled with the `testing` feature): about 730 lines without its tests,
 //! kept in one file because the inodes, the durable/written split, the trace and its replay
 //! share one `State` whose invariants are stated once below.
@@ -319,6 +327,9 @@ struct State {
     trace: Option<Vec<TraceOp>>,
     /// The disk when the trace started (boxed: a state holding its own base).
     trace_base: Option<Box<State>>,
+    /// With [`SimVfs::mirror_mapped_files`]: the real file mirroring each inode whose
+    /// `map_fd` was asked for.
+    mirrors: Option<BTreeMap<u64, Arc<std::fs::File>>>,
 }
 
 fn apply_dir(names: &mut BTreeMap<PathBuf, u64>, op: &DirOp) {
@@ -433,7 +444,54 @@ impl State {
             faults: Vec::new(),
             trace: None,
             trace_base: None,
+            mirrors: None,
         }
+    }
+
+    /// Repeats a successful mutation of an inode on its mirror, if it has one.
+    fn mirror(&mut self, op: &TraceOp) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let ino = match op {
+            TraceOp::Write(ino, ..) | TraceOp::SetLen(ino, _) | TraceOp::Allocate(ino, _) => *ino,
+            _ => return Ok(()),
+        };
+        let Some(f) = self.mirrors.as_ref().and_then(|m| m.get(&ino)) else {
+            return Ok(());
+        };
+        match op {
+            TraceOp::Write(_, off, b) => f.write_all_at(b, *off),
+            TraceOp::SetLen(_, len) => f.set_len(*len),
+            TraceOp::Allocate(_, len) if *len > f.metadata()?.len() => f.set_len(*len),
+            _ => Ok(()),
+        }
+    }
+
+    /// The mirror of `ino`, created from its written bytes on first use.
+    fn mirror_of(&mut self, ino: u64) -> io::Result<Option<Arc<std::fs::File>>> {
+        use std::os::unix::fs::FileExt;
+        let Some(mirrors) = self.mirrors.as_ref() else {
+            return Ok(None);
+        };
+        if let Some(f) = mirrors.get(&ino) {
+            return Ok(Some(Arc::clone(f)));
+        }
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("snapheap-sim-mirror-{}-{n}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let _ = std::fs::remove_file(&path); // unlinked: gone with its last descriptor
+        let data = self.inodes.get(&ino).map_or(&[][..], |i| &i.data[..]);
+        f.write_all_at(data, 0)?;
+        let f = Arc::new(f);
+        self.mirrors
+            .as_mut()
+            .expect("checked above")
+            .insert(ino, Arc::clone(&f));
+        Ok(Some(f))
     }
 }
 
@@ -466,6 +524,20 @@ impl SimVfs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// From now on, `map_fd()` of this disk's files returns a real mirror file (see the module
+    /// docs), so that the engine maps pages from it as from a real file.
+    pub fn mirror_mapped_files(&self) {
+        let mut s = self.lock();
+        if s.mirrors.is_none() {
+            s.mirrors = Some(BTreeMap::new());
+        }
+    }
+
+    /// Whether [`SimVfs::mirror_mapped_files`] was called on this disk.
+    pub fn mirrors_mapped_files(&self) -> bool {
+        self.lock().mirrors.is_some()
+    }
+
     /// Starts recording a trace of every mutating operation (see [`SimTrace`]); replaying it
     /// starts from the disk as it is now.
     pub fn start_trace(&self) {
@@ -473,6 +545,7 @@ impl SimVfs {
         let mut base = s.clone();
         base.trace = None;
         base.trace_base = None;
+        base.mirrors = None;
         s.trace_base = Some(Box::new(base));
         s.trace = Some(Vec::new());
     }
@@ -546,6 +619,9 @@ impl SimVfs {
                 ..Inode::default()
             },
         );
+        if let Some(m) = s.mirrors.as_mut() {
+            m.remove(&ino);
+        }
     }
 
     /// Names of the files that exist now.
@@ -620,6 +696,9 @@ impl SimFile {
         let mut s = self.vfs.lock();
         s.fault(on)?;
         s.apply(&op);
+        // A mirror that cannot follow would make mapped pages silently differ from the
+        // simulated file: a test-support failure, not a simulated I/O error.
+        s.mirror(&op).expect("write to the simulated disk's mirror file");
         s.record(op);
         Ok(())
     }
@@ -662,6 +741,15 @@ impl VFile for SimFile {
     }
     fn raw_fd(&self) -> Option<RawFd> {
         None
+    }
+    fn map_fd(&self) -> Option<RawFd> {
+        use std::os::fd::AsRawFd;
+        // The descriptor stays open while the disk holds the mirror (the disk outlives the
+        // files the engine maps from: the harness keeps it until the heap is gone).
+        match self.vfs.lock().mirror_of(self.ino) {
+            Ok(f) => f.map(|f| f.as_raw_fd()),
+            Err(_) => None,
+        }
     }
 }
 
@@ -736,6 +824,40 @@ mod tests {
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(format!("/d/{s}"))
+    }
+
+    /// Reads a mirror through its descriptor (`/proc/self/fd` reopens the unlinked file).
+    fn mirror_bytes(fd: RawFd) -> Vec<u8> {
+        std::fs::read(format!("/proc/self/fd/{fd}")).unwrap()
+    }
+
+    #[test]
+    fn mirrors_follow_every_change_and_crashed_disks_have_none() {
+        let v = SimVfs::new();
+        let f = v.open(&p("a"), true).unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        assert_eq!(f.map_fd(), None, "no mirrors unless asked for");
+        v.mirror_mapped_files();
+        let fd = f.map_fd().expect("a mirror");
+        assert_eq!(mirror_bytes(fd), b"hello", "created from the written bytes");
+        f.write_at(b"J", 0).unwrap();
+        f.allocate(8).unwrap();
+        assert_eq!(mirror_bytes(fd), b"Jello\0\0\0");
+        f.set_len(2).unwrap();
+        assert_eq!(mirror_bytes(fd), b"Je");
+        assert_eq!(f.map_fd(), Some(fd), "one mirror per file");
+        // A failed write changes neither the file nor its mirror.
+        v.inject(Fault {
+            on: FaultOn::Write,
+            nth: v.writes() + 1,
+            errno: libc::EIO,
+            forever: false,
+        });
+        assert!(f.write_at(b"zz", 0).is_err());
+        assert_eq!(mirror_bytes(fd), b"Je");
+        let c = v.crash(CrashMode::KeepUnsynced);
+        assert!(!c.mirrors_mapped_files());
+        assert_eq!(c.open(&p("a"), false).unwrap().map_fd(), None);
     }
 
     #[test]

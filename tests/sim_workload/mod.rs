@@ -91,6 +91,9 @@ pub fn options(disk: &SimVfs, bug: Option<PlantedBug>) -> OpenOptions {
         .snapshot_after_journal_bytes(96 << 10)
         .snapshot_on_close(true)
         .tracking(TRACKING.with(|c| c.get()))
+        // A disk that mirrors mapped files (`Run::create_remapping`) gives the engine a real
+        // descriptor to map snapshot pages from, so remapping clean pages runs on it.
+        .remap_clean_pages(disk.mirrors_mapped_files())
         .test_planted_bug(bug);
     o
 }
@@ -160,12 +163,28 @@ pub struct Run {
     pub model: Model,
     pub rng: Rng,
     pub bug: Option<PlantedBug>,
+    /// Pages returned to the kernel (remapped from the newest snapshot) over the run.
+    pub remapped: u64,
+    /// `remapped_pages` of the open handle when last read.
+    remapped_seen: u64,
 }
 
 impl Run {
     /// Creates the heap on an empty traced disk (version 0: no blocks).
     pub fn create(seed: u64, bug: Option<PlantedBug>) -> Run {
+        Run::create_on(SimVfs::new(), seed, bug)
+    }
+
+    /// [`Run::create`] with remapping of clean pages on: the disk mirrors the files the
+    /// engine maps (`SimVfs::mirror_mapped_files`), so the live heap maps snapshot pages from
+    /// real files that receive every later write, while crashes stay simulated.
+    pub fn create_remapping(seed: u64, bug: Option<PlantedBug>) -> Run {
         let disk = SimVfs::new();
+        disk.mirror_mapped_files();
+        Run::create_on(disk, seed, bug)
+    }
+
+    fn create_on(disk: SimVfs, seed: u64, bug: Option<PlantedBug>) -> Run {
         disk.start_trace();
         let mut model = Model::default();
         model.starts.push(0);
@@ -179,6 +198,8 @@ impl Run {
             model,
             rng: Rng::new(seed),
             bug,
+            remapped: 0,
+            remapped_seen: 0,
         }
     }
 
@@ -188,6 +209,16 @@ impl Run {
 
     /// Runs one operation; returns the error of a failed commit, snapshot or reopen.
     pub fn step(&mut self, op: Op) -> snapheap::Result<()> {
+        let res = self.step_inner(op);
+        if let Some(h) = &self.heap {
+            let r = h.stats().remapped_pages;
+            self.remapped += r.saturating_sub(self.remapped_seen);
+            self.remapped_seen = r;
+        }
+        res
+    }
+
+    fn step_inner(&mut self, op: Op) -> snapheap::Result<()> {
         match op {
             Op::Alloc => {
                 let n = match self.rng.below(16) {
@@ -268,6 +299,7 @@ impl Run {
 
     /// Reopens after a close (no crash): the state must be the last committed version.
     pub fn reopen(&mut self) -> snapheap::Result<()> {
+        self.remapped_seen = 0; // a new handle counts from 0
         let heap = open_sim(&self.disk, self.bug)?;
         let v = self.model.committed.len() as u64 - 1;
         if let Err(e) = check_state(&heap, &self.model, v, v) {

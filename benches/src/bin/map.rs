@@ -3,7 +3,11 @@
 //! one write transaction per commit), with equal durability.
 //!
 //! Run with: `cargo run --release --manifest-path benches/Cargo.toml --bin map`
-//! (`MAP_REMAP=0` turns off returning clean pages to the kernel.)
+//!
+//! Every case runs snapheap twice, with returning clean pages to the kernel
+//! (`OpenOptions::remap_clean_pages`, issue 15) on and off, then redb, so the effect of
+//! remapping is measured in the same run against the same reference (`MAP_REMAP` lists the
+//! settings in order: default `1,0`; `0,1` runs off first, `1` only on).
 //!
 //! Cases (each side starts from an empty heap / database in a scratch directory):
 //! - commit every 1,000 inserts, `MAP_N_BATCH` inserts (default 1,000,000);
@@ -74,12 +78,10 @@ impl Run {
     }
 }
 
-fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, d: Durability) -> Run {
+fn snapheap_run(dir: &std::path::Path, items: &[(u64, [u8; 32])], every: usize, d: Durability, remap: bool) -> Run {
     let mut opts = OpenOptions::new();
     opts.durability(d);
-    // MAP_REMAP=0 turns off returning clean pages to the kernel (issue 15), for an on/off
-    // comparison in one sitting.
-    opts.remap_clean_pages(env_usize("MAP_REMAP", 1) != 0);
+    opts.remap_clean_pages(remap);
     // MAP_SNAPSHOT_MIB overrides the journal volume that triggers a snapshot (for profiling).
     if let Some(mib) = std::env::var("MAP_SNAPSHOT_MIB")
         .ok()
@@ -185,8 +187,14 @@ fn main() {
 
     println!("snapheap map benchmark: random u64 -> [u8; 32] inserts, equal durability");
     println!("(commit-every-insert cases use {n_each} inserts, set by MAP_N_EACH; batch cases {n_batch}, MAP_N_BATCH)");
+    // MAP_REMAP: the remapping settings to run, in order (default "1,0": on, then off).
+    let remap_modes: Vec<bool> = std::env::var("MAP_REMAP")
+        .unwrap_or_else(|_| "1,0".into())
+        .split(',')
+        .map(|m| m.trim() != "0")
+        .collect();
     println!(
-        "{:<44} {:>8} {:>12} {:>12} {:>8}",
+        "{:<50} {:>8} {:>12} {:>12} {:>8}",
         "case", "inserts", "snapheap/s", "redb/s", "ratio"
     );
     let mut cases: Vec<(&str, usize, usize, bool)> = vec![
@@ -203,26 +211,35 @@ fn main() {
             continue;
         }
         let items = workload(n, 7 + n as u64);
-        let s = if side.as_deref() != Some("redb") {
-            let scratch = Scratch::new("map-snapheap");
-            let d = if durable {
-                Durability::Immediate
-            } else {
-                Durability::Eventual
-            };
-            snapheap_run(&scratch.0, &items, every, d)
+        let d = if durable {
+            Durability::Immediate
         } else {
-            Run::skipped()
+            Durability::Eventual
         };
+        let mut snap: Vec<(bool, Run)> = Vec::new();
+        for &remap in &remap_modes {
+            let s = if side.as_deref() != Some("redb") {
+                let scratch = Scratch::new("map-snapheap");
+                snapheap_run(&scratch.0, &items, every, d, remap)
+            } else {
+                Run::skipped()
+            };
+            snap.push((remap, s));
+        }
         let r = if side.as_deref() != Some("snapheap") {
             let scratch = Scratch::new("map-redb");
             redb_run(&scratch.0, &items, every, durable)
         } else {
             Run::skipped()
         };
-        let (sr, rr) = (n as f64 / s.elapsed.as_secs_f64(), n as f64 / r.elapsed.as_secs_f64());
-        println!("{name:<44} {n:>8} {sr:>12.0} {rr:>12.0} {:>7.2}x", sr / rr);
-        details.push(format!("{name}: snapheap {}; redb {}", s.detail, r.detail));
+        let rr = n as f64 / r.elapsed.as_secs_f64();
+        for (remap, s) in &snap {
+            let sr = n as f64 / s.elapsed.as_secs_f64();
+            let label = format!("{name}, remap {}", if *remap { "on" } else { "off" });
+            println!("{label:<50} {n:>8} {sr:>12.0} {rr:>12.0} {:>7.2}x", sr / rr);
+            details.push(format!("{label}: snapheap {}", s.detail));
+        }
+        details.push(format!("{name}: redb {}", r.detail));
     }
     println!("target (issue 3): snapheap at least 2x redb's throughput at equal durability");
     for d in details {

@@ -21,10 +21,12 @@
 
 #![forbid(unsafe_code)]
 
+mod chain;
 mod scan;
 mod writer;
 
-pub(crate) use scan::{read_run, scan_journal};
+pub(crate) use chain::walk_chain;
+pub(crate) use scan::{for_each_delta_entry, read_run, scan_journal};
 pub(crate) use writer::JournalWriter;
 #[cfg(test)]
 use writer::{DEFAULT_PREZERO_STEP, PREZERO_MAX_GROUP};

@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 use super::{Group, JournalHeader, JournalScan, PageRun};
-use crate::disk::format::delta::{Entries, PAGE_SIZE as DELTA_PAGE};
+use crate::disk::format::delta::{DeltaError, Entries, Entry, ENTRY_PAGE_OFFSET, PAGE_SIZE as DELTA_PAGE};
 use crate::disk::format::journal::{
     decode_header, verify_record_crc, HeaderError, RecordHeader, DELTA_VERSION, FIRST_RECORD_OFFSET, HEADER_AREA_LEN,
     HEADER_LEN, HEAP_ID_OFFSET, JOURNAL_ID_OFFSET, KIND_COMMIT, KIND_DELTA, KIND_PAGES, MAX_RECORD_LEN, RECORD_ALIGN,
@@ -66,6 +66,43 @@ pub(crate) fn read_run(file: &dyn VFile, path: &Path, run: &PageRun, dst: &mut [
             run.file_offset + n as u64,
             "journal became shorter after it was scanned",
         ));
+    }
+    Ok(())
+}
+
+/// Reads a `DELTA` record's payload into `buf`, decodes it again with the scanner's checks
+/// (the file could have changed since it was scanned) and calls `visit` with each entry in
+/// order. Every entry must name a page of the record (`[region_offset, region_end)`). A
+/// failure of `visit` (applying the entry, say) is reported at the entry's field. Errors name
+/// the file and byte offset. Replay (`engine/replay.rs`) and `Heap::verify` both apply
+/// `DELTA` records through this.
+pub(crate) fn for_each_delta_entry(
+    file: &dyn VFile,
+    path: &Path,
+    run: &PageRun,
+    buf: &mut SysVec<u8>,
+    visit: &mut dyn FnMut(&Entry<'_>) -> std::result::Result<(), DeltaError>,
+) -> Result<()> {
+    let Some(count) = run.delta_entries else {
+        return Err(Error::invalid("for_each_delta_entry: a PAGES record"));
+    };
+    buf.clear();
+    buf.resize(run.len as usize, 0);
+    read_run(file, path, run, buf)?;
+    let at = |off: usize| run.file_offset + off as u64;
+    for e in Entries::new(buf, count) {
+        let e = e.map_err(|e| Error::corrupt(path, at(e.offset), e.to_string()))?;
+        if e.page < run.region_offset || e.page >= run.region_end {
+            return Err(Error::corrupt(
+                path,
+                at(e.at + ENTRY_PAGE_OFFSET),
+                format!(
+                    "DELTA entry for page {:#x} outside the record's pages {:#x}..{:#x} (changed since the scan)",
+                    e.page, run.region_offset, run.region_end
+                ),
+            ));
+        }
+        visit(&e).map_err(|d| Error::corrupt(path, at(d.offset), d.to_string()))?;
     }
     Ok(())
 }
