@@ -22,15 +22,9 @@
 //! |---|---|---|---|
 //! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect/` (`mod.rs`, `report.rs`, `files.rs`, `image.rs`, `check.rs`, `compact.rs`, `readonly.rs`) | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
-<<<<<<< HEAD
-//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
-//! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
-//! | `mem/` | `region.rs`, `alloc/`, `track/`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the dirty-page tracker ladder, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
-=======
 //! | `engine/` | `mod.rs`, `recover.rs`, `replay.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `chain.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
-//! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
->>>>>>> cli2
+//! | `mem/` | `region.rs`, `alloc/`, `track/`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the dirty-page tracker ladder, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
 //! | `sys` | `mod.rs`, `mm.rs`, `file.rs`, `process.rs`, `sync.rs`, `uffd.rs`, `pagemap.rs` | the thin syscall layer | everything above |
 //!
