@@ -257,7 +257,7 @@ fn install_record(arena: &'static Arena, at: Option<usize>, record: &RootRecord)
 }
 
 /// Reads and validates the root record that `user_words[2]` points to.
-fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
+pub(crate) fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
     let at = arena.user_words()[WORD_ROOT_RECORD].load(Ordering::Acquire) as usize;
     let end = arena.base + arena.extent();
     if at == 0 {
@@ -280,7 +280,7 @@ fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
 
 /// Checks that the root pointer lies inside the heap, aligned as the record says, and agrees
 /// with the record.
-fn check_root_pointer(arena: &Arena, dir: &Path, word: usize, record: &RootRecord) -> Result<()> {
+pub(crate) fn check_root_pointer(arena: &Arena, dir: &Path, word: usize, record: &RootRecord) -> Result<()> {
     let end = (arena.base + arena.extent()) as u64;
     let in_heap = record.size == 0
         || (arena.contains(word as *const u8) && (word as u64).checked_add(record.size).is_some_and(|e| e <= end));
@@ -341,6 +341,14 @@ impl OpenOptions {
 impl<T: Persist> Heap<T> {
     fn engine(&self) -> &Engine {
         self.engine.as_deref().expect("engine present until close")
+    }
+
+    pub(crate) fn engine_ref(&self) -> &Engine {
+        self.engine()
+    }
+
+    pub(crate) fn lock_ref(&self) -> &RwLock<()> {
+        &self.lock
     }
 
     /// The heap's allocator, for building values that go into the root.

@@ -62,6 +62,7 @@ mod mem;
 mod migrate;
 mod options;
 mod persist;
+mod replica;
 mod stats;
 mod sys;
 
@@ -76,11 +77,12 @@ pub use migrate::RootInfo;
 pub use options::PlantedBug;
 pub use options::{
     Durability, OpenOptions, DEFAULT_BASE_CACHE_BYTES, DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES, DEFAULT_MAX_SIZE,
-    DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+    DEFAULT_REPLICATION_BACKLOG_BYTES, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
 };
 #[doc(hidden)]
 pub use persist::__private;
 pub use persist::{GlobalPersist, Persist};
+pub use replica::{Applied, Base, Replica, ReplicaReadGuard, ReplicationSource, WireGroup};
 #[cfg(feature = "derive")]
 pub use snapheap_derive::{GlobalPersist, Persist};
 pub use stats::Stats;
