@@ -377,7 +377,7 @@ impl<T: Persist> Heap<T> {
     pub fn commit(&self) -> Result<u64> {
         let seq = {
             let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
-            self.engine().commit()?
+            self.engine().commit_user()?
         };
         self.return_clean_pages(false);
         Ok(seq)
@@ -510,7 +510,7 @@ pub struct WriteGuard<'a, T: Persist> {
 impl<T: Persist> WriteGuard<'_, T> {
     /// Commits every change made so far, keeping the guard. Returns the sequence number.
     pub fn commit(&mut self) -> Result<u64> {
-        let seq = self.heap.engine().commit()?;
+        let seq = self.heap.engine().commit_user()?;
         if self.heap.engine().remap_due() {
             // SAFETY: this guard holds the root lock exclusively; unguarded writers are excluded
             // by `OpenOptions::remap_clean_pages`' contract.

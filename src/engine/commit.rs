@@ -31,6 +31,13 @@ impl Engine {
     /// with nothing to capture writes nothing and returns the previous sequence number (after
     /// making it durable when the durability mode asks for it).
     pub(crate) fn commit(&self) -> Result<u64> {
+        self.commit_inner(false)
+    }
+
+    /// A commit asked for by the user: with `Durability::Replicated`, refused when fenced and
+    /// waiting for the acknowledgement; otherwise [`Engine::commit`]. (Commits inside `open`
+    /// and `close` do not wait for a shipper.)
+    pub(crate) fn commit_user(&self) -> Result<u64> {
         let Durability::Replicated { timeout } = self.opts.durability else {
             return self.commit_inner(false);
         };

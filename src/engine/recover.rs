@@ -633,6 +633,11 @@ fn attach(
         // SAFETY: the control area and the first segment are mapped read-write and zeroed
         // (fresh anonymous memory), and nothing else uses them.
         unsafe { Arena::create(base, meta.max_size as usize, super::grow_hook, ctx) }
+    } else if opts.replica {
+        // A replica's memory must stay the primary's image: nothing may write it at open.
+        // SAFETY: the region is mapped read-write up to the recovered extent.
+        unsafe { Arena::attach_closed(base, meta.max_size as usize, super::grow_hook, ctx) }
+            .map_err(|e| Error::corrupt(dir, 0, format!("allocator state: {e}")))?
     } else {
         // SAFETY: the region is mapped read-write up to the recovered extent.
         unsafe { Arena::attach(base, meta.max_size as usize, super::grow_hook, ctx) }
