@@ -20,9 +20,9 @@
 //!
 //! | Layer | Files | Owns | Never sees |
 //! |---|---|---|---|
-//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
+//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `replica.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion, replication ([`ReplicationSource`], [`Replica`]) | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
-//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
+//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `repl.rs`, `replica.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, replication (primary and standby side), verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
 //! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |

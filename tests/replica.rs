@@ -288,6 +288,24 @@ fn round_trip_full_and_delta_records_across_journal_rotations() {
     );
     assert_eq!(field(&out, "POS", "LEN"), n - 1);
     assert_eq!(field(&out, "POS", "LAST"), n - 1);
+    // The replica snapshots on its own (threshold 192 KiB), which bounds its journal: the
+    // bootstrap wrote only `snapshot-0`, and journals before its newest snapshot are gone.
+    assert!(
+        std::fs::metadata(rdir.join("snapshot-1")).unwrap().len() > 0,
+        "the replica never took a snapshot"
+    );
+    let journals = std::fs::read_dir(&rdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .starts_with("journal-")
+        })
+        .count();
+    assert!(journals <= 3, "{journals} journals left in the replica");
     heap.close().unwrap();
 }
 
