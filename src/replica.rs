@@ -223,6 +223,7 @@ impl<T: Persist + Send + Sync + 'static> Replica<T> {
         o.replica = true;
         o.replication = true;
         o.durability = Durability::Immediate;
+        o.base_cache_bytes = 0; // a replica never captures pages
         let engine = Engine::open(dir, &o, &Fingerprint::root_record_kind())?;
         let base = engine.base();
         engine.close_allocator();

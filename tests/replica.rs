@@ -170,10 +170,8 @@ fn child_promote() {
     assert_eq!(heap.read().log.len() as u64, len);
     let src = heap.replication_source().unwrap();
     src.hold_from(pos);
-    let mut n = len + 1;
-    for _ in 0..30 {
+    for n in len + 1..len + 31 {
         commit_one(&heap, n);
-        n += 1;
     }
     let last = ship(&src, pos, &gdir);
     println!("PROMOTED {pos} NEWPOS {last} SUM {}", heap.content_checksum().unwrap());
@@ -386,10 +384,8 @@ fn gap_duplicate_divergence_and_damage_are_distinct_and_apply_nothing() {
     // The real primary, reopened (its chain continues across the restart), goes on.
     let heap = primary_opts().open(&pdir, init).unwrap();
     let src = heap.replication_source().unwrap();
-    let mut n = n;
-    for _ in 0..3 {
+    for n in n..n + 3 {
         commit_one(&heap, n);
-        n += 1;
     }
     let last = ship(&src, k, &gdir);
     assert_eq!(last, k + 3);
@@ -497,6 +493,7 @@ fn standby_sigkill_during_apply_resumes_with_the_primarys_content() {
             }
         };
         std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         unsafe { libc::kill(ch.id() as i32, libc::SIGKILL) };
         let _ = ch.wait();
         let _ = reader.join();
