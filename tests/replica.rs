@@ -469,7 +469,7 @@ fn standby_sigkill_during_apply_resumes_with_the_primarys_content() {
         .unwrap_or(30);
     let Shipped {
         s, heap, last, sums, ..
-    } = shipped("repl-kill", 240);
+    } = shipped("repl-kill", (rounds * 8).max(240));
     let (rdir, gdir) = (s.path().join("r"), s.path().join("g"));
     let mut rng = Rng::new(0x5eed ^ rounds);
     let mut positions = std::vec::Vec::new();
