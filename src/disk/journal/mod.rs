@@ -98,6 +98,9 @@ pub(crate) struct JournalScan {
     pub runs: SysVec<PageRun>,
     /// End of the last complete group; bytes after it are a torn tail or pre-zeroed space.
     pub valid_end: u64,
+    /// Every byte after `valid_end` is zero (nothing follows it, or only the writer's
+    /// pre-zeroed space): resuming may write over them without truncating first.
+    pub zero_tail: bool,
     /// The file length when scanned.
     #[allow(dead_code)] // part of the recovery report; the engine does not need it yet
     pub file_len: u64,
