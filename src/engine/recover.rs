@@ -383,10 +383,11 @@ struct Replayed {
 /// Step 4b: replays the complete commit groups in order, growing the region to each group's
 /// extent, copying its page runs into place and applying its `DELTA` entries (each page's final
 /// image checked against its last entry's post-image checksum, [`PostImageChecks`]). With `adopt` (the memory of a detached heap already
-/// holds them, which step 5 checks by the commit number and journal digest) the runs are read
-/// and checked into a scratch buffer instead (`DELTA` payloads decoded and validated; their
-/// post-image check needs the intermediate images, which adoption does not rebuild), so
-/// damage is reported as on any open.
+/// holds them, which step 5 checks by the commit number and journal digest) nothing is
+/// written: `PAGES` runs are not read again (the scan read and checksummed them), `DELTA`
+/// payloads are read, decoded and validated for the pages they name (their post-image check
+/// needs the intermediate images, which adoption does not rebuild), so damage is reported as
+/// on any open.
 fn replay(
     vfs: &dyn Vfs,
     opts: &OpenOptions,
@@ -447,8 +448,8 @@ fn replay(
                     post.pages_written(run.region_offset, run.region_end);
                     let addr = base + run.region_offset as usize;
                     if adopt {
-                        let mut scratch = vec![0u8; run.len as usize];
-                        read_run(&*f, &scan.path, run, &mut scratch)?;
+                        // The scan has read and checksummed these bytes; nothing is written
+                        // from them, so they are not read again.
                         ranges.push((addr, addr + run.len as usize));
                         pages += run.len / sys::OS_PAGE as u64;
                         continue;
@@ -463,7 +464,7 @@ fn replay(
                 };
                 // A DELTA record: read its payload again and decode it with the same checks as
                 // the scan (the file could have changed since), then apply each entry to its
-                // page in place and check the page's post-image checksum.
+                // page in place; the pages' post-image checksums are checked at the end.
                 delta_buf.clear();
                 delta_buf.resize(run.len as usize, 0);
                 read_run(&*f, &scan.path, run, &mut delta_buf)?;
