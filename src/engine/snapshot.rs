@@ -154,19 +154,11 @@ impl Engine {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let fresh = DirtySet::new(self.base(), self.meta.max_size as usize / sys::OS_PAGE);
         let fork_set = std::mem::replace(&mut cs.since_snap, fresh);
-        // Replay may now start from this image (memory at the fork) or from the older one
-        // (where the cached images are exact). Memory at the fork differs from a cached image
-        // only on pages written since this commit's collect (by threads writing memory
-        // unreachable from the roots), which the tracker reports now without re-protecting:
-        // those images are forgotten; every other cached image is exact for both starting
-        // points (docs/design.md, "Base cache", case 2). If the check fails, all are.
-        cs.ranges.clear();
-        let peeked = lock(&self.grow.tracker).peek(self.base(), self.base() + extent, &mut cs.ranges);
-        match peeked {
-            Ok(()) => cs.capture.snapshot_taken(extent as u64, self.base(), &cs.ranges),
-            Err(_) => cs.capture.invalidate(extent as u64),
-        }
-        cs.ranges.clear();
+        // Replay may now start from this image (memory at the fork, which can differ from the
+        // copies this commit journaled where other threads wrote in between) or from the older
+        // one: no cached base is safe for both, so every page's next record is whole or
+        // against zeros (docs/design.md, "Base cache", case 2).
+        cs.capture.invalidate(extent as u64);
         cs.pending = Some(Pending {
             pid,
             in_process_ok,

@@ -13,8 +13,7 @@
 //! Exactness (why a slot's frame equals what replay has for its page) is argued in
 //! `docs/design.md` ("Base cache"); this module only stores what it is given. Entries carry
 //! the *epoch* in which they were filled; [`BaseCache::invalidate_all`] starts a new epoch
-//! (after a failed write), and entries of older epochs never hit; [`BaseCache::forget`] makes
-//! one entry stale (at a snapshot fork, for the pages written since that commit's collect).
+//! (at every snapshot fork and after a failed write), and entries of older epochs never hit.
 //!
 //! # Invariants
 //!
@@ -360,15 +359,6 @@ impl BaseCache {
         }
         self.slot_mut(s).page = 0;
         s
-    }
-
-    /// Makes the stored image of `page`, if any, stale (epoch 0 is never current): it does not
-    /// hit again, and its slot is reused by the page's next store.
-    pub(crate) fn forget(&mut self, page: u64) {
-        if let Some(t) = self.find_entry(page + 1) {
-            let s = self.entry(t) - 1;
-            self.slot_mut(s).epoch = 0;
-        }
     }
 
     /// Makes every stored image stale (a new epoch): none of them hits again. Costs O(1).
