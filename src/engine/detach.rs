@@ -103,7 +103,7 @@ pub(super) fn detach(e: &Engine) {
     list.push(entry);
 }
 
-/// A 64-bit digest (FNV-1a) of the journal file's first `end` bytes: its header (id, start
+/// A 64-bit digest (FNV-1a over 8-byte words) of the journal file's first `end` bytes: its header (id, start
 /// and the random salt chosen when it was created) and every complete commit group in it.
 /// `None` when the file cannot be read. Costs one read of the journal (after a `close` that
 /// took a snapshot, only its header).
@@ -117,7 +117,17 @@ pub(super) fn journal_digest(f: &dyn crate::io::VFile, end: u64) -> Option<u64> 
         if got == 0 {
             return None;
         }
-        for &b in &buf[..got] {
+        // FNV-1a over 8-byte words (a byte at a time ran at well under 1 GB/s and made
+        // `close()` cost milliseconds per MiB of journal); the digest only ever meets another
+        // digest computed by this function in this process. A short read's tail is folded in
+        // byte by byte.
+        let words = buf[..got].chunks_exact(8);
+        let rest = words.remainder();
+        for w in words {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
+        }
+        for &b in rest {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
         off += got as u64;

@@ -13,6 +13,8 @@
 //!   is recorded in each new record's `synced` field, which recovery uses to tell a torn tail
 //!   from corruption.
 //! - At most one thread syncs at a time (`syncing`).
+//! - `waiters` counts the threads inside `cv.wait*`, changed only under `state`'s lock, so a
+//!   waiter always counts before the syncer (which updates under the same lock) decides to notify.
 //!
 //! # Safety
 //!
@@ -36,6 +38,9 @@ pub(super) struct DurableState {
     pub durable_end: u64,
     syncing: bool,
     stop: bool,
+    /// Threads waiting on `cv` (committers and the flusher): a sync with none wakes nobody
+    /// and skips the `futex` call (`Condvar::notify_all` always makes one).
+    waiters: u32,
 }
 
 pub(super) struct Durable {
@@ -56,6 +61,7 @@ impl Durable {
                 durable_end: end,
                 syncing: false,
                 stop: false,
+                waiters: 0,
             }),
             cv: Condvar::new(),
             flusher: Mutex::new(None),
@@ -112,7 +118,9 @@ impl Engine {
             }
             self.check_poison()?;
             if s.syncing {
+                s.waiters += 1;
                 s = d.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.waiters -= 1;
                 continue;
             }
             s.syncing = true;
@@ -136,12 +144,16 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    d.cv.notify_all();
+                    if s.waiters > 0 {
+                        d.cv.notify_all();
+                    }
                     drop(s);
                     return Err(self.poison(Error::io("fdatasync (journal)", &self.dir, e)));
                 }
             }
-            d.cv.notify_all();
+            if s.waiters > 0 {
+                d.cv.notify_all();
+            }
         }
     }
 
@@ -164,8 +176,10 @@ impl Engine {
                     if s.stop {
                         return;
                     }
+                    s.waiters += 1;
                     let (g, _) = d.cv.wait_timeout(s, every).unwrap_or_else(|p| p.into_inner());
                     s = g;
+                    s.waiters -= 1;
                     if s.stop {
                         return;
                     }

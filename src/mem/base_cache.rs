@@ -229,6 +229,14 @@ impl BaseCache {
         self.set_entry(t, slot + 1);
     }
 
+    /// Whether `page` has a current image (no counters change; seeding uses it to copy each
+    /// replayed page once).
+    pub(crate) fn holds(&self, page: u64) -> bool {
+        self.find_entry(page + 1)
+            .map(|t| self.entry(t) - 1)
+            .is_some_and(|s| self.slot(s).epoch == self.epoch)
+    }
+
     /// The slot holding a current image of page `page` (an index: region offset / 4096), if
     /// any; counts a hit or a miss and marks the slot referenced.
     pub(crate) fn lookup(&mut self, page: u64) -> Option<u32> {

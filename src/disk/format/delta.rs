@@ -405,12 +405,21 @@ pub(crate) fn check_payload(payload: &[u8], count: u32) -> Result<(), DeltaError
 /// (the page is left with the runs written: the caller discards it).
 pub(crate) fn apply_entry(entry: &Entry<'_>, page: &mut [u8]) -> Result<(), DeltaError> {
     entry.write_runs(page);
+    check_post_image(page, entry.post_crc, entry.at)
+}
+
+/// The post-image check of [`apply_entry`] on its own: `page` must have checksum `post_crc`,
+/// the stored checksum of the entry at payload offset `at`. Recovery applies a page's chain
+/// of entries with [`Entry::write_runs`] and checks only the image the chain ends in (the one
+/// recovery keeps): a wrong base anywhere in the chain leaves wrong words in that image unless
+/// later entries overwrite them all, in which case the kept image is right.
+pub(crate) fn check_post_image(page: &[u8], post_crc: u32, at: usize) -> Result<(), DeltaError> {
     let computed = crc32fast::hash(page);
-    if computed != entry.post_crc || page.len() != PAGE_SIZE {
+    if computed != post_crc || page.len() != PAGE_SIZE {
         return Err(DeltaError {
-            offset: entry.at + ENTRY_CRC_OFFSET,
+            offset: at + ENTRY_CRC_OFFSET,
             why: DeltaWhy::PostImage {
-                stored: entry.post_crc,
+                stored: post_crc,
                 computed,
             },
         });

@@ -104,6 +104,9 @@ pub(crate) struct JournalScan {
     pub runs: SysVec<PageRun>,
     /// End of the last complete group; bytes after it are a torn tail or pre-zeroed space.
     pub valid_end: u64,
+    /// Every byte after `valid_end` is zero (nothing follows it, or only the writer's
+    /// pre-zeroed space): resuming may write over them without truncating first.
+    pub zero_tail: bool,
     /// The file length when scanned.
     #[allow(dead_code)] // part of the recovery report; the engine does not need it yet
     pub file_len: u64,
@@ -358,8 +361,11 @@ mod tests {
         let s = scan_journal(&vfs, &path, HEAP, ID, true).unwrap();
         assert_groups(&vfs, &s, &specs[..3]);
         assert!(s.file_len >= DEFAULT_PREZERO_STEP, "the default writer pre-zeroes");
+        assert!(s.zero_tail && s.file_len > s.valid_end, "{s:?}");
         let mut w = JournalWriter::resume(&vfs, &s).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), s.valid_end);
+        // Only pre-zeroed space follows the last group: kept (not truncated) as the new
+        // writer's pre-zeroed space.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), s.file_len);
         append(&mut w, &specs[3..], PREVIOUS_SYNCED, &mut ends);
         let s = scan_journal(&vfs, &path, HEAP, ID, false).unwrap();
         assert_groups(&vfs, &s, &specs);
@@ -845,15 +851,25 @@ mod tests {
         let vfs2 = with_file(&jpath(), &bad);
         assert_eq!(corrupt_offset(scan(&vfs2, false)), end - 40);
         assert_groups(&vfs2, &scan(&vfs2, true).unwrap(), &specs[..3]);
-        // Resume drops the zeros and re-zeroes ahead of the next group.
+        // Resume keeps the zeros as its pre-zeroed space (no truncation) and writes the next
+        // group over them; a zeroed tail inside a group is truncated (torn-tail tests).
         let s = scan(&vfs, true).unwrap();
+        assert!(s.zero_tail);
         let mut w = JournalWriter::resume(&vfs, &s).unwrap();
-        assert_eq!(bytes(&vfs, &jpath()).len() as u64, end);
+        assert_eq!(bytes(&vfs, &jpath()).len() as u64, file_len);
         w.set_prezero_step(TEST_PREZERO);
         let mut ends2 = ends.clone();
         append(&mut w, &specs[..1], PREVIOUS_SYNCED, &mut ends2);
         assert!(bytes(&vfs, &jpath()).len() as u64 > *ends2.last().unwrap());
+        assert!(bytes(&vfs, &jpath())[*ends2.last().unwrap() as usize..]
+            .iter()
+            .all(|&b| b == 0));
         assert_eq!(scan(&vfs, false).unwrap().groups.len(), 5);
+        // With the COMMIT record zeroed the zeros start inside a group: resume truncates.
+        let s2 = scan(&vfs2, true).unwrap();
+        assert!(!s2.zero_tail);
+        JournalWriter::resume(&vfs2, &s2).unwrap();
+        assert_eq!(bytes(&vfs2, &jpath()).len() as u64, s2.valid_end);
     }
 
     #[test]

@@ -295,6 +295,7 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
         pos += rec_len;
     };
 
+    let mut zero_tail = true;
     let valid_end = match stop {
         None => pos,
         Some(stop) => {
@@ -310,6 +311,7 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
                 ));
             }
             let zero_end = stop.at == group_start && tail.all_zero;
+            zero_tail = zero_end;
             if !is_last && !zero_end {
                 return Err(Error::corrupt(
                     path,
@@ -330,6 +332,7 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
         groups,
         runs,
         valid_end,
+        zero_tail,
         file_len,
     })
 }

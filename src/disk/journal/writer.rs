@@ -145,7 +145,14 @@ impl JournalWriter {
         };
         let file: Arc<dyn VFile> = Arc::from(vfs.open(path, false).map_err(|e| Error::io("open", path, e))?);
         let len = file.len().map_err(|e| Error::io("fstat", path, e))?;
-        if len != scan.valid_end {
+        let mut zeroed_end = scan.valid_end;
+        if len != scan.valid_end && scan.zero_tail && len % RECORD_ALIGN == 0 {
+            // Only zeros follow (the pre-zeroed space of the writer that stopped): they hold
+            // no stale record, so new groups may overwrite them as pre-zeroed space, and
+            // truncating (a file-system metadata commit at the sync below, milliseconds here)
+            // is not needed. The sync below makes the zeros durable before any group lands.
+            zeroed_end = len;
+        } else if len != scan.valid_end {
             // Durable before any new group is written: stale tail bytes of this file carry
             // this file's salt and could otherwise line up with new records.
             file.set_len(scan.valid_end)
@@ -156,7 +163,7 @@ impl JournalWriter {
         // records will name it in their `synced` field.
         file.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
         let id = scan.header.journal_id;
-        Ok(Self::new(
+        let mut w = Self::new(
             file,
             path.clone(),
             id,
@@ -164,7 +171,9 @@ impl JournalWriter {
             scan.valid_end,
             next_seq,
             scan.header.version,
-        ))
+        );
+        w.zeroed_end = zeroed_end;
+        Ok(w)
     }
 
     /// Sets how far ahead of the end the writer writes zeros (0 disables). Overwriting
