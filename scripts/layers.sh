@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # nothing of the crate, options only io.
 find src -name '*.rs' | sort | xargs awk '
 BEGIN {
-  n = split("lib:0 heap:0 migrate:0 persist:0 collections:0 global:0 fuzzing:0 inspect:0 engine:1 disk:2 mem:3 io:4 sys:5 options:8 error:9 stats:9", kv, " ")
+  n = split("lib:0 heap:0 migrate:0 persist:0 replica:0 collections:0 global:0 fuzzing:0 inspect:0 engine:1 disk:2 mem:3 io:4 sys:5 options:8 error:9 stats:9", kv, " ")
   for (i = 1; i <= n; i++) { split(kv[i], p, ":"); layer[p[1]] = p[2] }
   names["0"] = "api"; fail = 0; files = 0
 }

@@ -84,6 +84,50 @@ pub enum Error {
         /// Why the memory of the earlier handle cannot be adopted.
         reason: String,
     },
+    /// Replication: the group a shipper asked for (`wanted`) is no longer in the primary's
+    /// journals (a snapshot deleted them, or the backlog held for the shipper passed
+    /// `OpenOptions::replication_backlog_bytes`). The oldest group still available is
+    /// `oldest`. Send the standby a new base (`ReplicationSource::export_base`).
+    BacklogTrimmed {
+        /// The sequence number asked for.
+        wanted: u64,
+        /// The oldest sequence number still available.
+        oldest: u64,
+    },
+    /// Replication: a replica at position `expected - 1` was given group `got`, later than the
+    /// next one; groups in between are missing. Nothing was applied.
+    ReplicaGap {
+        /// The sequence number the replica needs next.
+        expected: u64,
+        /// The sequence number it was given.
+        got: u64,
+    },
+    /// Replication: group `seq` does not continue the replica's history (its chain hash names
+    /// another past: a group of an old primary after a failover, or of another copy of the
+    /// heap). Nothing was applied; bootstrap the replica again from a base of the right primary.
+    ReplicaDiverged {
+        /// The sequence number of the refused group.
+        seq: u64,
+        /// The replica's and the group's chain hashes.
+        what: String,
+    },
+    /// `Durability::Replicated`: commit `seq` is durable on the local disk, but the replicated
+    /// log did not acknowledge it within the timeout. It is *not* rolled back: a restart keeps it.
+    ReplicationTimeout {
+        /// The commit's sequence number.
+        seq: u64,
+    },
+    /// `Durability::Replicated`: the shipper reported that this primary was fenced (a newer
+    /// primary exists). Commits in the replicated mode are refused from then on.
+    Fenced {
+        /// What the shipper reported.
+        reason: String,
+    },
+    /// The heap (or replica) this handle belongs to was closed.
+    Closed {
+        /// What was asked of the closed handle.
+        what: String,
+    },
 }
 
 /// Shorthand for results of this crate.
@@ -158,6 +202,26 @@ impl fmt::Display for Error {
                  process, or call `snapheap::release_detached` (unsafe) once no such value is used any more",
                 dir.display()
             ),
+            Error::BacklogTrimmed { wanted, oldest } => write!(
+                f,
+                "replication: group {wanted} is no longer in the primary's journals (the oldest available is {oldest}); \
+                 send the standby a new base"
+            ),
+            Error::ReplicaGap { expected, got } => write!(
+                f,
+                "replication: the replica needs group {expected} next but was given group {got} (groups are missing); nothing was applied"
+            ),
+            Error::ReplicaDiverged { seq, what } => write!(
+                f,
+                "replication: group {seq} does not continue the replica's history ({what}); nothing was applied, \
+                 bootstrap the replica again"
+            ),
+            Error::ReplicationTimeout { seq } => write!(
+                f,
+                "replication: commit {seq} is durable locally but the replicated log did not acknowledge it in time"
+            ),
+            Error::Fenced { reason } => write!(f, "replication: this primary was fenced ({reason})"),
+            Error::Closed { what } => write!(f, "{what}: the heap was closed"),
         }
     }
 }

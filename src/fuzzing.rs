@@ -407,3 +407,53 @@ mod tests {
         assert_eq!(s.valid_end, file.len() as u64);
     }
 }
+
+/// The fields of a decoded wire group (`format::wire::decode_group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGroupFields {
+    /// Heap id.
+    pub heap_id: u64,
+    /// Sequence number.
+    pub seq: u64,
+    /// Chain hash before the group.
+    pub prev_chain: u64,
+    /// Chain hash after the group.
+    pub chain: u64,
+    /// Region extent at the commit.
+    pub extent: u64,
+    /// Payload length.
+    pub payload_len: usize,
+    /// `(payload offset, payload length)` of each `PAGES` / `DELTA` record.
+    pub records: Vec<(usize, usize)>,
+}
+
+/// Decodes and validates a wire group; `Err` names the offset.
+pub fn wire_group(b: &[u8]) -> Result<WireGroupFields, (u64, String)> {
+    let v = crate::disk::format::wire::decode_group(b).map_err(|e| (e.offset, e.what))?;
+    Ok(WireGroupFields {
+        heap_id: v.heap_id,
+        seq: v.seq,
+        prev_chain: v.prev_chain,
+        chain: v.chain,
+        extent: v.extent,
+        payload_len: v.payload.len(),
+        records: v.records.iter().map(|r| (r.payload_at, r.len)).collect(),
+    })
+}
+
+/// Encodes a wire group from records (any bytes: the encoder zeroes `crc`/`synced` of what
+/// parses as records); returns the bytes and the chain hash.
+pub fn wire_group_encode(heap_id: u64, seq: u64, prev_chain: u64, records: &[u8]) -> (Vec<u8>, u64) {
+    crate::disk::format::wire::encode_group(heap_id, seq, prev_chain, records)
+}
+
+/// Decodes a base: `(heap_id, seq, chain, meta length, snapshot length)`.
+pub fn wire_base(b: &[u8]) -> Result<(u64, u64, u64, usize, usize), (u64, String)> {
+    let v = crate::disk::format::wire::decode_base(b).map_err(|e| (e.offset, e.what))?;
+    Ok((v.heap_id, v.seq, v.chain, v.meta.len(), v.snapshot.len()))
+}
+
+/// Encodes a base.
+pub fn wire_base_encode(heap_id: u64, seq: u64, chain: u64, meta: &[u8], snapshot: &[u8]) -> Vec<u8> {
+    crate::disk::format::wire::encode_base(heap_id, seq, chain, meta, snapshot)
+}

@@ -257,7 +257,7 @@ fn install_record(arena: &'static Arena, at: Option<usize>, record: &RootRecord)
 }
 
 /// Reads and validates the root record that `user_words[2]` points to.
-fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
+pub(crate) fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
     let at = arena.user_words()[WORD_ROOT_RECORD].load(Ordering::Acquire) as usize;
     let end = arena.base + arena.extent();
     if at == 0 {
@@ -280,7 +280,7 @@ fn read_record(arena: &Arena, dir: &Path) -> Result<(usize, RootRecord)> {
 
 /// Checks that the root pointer lies inside the heap, aligned as the record says, and agrees
 /// with the record.
-fn check_root_pointer(arena: &Arena, dir: &Path, word: usize, record: &RootRecord) -> Result<()> {
+pub(crate) fn check_root_pointer(arena: &Arena, dir: &Path, word: usize, record: &RootRecord) -> Result<()> {
     let end = (arena.base + arena.extent()) as u64;
     let in_heap = record.size == 0
         || (arena.contains(word as *const u8) && (word as u64).checked_add(record.size).is_some_and(|e| e <= end));
@@ -343,6 +343,14 @@ impl<T: Persist> Heap<T> {
         self.engine.as_deref().expect("engine present until close")
     }
 
+    pub(crate) fn engine_ref(&self) -> &Engine {
+        self.engine()
+    }
+
+    pub(crate) fn lock_ref(&self) -> &RwLock<()> {
+        &self.lock
+    }
+
     /// The heap's allocator, for building values that go into the root.
     pub fn alloc(&self) -> HeapAlloc {
         HeapAlloc::new(self.engine().arena())
@@ -369,7 +377,7 @@ impl<T: Persist> Heap<T> {
     pub fn commit(&self) -> Result<u64> {
         let seq = {
             let _g = self.lock.read().unwrap_or_else(|p| p.into_inner());
-            self.engine().commit()?
+            self.engine().commit_user()?
         };
         self.return_clean_pages(false);
         Ok(seq)
@@ -502,7 +510,7 @@ pub struct WriteGuard<'a, T: Persist> {
 impl<T: Persist> WriteGuard<'_, T> {
     /// Commits every change made so far, keeping the guard. Returns the sequence number.
     pub fn commit(&mut self) -> Result<u64> {
-        let seq = self.heap.engine().commit()?;
+        let seq = self.heap.engine().commit_user()?;
         if self.heap.engine().remap_due() {
             // SAFETY: this guard holds the root lock exclusively; unguarded writers are excluded
             // by `OpenOptions::remap_clean_pages`' contract.

@@ -20,9 +20,9 @@
 //!
 //! | Layer | Files | Owns | Never sees |
 //! |---|---|---|---|
-//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion | |
+//! | API | `heap.rs`, `migrate.rs`, `persist.rs`, `replica.rs`, `collections/`, `global/` (`mod.rs`, `alloc.rs`, `roots.rs`, `reclaim.rs`), `inspect.rs` | [`Heap`], guards, [`OpenOptions::open`], [`OpenOptions::migrate`], [`Persist`], [`GlobalPersist`], [`collections`], [`GlobalHeap`], offline [`inspect`]ion, replication ([`ReplicationSource`], [`Replica`]) | |
 //! | leaves | `options.rs`, `error.rs`, `stats.rs` | [`OpenOptions`], [`Durability`], [`Error`], [`Stats`] | anything but `io` |
-//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, verify | the typed API |
+//! | `engine/` | `mod.rs`, `recover.rs`, `commit.rs`, `capture.rs`, `page_diff.rs`, `durable.rs`, `snapshot.rs`, `repl.rs`, `replica.rs`, `verify.rs` | one open heap: recovery, commit (pages whole or as deltas), group commit, snapshot scheduling, replication (primary and standby side), verify | the typed API |
 //! | `disk/` | `journal/` (`mod.rs`, `scan.rs`, `writer.rs`), `snapshot.rs`, `format/` | files and bytes: journal scan and append, the snapshot file protocol, pure encode/decode | the engine |
 //! | `mem/` | `region.rs`, `alloc/`, `track.rs`, `dirty_set.rs`, `base_cache.rs`, `sysmem.rs` | the mapped region, the size-class allocator, the kernel dirty-page tracker, the dirty bitmap, the commit path's base images, bookkeeping memory | files |
 //! | [`io`] | `mod.rs`, `os.rs` | the [`io::Vfs`] seam and the real file system | the heap |
@@ -62,6 +62,7 @@ mod mem;
 mod migrate;
 mod options;
 mod persist;
+mod replica;
 mod stats;
 mod sys;
 
@@ -76,11 +77,12 @@ pub use migrate::RootInfo;
 pub use options::PlantedBug;
 pub use options::{
     Durability, OpenOptions, DEFAULT_BASE_CACHE_BYTES, DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES, DEFAULT_MAX_SIZE,
-    DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+    DEFAULT_REPLICATION_BACKLOG_BYTES, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
 };
 #[doc(hidden)]
 pub use persist::__private;
 pub use persist::{GlobalPersist, Persist};
+pub use replica::{Applied, Base, Replica, ReplicaReadGuard, ReplicationSource, WireGroup};
 #[cfg(feature = "derive")]
 pub use snapheap_derive::{GlobalPersist, Persist};
 pub use stats::Stats;

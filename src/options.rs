@@ -18,6 +18,26 @@ pub enum Durability {
     /// them within [`OpenOptions::flush_interval`]. Survives a crash of the process at once, and
     /// a power loss for commits older than the interval.
     Eventual,
+    /// `commit` makes the commit durable exactly as [`Durability::Immediate`], then waits
+    /// until the replication shipper reports that the replicated log acknowledged it
+    /// ([`ReplicationSource::acknowledge`](crate::ReplicationSource::acknowledge)). Errors:
+    /// [`Error::ReplicationTimeout`](crate::Error::ReplicationTimeout) after `timeout` — the
+    /// commit **is** durable on the local disk then and is not rolled back (a restart keeps
+    /// it; it reaches the standbys when the shipper catches up) — and
+    /// [`Error::Fenced`](crate::Error::Fenced) once the shipper reported a newer primary
+    /// (checked before the commit too: a fenced primary writes nothing new). Turns
+    /// [`OpenOptions::replication`] on. `Heap<T>` only: `GlobalHeap` refuses it.
+    Replicated {
+        /// How long a commit waits for the acknowledgement.
+        timeout: Duration,
+    },
+}
+
+impl Durability {
+    /// Whether `commit` syncs the journal before it returns.
+    pub(crate) fn syncs(self) -> bool {
+        !matches!(self, Durability::Eventual)
+    }
 }
 
 /// Options for opening or creating a heap. [`Heap::open`](crate::Heap::open) uses the defaults.
@@ -36,6 +56,10 @@ pub struct OpenOptions {
     pub(crate) remap_clean_pages: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) test_snapshot_stop_after: Option<u8>,
+    pub(crate) replication: bool,
+    pub(crate) replication_backlog_bytes: u64,
+    /// Set by `Replica`: the directory is a replica's (its `replica` marker is expected).
+    pub(crate) replica: bool,
     /// Schema migrations offered to [`OpenOptions::open`](crate::OpenOptions::open), in the
     /// order given: `migrate.rs`'s steps, type-erased so this leaf stays below the API.
     pub(crate) migrations: std::vec::Vec<Arc<dyn std::any::Any + Send + Sync>>,
@@ -88,6 +112,9 @@ pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
 pub const DEFAULT_BASE_CACHE_BYTES: u64 = 64 << 20;
 /// The default journal volume below which `close` skips the snapshot: 8 MiB.
 pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
+/// The default cap on journals kept for a lagging replication shipper: 256 MiB.
+pub const DEFAULT_REPLICATION_BACKLOG_BYTES: u64 = 256 << 20;
+
 /// The default journal volume after which a snapshot starts: 64 MiB.
 pub const DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -107,6 +134,9 @@ impl Default for OpenOptions {
             remap_clean_pages: false,
             vfs: Arc::new(OsVfs),
             test_snapshot_stop_after: None,
+            replication: false,
+            replication_backlog_bytes: DEFAULT_REPLICATION_BACKLOG_BYTES,
+            replica: false,
             migrations: std::vec::Vec::new(),
             test_create_legacy_format: false,
             #[cfg(any(test, feature = "testing"))]
@@ -237,6 +267,34 @@ impl OpenOptions {
     pub fn test_create_legacy_format(&mut self, yes: bool) -> &mut Self {
         self.test_create_legacy_format = yes;
         self
+    }
+
+    /// Keeps what a replication shipper needs (default off; [`Durability::Replicated`] turns
+    /// it on): the chain hash of every commit group (`docs/design.md`, "Replication"), an
+    /// index of the durable groups in the journals, and the journals a shipper still needs
+    /// (see [`OpenOptions::replication_backlog_bytes`]). Needed by
+    /// [`Heap::replication_source`](crate::Heap::replication_source). Costs one hash pass
+    /// over each group at commit, 40 bytes of memory per group in the journals, a small
+    /// `chain` file rewritten at each journal rotation, and at open one read of the journals
+    /// since the newest snapshot. Turning it off and on again starts a new chain: standbys
+    /// then report divergence and must be bootstrapped again.
+    pub fn replication(&mut self, yes: bool) -> &mut Self {
+        self.replication = yes;
+        self
+    }
+
+    /// How many bytes of journals older than the newest snapshot are kept for a shipper that
+    /// lags behind ([`ReplicationSource::hold_from`](crate::ReplicationSource::hold_from)),
+    /// default 256 MiB. Past it they are deleted and the shipper gets
+    /// [`Error::BacklogTrimmed`](crate::Error::BacklogTrimmed).
+    pub fn replication_backlog_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.replication_backlog_bytes = bytes;
+        self
+    }
+
+    /// Whether the engine keeps the replication state.
+    pub(crate) fn replicates(&self) -> bool {
+        self.replication || matches!(self.durability, Durability::Replicated { .. })
     }
 
     /// Tests only: plant a known bug (see [`PlantedBug`]) to check that the tests catch it.

@@ -34,6 +34,23 @@ impl Engine {
         self.commit_inner(false)
     }
 
+    /// A commit asked for by the user: with `Durability::Replicated`, refused when fenced and
+    /// waiting for the acknowledgement; otherwise [`Engine::commit`]. (Commits inside `open`
+    /// and `close` do not wait for a shipper.)
+    pub(crate) fn commit_user(&self) -> Result<u64> {
+        let Durability::Replicated { timeout } = self.opts.durability else {
+            return self.commit_inner(false);
+        };
+        let repl = self
+            .repl
+            .as_ref()
+            .expect("Replicated durability keeps the replication state");
+        repl.check_fenced()?;
+        let seq = self.commit_inner(false)?;
+        repl.wait_ack(seq, timeout)?;
+        Ok(seq)
+    }
+
     /// Commits and waits until the commit is durable, whatever the durability mode (the
     /// format upgrade needs the root record durable before it rewrites `meta`).
     pub(crate) fn commit_durable(&self) -> Result<u64> {
@@ -47,7 +64,7 @@ impl Engine {
         self.check_poison()?;
         let seq = self.commit_locked(&mut cs, force_snapshot)?;
         drop(cs);
-        if self.opts.durability == Durability::Immediate {
+        if self.opts.durability.syncs() {
             self.wait_durable(seq)?;
         }
         Ok(seq)
@@ -69,6 +86,7 @@ impl Engine {
         let base = self.base();
         let mut forked = false;
         let mut pages = 0u64;
+        let mut chain = cs.chain;
         let seq;
         {
             let _pause = self.arena.pause();
@@ -95,14 +113,22 @@ impl Engine {
                     pages += ((b - a) / crate::sys::OS_PAGE) as u64;
                 }
                 cs.journal.finish_group(extent as u64);
+                if self.repl.is_some() {
+                    chain = crate::disk::format::wire::chain_step(cs.chain, seq, cs.journal.encoded());
+                }
             }
             if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
                 forked = self.fork_snapshot(cs, seq, extent);
             }
         }
         if seq != cs.last_seq {
+            let start = cs.journal.end();
             match cs.journal.write_encoded() {
                 Ok(end) => {
+                    if let Some(r) = &self.repl {
+                        r.group_written(seq, cs.journal.id(), start, end, chain);
+                        cs.chain = chain;
+                    }
                     self.durable.written(seq, end);
                     cs.last_seq = seq;
                     self.counters.journal_bytes.store(
@@ -128,7 +154,7 @@ impl Engine {
     }
 
     /// Whether the journal volume or the interval asks for a snapshot.
-    fn snapshot_due(&self, cs: &CommitState) -> bool {
+    pub(super) fn snapshot_due(&self, cs: &CommitState) -> bool {
         let bytes = cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         if bytes >= self.opts.snapshot_after_journal_bytes {
             return true;

@@ -82,7 +82,10 @@ pub(super) fn detach(e: &Engine) {
     } else {
         None
     };
-    privatise_file_pages(&region);
+    if !e.opts.replica {
+        // A replica's memory is released right after the drop (`Replica`'s drop and promote).
+        privatise_file_pages(&region);
+    }
     let digest = {
         let cs = lock(&e.commit);
         journal_digest(&*cs.journal.file(), cs.journal.end())

@@ -131,6 +131,9 @@ impl Engine {
                     if s.journal_id == jid {
                         s.durable_end = s.durable_end.max(target_end);
                     }
+                    if let Some(r) = &self.repl {
+                        r.durable(s.durable_seq);
+                    }
                 }
                 Err(e) => {
                     d.cv.notify_all();

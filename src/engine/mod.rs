@@ -44,6 +44,8 @@ mod durable;
 mod footprint;
 pub(crate) mod page_diff;
 mod recover;
+pub(crate) mod repl;
+pub(crate) mod replica;
 mod snapshot;
 mod verify;
 
@@ -133,6 +135,9 @@ pub(crate) struct CommitState {
     /// Bytes of the journals of the chain before the current one (since the newest durable
     /// snapshot); with the current journal's, what the next open would replay.
     older_journal_bytes: u64,
+    /// Chain hash of the history up to `last_seq` (with replication on; `docs/design.md`,
+    /// "Replication").
+    chain: u64,
 }
 
 /// Counters reported by [`Stats`].
@@ -195,6 +200,8 @@ pub(crate) struct Engine {
     frozen: AtomicBool,
     /// Set by a `close` whose final commit succeeded (see `detach.rs`).
     closed_with_commit: AtomicBool,
+    /// Replication state shared with `ReplicationSource`s (with replication on).
+    repl: Option<Arc<repl::ReplShared>>,
 }
 
 impl Engine {
@@ -301,6 +308,9 @@ impl Engine {
         }
         self.durable.stop_flusher();
         let mut result = Ok(());
+        if let Some(r) = &self.repl {
+            r.close();
+        }
         if commit_and_snapshot && !self.is_poisoned() {
             result = self.commit_inner(false).map(drop);
             self.closed_with_commit.store(result.is_ok(), Ordering::Release);

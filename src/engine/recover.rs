@@ -149,9 +149,15 @@ impl Engine {
         vfs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let dir = dir.to_path_buf();
         let lock_file = lock_dir(&*vfs, &dir)?; // 1
-                                                // `adopting`: this heap's memory from an earlier handle in this process, still mapped
-                                                // (`detach.rs`). Steps 3 and 4 then only read and check the files, and step 5 takes
-                                                // the memory and its tracker over if the files end exactly where the memory is.
+        if !opts.replica && vfs.open(&dir.join(super::replica::REPLICA_MARKER), false).is_ok() {
+            return Err(Error::invalid(format!(
+                "{} is a replica's directory: open it with `Replica::open`, or make it the primary with `Replica::promote`",
+                dir.display()
+            )));
+        }
+        // `adopting`: this heap's memory from an earlier handle in this process, still mapped
+        // (`detach.rs`). Steps 3 and 4 then only read and check the files, and step 5 takes
+        // the memory and its tracker over if the files end exactly where the memory is.
         let (meta, mut region, adopting) = read_meta(&*vfs, &dir, opts, fp)?; // 1, 2
         let snaps = map_newest_snapshot(&*vfs, &dir, &meta, &mut region, adopting.is_none())?; // 3
         let journals = scan_journals(&*vfs, &dir, &meta, snaps.first_journal, snaps.start_seq)?; // 4
@@ -171,6 +177,28 @@ impl Engine {
         let journal = match journals.scans.last() {
             Some(last) => JournalWriter::resume(&*vfs, last)?, // 4: truncates a torn tail
             None => JournalWriter::create(&*vfs, &dir, meta.heap_id, snaps.first_journal, snaps.start_seq)?,
+        };
+        let repl = if opts.replicates() {
+            let (r, chain) = super::repl::ReplShared::recover(
+                vfs.clone(),
+                &dir,
+                &meta,
+                opts.replication_backlog_bytes,
+                &journals.scans,
+                snaps.first_journal,
+                snaps.start_seq,
+                &journals.stale,
+            )?;
+            r.journal_opened(
+                journal.id(),
+                snaps.start_seq,
+                journal.salt(),
+                journal.path().to_path_buf(),
+                journal.end(),
+            );
+            Some((r, chain))
+        } else {
+            None
         };
         // With adoption the memory is the detached heap's, which may hold writes made after its
         // last commit: the cache then starts empty instead of seeded (docs/design.md, "Base cache").
@@ -196,7 +224,7 @@ impl Engine {
         remove_stale(&*vfs, &dir, &journals.stale);
         let (capture, cache_budget) = capture;
         let engine = assemble(
-            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture,
+            dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture, repl,
         );
         engine.counters.cache_budget.store(cache_budget, Ordering::Relaxed);
         lock(&engine.commit).older_journal_bytes = older_journal_bytes;
@@ -605,6 +633,11 @@ fn attach(
         // SAFETY: the control area and the first segment are mapped read-write and zeroed
         // (fresh anonymous memory), and nothing else uses them.
         unsafe { Arena::create(base, meta.max_size as usize, super::grow_hook, ctx) }
+    } else if opts.replica {
+        // A replica's memory must stay the primary's image: nothing may write it at open.
+        // SAFETY: the region is mapped read-write up to the recovered extent.
+        unsafe { Arena::attach_closed(base, meta.max_size as usize, super::grow_hook, ctx) }
+            .map_err(|e| Error::corrupt(dir, 0, format!("allocator state: {e}")))?
     } else {
         // SAFETY: the region is mapped read-write up to the recovered extent.
         unsafe { Arena::attach(base, meta.max_size as usize, super::grow_hook, ctx) }
@@ -643,7 +676,9 @@ fn assemble(
     grow: SysBox<GrowCtx>,
     arena: &'static Arena,
     capture: super::capture::Capture,
+    repl: Option<(std::sync::Arc<super::repl::ReplShared>, u64)>,
 ) -> SysBox<Engine> {
+    let chain = repl.as_ref().map_or(0, |r| r.1);
     let base = lock(&grow.region).base();
     let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
     for &(a, b) in replayed.ranges.iter() {
@@ -681,6 +716,7 @@ fn assemble(
             footprint: Default::default(),
             capture,
             older_journal_bytes: 0,
+            chain,
         }),
         durable,
         poisoned: AtomicBool::new(false),
@@ -690,6 +726,7 @@ fn assemble(
         closed: AtomicBool::new(false),
         frozen: AtomicBool::new(false),
         closed_with_commit: AtomicBool::new(false),
+        repl: repl.map(|r| r.0),
     };
     let engine = SysBox::new_in(engine, System);
     if opts.durability == Durability::Eventual {
@@ -709,7 +746,8 @@ fn create_meta(vfs: &dyn Vfs, dir: &Path, opts: &OpenOptions, fp: &Fingerprint) 
     }
     for name in vfs.list(dir).map_err(io_err("list directory", dir))? {
         let s = name.to_string_lossy();
-        if parse_journal_file_name(&s).is_some() || SNAPSHOT_FILES.contains(&&*s) {
+        let replication_file = s == super::repl::CHAIN_FILE || s == super::replica::REPLICA_MARKER;
+        if parse_journal_file_name(&s).is_some() || SNAPSHOT_FILES.contains(&&*s) || replication_file {
             let _ = vfs.remove(&dir.join(&name));
         }
     }

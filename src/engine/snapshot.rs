@@ -121,6 +121,9 @@ impl Engine {
             return false;
         }
         let (slot, plan) = self.plan_snapshot(cs, seq, extent);
+        if self.repl.as_ref().is_some_and(|r| r.pinned(slot)) {
+            return false; // a base export reads that file; a later commit tries again
+        }
         let pages = plan.pages();
         let started = Instant::now();
         let file: &dyn VFile = &*cs.snap_files[slot];
@@ -177,7 +180,13 @@ impl Engine {
     pub(super) fn rotate_journal(&self, cs: &mut CommitState, seq: u64) -> Result<()> {
         self.wait_durable(seq)?;
         let id = cs.journal.id() + 1;
+        if let Some(r) = &self.repl {
+            r.rotating(id, seq, cs.chain).map_err(|e| self.poison(e))?;
+        }
         let j = JournalWriter::create(&*self.vfs, &self.dir, self.meta.heap_id, id, seq).map_err(|e| self.poison(e))?;
+        if let Some(r) = &self.repl {
+            r.journal_opened(id, seq, j.salt(), j.path().to_path_buf(), j.end());
+        }
         self.durable.rotated(j.file(), id, seq, j.end());
         cs.older_journal_bytes += cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         cs.journal = j;
@@ -224,17 +233,22 @@ impl Engine {
                 cs.footprint.snapshot_reaped();
                 // The chain now starts at the journal created at the fork: the current one.
                 cs.older_journal_bytes = 0;
+                // A replication shipper may still need older journals (within its cap).
+                let first_needed = match &self.repl {
+                    Some(r) => r.release_before(p.header.journal_id),
+                    None => p.header.journal_id,
+                };
                 if block {
-                    delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
+                    delete_journals_before(&*self.vfs, &self.dir, first_needed);
                 } else {
                     // Unlinking a large journal can take tens of milliseconds (the file system
                     // frees its blocks): do it off the commit path when nobody waits for it.
-                    let (vfs, dir, id) = (self.vfs.clone(), self.dir.clone(), p.header.journal_id);
+                    let (vfs, dir, id) = (self.vfs.clone(), self.dir.clone(), first_needed);
                     let spawned = std::thread::Builder::new()
                         .name("snapheap-journal-gc".into())
                         .spawn(move || delete_journals_before(&*vfs, &dir, id));
                     if spawned.is_err() {
-                        delete_journals_before(&*self.vfs, &self.dir, p.header.journal_id);
+                        delete_journals_before(&*self.vfs, &self.dir, first_needed);
                     }
                 }
                 None
@@ -254,6 +268,10 @@ impl Engine {
     /// Takes a snapshot now and waits until it is durable (commit lock held by the caller).
     pub(crate) fn snapshot_locked(&self, cs: &mut CommitState) -> Result<()> {
         self.reap(cs, true);
+        if let Some(r) = &self.repl {
+            // A base export reads the file this snapshot would overwrite: wait for it.
+            r.wait_unpinned(cs.newest().map_or(0, |n| 1 - n));
+        }
         self.commit_locked(cs, true)?;
         if cs.pending.is_none() {
             return Err(Error::io(

@@ -324,6 +324,13 @@ impl GlobalHeap {
     }
 
     fn init_persistent(&self, dir: &Path) -> &'static Engine {
+        if matches!(self.config.durability, Durability::Replicated { .. }) {
+            // Replication needs a `Heap<T>` (docs/design.md, "Replication": limits).
+            open_failed(
+                dir,
+                &Error::invalid("GlobalHeap does not support Durability::Replicated (use a Heap<T>)"),
+            );
+        }
         let mut opts = OpenOptions::new();
         opts.max_size(self.config.max_size)
             .durability(self.config.durability)

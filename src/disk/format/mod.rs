@@ -12,6 +12,7 @@ pub(crate) mod journal;
 pub(crate) mod meta;
 pub(crate) mod root;
 pub(crate) mod snapshot;
+pub(crate) mod wire;
 
 fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];

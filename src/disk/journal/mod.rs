@@ -83,6 +83,10 @@ pub(crate) struct Group {
     pub extent: u64,
     /// Its page runs: indexes into [`JournalScan::runs`], in write order.
     pub runs: Range<usize>,
+    /// File offset of its first record.
+    pub start: u64,
+    /// File offset one past its `COMMIT` record.
+    pub end: u64,
 }
 
 /// The result of validating one journal file.

@@ -244,6 +244,8 @@ fn scan_file(file: &dyn VFile, path: &Path, heap_id: u64, journal_id: u64, is_la
                 seq,
                 extent: h.arg,
                 runs: group_runs..runs.len(),
+                start: group_start,
+                end: pos + rec_len,
             });
             group_start = pos + rec_len;
             group_runs = runs.len();

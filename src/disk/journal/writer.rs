@@ -321,6 +321,41 @@ impl JournalWriter {
         seal_record(rec, self.salt);
     }
 
+    /// The records of the group encoded last (between [`Self::finish_group`] or
+    /// [`Self::encode_wire`] and [`Self::write_encoded`]), as they will be written.
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// This journal's salt (mixed into every record checksum).
+    pub(crate) fn salt(&self) -> u64 {
+        self.salt
+    }
+
+    /// Encodes group `seq` from records in wire form (validated by the caller: whole records,
+    /// `crc` and `synced` zero): copies them, stores `synced` in each and seals each with this
+    /// journal's salt. [`Self::write_encoded`] then writes them as one group.
+    pub(crate) fn encode_wire(&mut self, seq: u64, synced: u64, records: &[u8]) {
+        debug_assert_eq!(seq, self.next_seq, "groups must have consecutive sequence numbers");
+        self.buf.clear();
+        self.delta.clear();
+        self.group = GroupState::default();
+        crate::mem::sysmem::extend_bytes(&mut self.buf, records);
+        let mut pos = 0usize;
+        while pos + RECORD_HEADER_LEN <= self.buf.len() {
+            let Some(mut h) = RecordHeader::decode(&self.buf[pos..]) else {
+                break;
+            };
+            h.synced = synced;
+            let end = (pos + RECORD_HEADER_LEN + h.len as usize).min(self.buf.len());
+            let rec = &mut self.buf[pos..end];
+            h.encode(rec);
+            seal_record(rec, self.salt);
+            pos += h.record_len() as usize;
+        }
+        self.encoded = Some(seq);
+    }
+
     /// Writes the encoded group at the end of the file with one `write_at` (preceded, when
     /// the group reaches past the pre-zeroed space, by writes of zeros after it) and returns
     /// the new end offset. Not durable until the caller syncs [`Self::file`]. On error
@@ -374,7 +409,6 @@ impl JournalWriter {
     }
 
     /// The journal's path.
-    #[allow(dead_code)] // for error messages; the engine does not need it yet
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -177,6 +177,32 @@ impl Arena {
         Ok(a)
     }
 
+    /// Attaches to a region without writing it and with the gate closed for good: `alloc`
+    /// returns null, `dealloc` does nothing. For a replica, whose memory must stay exactly the
+    /// primary's image ([`Self::attach`] rewrites process-local links inside the region).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::attach`].
+    pub(crate) unsafe fn attach_closed(
+        base: usize,
+        max_size: usize,
+        grow: GrowFn,
+        grow_ctx: *const (),
+    ) -> Result<&'static Arena, String> {
+        if base % SEGMENT != 0 || max_size % SEGMENT != 0 || !(SEGMENT..=MAX_REGION).contains(&max_size) {
+            return Err(format!("bad region geometry: base {base:#x}, max_size {max_size:#x}"));
+        }
+        // SAFETY: segment 0 is mapped (contract).
+        unsafe { super::check::validate_persistent(base, max_size) }?;
+        init_fence_mode();
+        // SAFETY: forwarded contract.
+        let a = unsafe { Self::init_ctrl(base, max_size, grow, grow_ctx) }?;
+        // The gate never opens, so no thread can reach the arena through the registry.
+        unregister_arena(a.slot, a.key);
+        Ok(a)
+    }
+
     /// Resets owners and pool links in every slab and rebuilds pools and `partial`.
     ///
     /// # Safety
