@@ -11,16 +11,22 @@
 //! | `config.rs` | [`NatsConfig`]: server URLs, the log's names, limits |
 //! | `frame.rs` | the frame format, splitting and reassembly (pure) |
 //! | `transport.rs` | the stream, the leader key and the base object (async) |
+//! | `shipper.rs` | [`Shipper`]: the primary's background publisher, fencing, retention |
+//! | `follower.rs` | [`Follower`]: bootstrap, apply in order, gap/divergence, promotion |
 //! | `testing.rs` | `nats-server` processes for tests (feature `testing`) |
 
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod error;
+pub mod follower;
 pub mod frame;
+pub mod shipper;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
 
 pub use config::NatsConfig;
 pub use error::{Error, Result};
+pub use follower::{Follower, FollowerStatus, Promoted};
+pub use shipper::{Shipper, ShipperStatus};

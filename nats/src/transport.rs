@@ -357,6 +357,14 @@ impl Conn {
         Ok(Some((info, bytes)))
     }
 
+    /// Deletes one message (operators and tests: simulating a server that lost its tail).
+    pub async fn delete_message(&self, seq: u64) -> Result<bool> {
+        self.stream
+            .delete_message(seq)
+            .await
+            .map_err(|e| nats("delete message", e))
+    }
+
     /// Flushes the connection (everything published has reached the server's socket).
     pub async fn flush(&self) -> Result<()> {
         self.client.flush().await.map_err(|e| nats("flush", e))
