@@ -197,6 +197,8 @@ struct Applier<T: Persist + Send + Sync + 'static> {
     /// True after a group was applied (not a duplicate) since the consumer started: the
     /// follower is reading new history and can judge epoch records.
     live: bool,
+    /// Epoch of the last group applied (or of the base): the primary this standby follows.
+    applied_epoch: u64,
 }
 
 enum Outcome {
@@ -230,6 +232,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             epoch: 0,
             next_stream: 1,
             live: false,
+            applied_epoch: 0,
         };
         if dir_is_empty(&ap.dir) || marker(&ap.dir).exists() {
             ap.bootstrap().await?;
@@ -240,6 +243,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 Some((info, _)) if info.heap_id == r.heap_id() => {
                     ap.next_stream = info.start;
                     ap.epoch = info.epoch;
+                    ap.applied_epoch = info.epoch;
                 }
                 Some((info, _)) => {
                     return Err(Error::WrongHeap {
@@ -313,7 +317,10 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         }
         self.reasm = Reassembler::new(r.heap_id(), self.cfg.max_group_bytes);
         self.next_stream = info.start;
-        self.epoch = self.epoch.max(info.epoch);
+        // The epoch as of the base; epoch records after `start` move it forward.
+        self.epoch = info.epoch;
+        self.applied_epoch = info.epoch;
+        self.shared.status.lock().unwrap().epoch = info.epoch;
         self.live = false;
         self.install(r);
         Ok(())
@@ -386,6 +393,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 match r.apply(&bytes) {
                     Ok(Applied::Applied(s)) => {
                         self.epoch = self.epoch.max(epoch);
+                        self.applied_epoch = epoch;
                         self.live = true;
                         let mut st = self.shared.status.lock().unwrap();
                         st.position = s;
@@ -511,7 +519,19 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
     /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
     async fn elect_and_drain(&mut self, cfg: &NatsConfig) -> Result<(u64, u64)> {
         let heap_id = self.replica().heap_id();
+        // The epoch of the primary whose groups this standby applied last; if anyone was
+        // elected since (an epoch record in the log, or a newer leader key whose record is
+        // not written yet), that candidate won the race and we stop. (Taking over from a
+        // live newer primary needs this standby to have applied its groups first.)
+        let start_epoch = self.applied_epoch;
+        self.drain().await?;
         let (cur_epoch, rev) = match self.conn.leader().await? {
+            Some((l, _)) if (l.epoch > start_epoch || self.epoch > start_epoch) && l.node != cfg.node => {
+                return Err(Error::NotLeader {
+                    epoch: l.epoch,
+                    owner: l.node,
+                })
+            }
             Some((l, rev)) => (l.epoch, rev),
             None => (0, 0),
         };
