@@ -14,9 +14,10 @@
 //! continue, or an epoch record says the new leader's history ends before this replica's
 //! position). Nothing of a refused group is applied.
 //!
-//! [`Follower::promote`]: stop the thread; take epoch `E + 1` in the leader key by
-//! compare-and-set on the revision read (a second candidate racing us fails its
-//! compare-and-set and gets [`Error::NotLeader`]); drain the stream to its last message;
+//! [`Follower::promote`]: read the leader key (revision `r`, epoch `E`) first; stop the
+//! thread; drain the stream to its last message; take epoch `E + 1` in the leader key by
+//! compare-and-set on `r` (a second candidate racing us, or anyone who changed the key since
+//! the call began, makes it fail: [`Error::NotLeader`], the replica untouched);
 //! publish the epoch record `(E + 1, position)` with `Nats-Expected-Last-Subject-Sequence`
 //! = that last message (if the old primary published meanwhile, drain again and retry);
 //! then `Replica::promote`. The old primary's next publish is refused (10071), its shipper
@@ -162,11 +163,18 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
     /// the epoch; this replica is closed untouched (start a follower on it again).
     pub fn promote(mut self, opts: &OpenOptions) -> Result<Promoted<T>> {
         let t0 = Instant::now();
+        // Read the leader key first, on a connection of our own, before anything else: the
+        // compare-and-set later succeeds only if nobody changed it since this call began.
+        let rt = runtime()?;
+        let cfg = self.cfg.clone();
+        let seen = rt.block_on(async {
+            let c = Conn::open(&cfg).await?;
+            c.leader().await
+        })?;
         let (mut ap, rt) = self.halt().ok_or_else(|| Error::Config {
             what: "the follower thread is gone".into(),
         })?;
-        let cfg = self.cfg.clone();
-        let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg))?;
+        let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg, seen))?;
         let replica = ap.take_replica()?;
         let heap = replica.promote(opts)?;
         Ok(Promoted {
@@ -197,8 +205,6 @@ struct Applier<T: Persist + Send + Sync + 'static> {
     /// True after a group was applied (not a duplicate) since the consumer started: the
     /// follower is reading new history and can judge epoch records.
     live: bool,
-    /// Epoch of the last group applied (or of the base): the primary this standby follows.
-    applied_epoch: u64,
 }
 
 enum Outcome {
@@ -232,7 +238,6 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             epoch: 0,
             next_stream: 1,
             live: false,
-            applied_epoch: 0,
         };
         if dir_is_empty(&ap.dir) || marker(&ap.dir).exists() {
             ap.bootstrap().await?;
@@ -243,7 +248,6 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 Some((info, _)) if info.heap_id == r.heap_id() => {
                     ap.next_stream = info.start;
                     ap.epoch = info.epoch;
-                    ap.applied_epoch = info.epoch;
                 }
                 Some((info, _)) => {
                     return Err(Error::WrongHeap {
@@ -319,7 +323,6 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         self.next_stream = info.start;
         // The epoch as of the base; epoch records after `start` move it forward.
         self.epoch = info.epoch;
-        self.applied_epoch = info.epoch;
         self.shared.status.lock().unwrap().epoch = info.epoch;
         self.live = false;
         self.install(r);
@@ -393,7 +396,6 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 match r.apply(&bytes) {
                     Ok(Applied::Applied(s)) => {
                         self.epoch = self.epoch.max(epoch);
-                        self.applied_epoch = epoch;
                         self.live = true;
                         let mut st = self.shared.status.lock().unwrap();
                         st.position = s;
@@ -440,7 +442,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             self.reasm.reset();
             self.live = false;
             while !stop.load(Ordering::Acquire) {
-                let m = tokio::time::timeout(Duration::from_millis(100), next_message(&mut msgs)).await;
+                let m = tokio::time::timeout(Duration::from_millis(20), next_message(&mut msgs)).await;
                 let (sseq, payload) = match m {
                     Err(_) => continue,
                     Ok(Ok(x)) => x,
@@ -517,24 +519,14 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
     }
 
     /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
-    async fn elect_and_drain(&mut self, cfg: &NatsConfig) -> Result<(u64, u64)> {
+    async fn elect_and_drain(&mut self, cfg: &NatsConfig, seen: Option<(Leader, u64)>) -> Result<(u64, u64)> {
         let heap_id = self.replica().heap_id();
-        // The epoch of the primary whose groups this standby applied last; if anyone was
-        // elected since (an epoch record in the log, or a newer leader key whose record is
-        // not written yet), that candidate won the race and we stop. (Taking over from a
-        // live newer primary needs this standby to have applied its groups first.)
-        let start_epoch = self.applied_epoch;
-        self.drain().await?;
-        let (cur_epoch, rev) = match self.conn.leader().await? {
-            Some((l, _)) if (l.epoch > start_epoch || self.epoch > start_epoch) && l.node != cfg.node => {
-                return Err(Error::NotLeader {
-                    epoch: l.epoch,
-                    owner: l.node,
-                })
-            }
+        let (cur_epoch, rev) = match seen {
             Some((l, rev)) => (l.epoch, rev),
             None => (0, 0),
         };
+        // Catch up, so that `self.epoch` is the newest epoch the log shows.
+        self.drain().await?;
         let new = Leader {
             epoch: cur_epoch.max(self.epoch) + 1,
             node: cfg.node.clone(),
