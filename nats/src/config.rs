@@ -29,6 +29,9 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
     /// Longest pause between two reconnection attempts (the backoff doubles up to it).
     pub max_backoff: Duration,
+    /// Tests: a pause between reading the leader key and the compare-and-set in a promotion,
+    /// so that two candidates racing each other both read before either writes (0 in use).
+    pub promote_pause: Duration,
     /// Largest group a follower accepts (guards memory against a bad frame header).
     pub max_group_bytes: u64,
 }
@@ -47,6 +50,7 @@ impl NatsConfig {
             request_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(2),
             max_group_bytes: 1 << 30,
+            promote_pause: Duration::ZERO,
         }
     }
 

@@ -439,7 +439,8 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                     continue;
                 }
             };
-            self.reasm.reset();
+            // The reassembler keeps a partial group: `next_stream` is right after its last
+            // frame processed, so the new consumer continues it.
             self.live = false;
             while !stop.load(Ordering::Acquire) {
                 let m = tokio::time::timeout(Duration::from_millis(20), next_message(&mut msgs)).await;
@@ -500,7 +501,6 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             return Ok(last);
         }
         let mut msgs = self.conn.messages_from(self.next_stream).await?;
-        self.reasm.reset();
         while self.next_stream <= last {
             let (sseq, payload) = tokio::time::timeout(self.cfg.request_timeout, next_message(&mut msgs))
                 .await
@@ -521,12 +521,22 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
     /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
     async fn elect_and_drain(&mut self, cfg: &NatsConfig, seen: Option<(Leader, u64)>) -> Result<(u64, u64)> {
         let heap_id = self.replica().heap_id();
-        let (cur_epoch, rev) = match seen {
-            Some((l, rev)) => (l.epoch, rev),
-            None => (0, 0),
+        let (cur_epoch, cur_node, rev) = match seen {
+            Some((l, rev)) => (l.epoch, l.node, rev),
+            None => (0, String::new(), 0),
         };
         // Catch up, so that `self.epoch` is the newest epoch the log shows.
         self.drain().await?;
+        if cur_epoch > self.epoch && cur_node != cfg.node {
+            // The key's holder has not written its epoch record: it is promoting right now.
+            return Err(Error::NotLeader {
+                epoch: cur_epoch,
+                owner: cur_node,
+            });
+        }
+        if !cfg.promote_pause.is_zero() {
+            tokio::time::sleep(cfg.promote_pause).await;
+        }
         let new = Leader {
             epoch: cur_epoch.max(self.epoch) + 1,
             node: cfg.node.clone(),

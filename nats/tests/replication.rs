@@ -365,7 +365,8 @@ fn delete_after(n: &Net, cut: u64) {
 }
 
 /// Two standbys promote at once: one wins, the other is told who holds the epoch, keeps its
-/// replica and follows the winner.
+/// replica and follows the winner. (Both pause 300 ms between reading the leader key and
+/// their compare-and-set, so both read before either writes: the compare-and-set decides.)
 #[test]
 fn racing_candidates_one_wins_the_other_follows() {
     if is_node() {
@@ -382,6 +383,7 @@ fn racing_candidates_one_wins_the_other_follows() {
         let _ = std::fs::remove_dir_all(cd.path().join("heap"));
         let mut n = n.clone();
         n.log = format!("race{round}");
+        std::env::set_var("N_PROMOTE_PAUSE_MS", "300");
         let mut p = Node::start(test, &n, "p", "primary", &pd.path().join("heap"));
         p.expect(&["PRIMARY"], T);
         let d = p.ask("COMMIT 10", &["DONE"], T);

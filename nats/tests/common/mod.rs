@@ -58,6 +58,9 @@ fn cfg_from_env() -> NatsConfig {
     c.base_every_bytes = env("N_BASE_EVERY").parse().unwrap();
     c.request_timeout = Duration::from_secs(3);
     c.max_backoff = Duration::from_millis(200);
+    if let Ok(ms) = std::env::var("N_PROMOTE_PAUSE_MS") {
+        c.promote_pause = Duration::from_millis(ms.parse().unwrap());
+    }
     c
 }
 
