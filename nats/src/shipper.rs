@@ -483,6 +483,12 @@ impl State {
                     }
                     if p.index + 1 == p.count {
                         self.complete(p.seq);
+                        if self.bytes_since_base >= self.cfg.base_every_bytes {
+                            // With frames in flight the start is conservative (at or before
+                            // the next group's first frame): followers skip what they hold.
+                            let base = self.source.export_base().map_err(|e| e.to_string())?;
+                            self.put_base(&base).await.map_err(|e| e.to_string())?;
+                        }
                     } else {
                         self.partial = p.index + 1;
                     }
