@@ -46,6 +46,8 @@ fn primary_options() -> OpenOptions {
 
 /// Starts `nats-server` on 127.0.0.1:4222 (JetStream, store beside `dir`) when nothing
 /// listens there. The server outlives this process, so that the standby can take over.
+// Deliberately never waited for: it must survive the primary's SIGKILL.
+#[allow(clippy::zombie_processes)]
 fn ensure_local_server(dir: &Path) {
     if std::env::var("NATS_URL").is_ok() || std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
         return;
