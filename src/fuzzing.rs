@@ -447,8 +447,11 @@ pub fn wire_group_encode(heap_id: u64, seq: u64, prev_chain: u64, records: &[u8]
     crate::disk::format::wire::encode_group(heap_id, seq, prev_chain, records)
 }
 
-/// Decodes a base: `(heap_id, seq, chain, meta length, snapshot length)`.
-pub fn wire_base(b: &[u8]) -> Result<(u64, u64, u64, usize, usize), (u64, String)> {
+/// A decoded base: `(heap_id, seq, chain, meta length, snapshot length)`.
+pub type WireBaseFields = (u64, u64, u64, usize, usize);
+
+/// Decodes a base.
+pub fn wire_base(b: &[u8]) -> Result<WireBaseFields, (u64, String)> {
     let v = crate::disk::format::wire::decode_base(b).map_err(|e| (e.offset, e.what))?;
     Ok((v.heap_id, v.seq, v.chain, v.meta.len(), v.snapshot.len()))
 }

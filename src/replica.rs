@@ -149,7 +149,8 @@ impl<T: Persist + Send + Sync + 'static> Heap<T> {
 impl<T: Persist> Heap<T> {
     /// A checksum of the heap's memory (every byte of its extent, and the extent), to compare
     /// a primary with a [`Replica`] at the same commit: call it right after a commit, with no
-    /// other thread writing heap memory. Waits for guards to be dropped.
+    /// other thread writing heap memory (an open also changes the allocator's state in the
+    /// region until the next commit journals it). Waits for guards to be dropped.
     pub fn content_checksum(&self) -> Result<u64> {
         let _g = self.lock_ref().write().unwrap_or_else(|p| p.into_inner());
         Ok(self.engine_ref().content_checksum())
@@ -223,6 +224,7 @@ impl<T: Persist + Send + Sync + 'static> Replica<T> {
         o.replica = true;
         o.replication = true;
         o.durability = Durability::Immediate;
+        o.base_cache_bytes = 0; // a replica never captures pages
         let engine = Engine::open(dir, &o, &Fingerprint::root_record_kind())?;
         let base = engine.base();
         engine.close_allocator();

@@ -301,7 +301,10 @@ impl ReplShared {
                 .map(|x| x.chain)
         };
         let mut chain0 = find(&anchors, first_journal, start_seq);
+        let found = chain0.is_some();
         if chain0.is_none() && first_journal > 1 && stale.contains(&(first_journal - 1)) {
+            // The process died after the snapshot became valid and before the anchor of its
+            // journal was written: fold the previous journal (deleted only after this open).
             let prev = first_journal - 1;
             let path = dir.join(journal_file_name(prev));
             if let Ok(scan) = scan_journal(&*vfs, &path, meta.heap_id, prev, false) {
@@ -312,21 +315,20 @@ impl ReplShared {
                 }
             }
         }
-        let chain0 = match chain0 {
-            Some(c) => c,
-            None => {
-                let c = genesis_chain(meta.heap_id, start_seq);
-                anchors.push(Anchor {
-                    journal_id: first_journal,
-                    start_seq,
-                    chain: c,
-                });
-                let keep = anchors.len().saturating_sub(MAX_ANCHORS);
-                anchors.drain(..keep);
-                write_anchors(&*vfs, dir, &anchors)?;
-                c
-            }
-        };
+        // Without an anchor (and no previous journal to rebuild it from) a new chain starts.
+        let chain0 = chain0.unwrap_or_else(|| genesis_chain(meta.heap_id, start_seq));
+        if !found {
+            // Recorded before the previous journal is removed (later in this open).
+            anchors.retain(|a| a.journal_id != first_journal);
+            anchors.push(Anchor {
+                journal_id: first_journal,
+                start_seq,
+                chain: chain0,
+            });
+            let keep = anchors.len().saturating_sub(MAX_ANCHORS);
+            anchors.drain(..keep);
+            write_anchors(&*vfs, dir, &anchors)?;
+        }
         let mut journals = VecDeque::new();
         let mut groups = VecDeque::new();
         let mut chain = chain0;

@@ -86,14 +86,14 @@ fn finish(mut x: u64) -> u64 {
 
 /// The chain hash of a history that has no recorded past before `seq`.
 pub(crate) fn genesis_chain(heap_id: u64, seq: u64) -> u64 {
-    finish(feed(feed(CHAIN_SEED, heap_id), seq))
+    finish(feed(feed(CHAIN_SEED ^ 1, heap_id), seq))
 }
 
 /// One step of the chain hash: `prev` folded with group `seq`'s records (journal or wire
 /// form: `crc` and `synced` are skipped). `records` must be a whole number of records as a
 /// writer laid them out; a malformed tail is folded as raw words (never panics).
 pub(crate) fn chain_step(prev: u64, seq: u64, records: &[u8]) -> u64 {
-    let mut h = feed(feed(CHAIN_SEED ^ prev, prev), seq);
+    let mut h = feed(feed(CHAIN_SEED, prev), seq);
     let mut words = 0u64;
     let mut pos = 0usize;
     while pos + RECORD_HEADER_LEN <= records.len() {
