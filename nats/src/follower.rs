@@ -1,0 +1,585 @@
+//! The standby's follower, and promotion.
+//!
+//! [`Follower::start`] opens the replica in `dir` (or bootstraps it from the base in the
+//! object store when `dir` is missing or empty, or when a bootstrap was interrupted: the
+//! file `<dir>.bootstrapping` exists), then a background thread reads the stream from the
+//! base's start sequence, reassembles frames into groups and applies them in `seq` order
+//! (`Replica::apply` is durable before it returns, so a restart resumes from
+//! `Replica::position`; groups at or below it come back as duplicates).
+//!
+//! Re-bootstrap (replica deleted and loaded again from the newest base) when the log cannot
+//! continue this replica: a **gap** (the next group in the stream is later than
+//! `position + 1`: the stream was purged below the position, or the primary shipped a new
+//! base past a trimmed backlog), or a **divergence** (the core's chain hash does not
+//! continue, or an epoch record says the new leader's history ends before this replica's
+//! position). Nothing of a refused group is applied.
+//!
+//! [`Follower::promote`]: read the leader key (revision `r`, epoch `E`) first; stop the
+//! thread; drain the stream to its last message; take epoch `E + 1` in the leader key by
+//! compare-and-set on `r` (a second candidate racing us, or anyone who changed the key since
+//! the call began, makes it fail: [`Error::NotLeader`], the replica untouched);
+//! publish the epoch record `(E + 1, position)` with `Nats-Expected-Last-Subject-Sequence`
+//! = that last message (if the old primary published meanwhile, drain again and retry);
+//! then `Replica::promote`. The old primary's next publish is refused (10071), its shipper
+//! reads the epoch record at the tail and fences it.
+//!
+//! # Invariants
+//! - a group is applied only if its seq is `position + 1` and the core accepts its chain;
+//! - the thread holds the replica only through `Shared::replica`, so a promotion or a
+//!   re-bootstrap waits for readers to drop their `Arc`s.
+
+use crate::config::NatsConfig;
+use crate::error::{Error, Result};
+use crate::frame::{self, Event, Reassembler};
+use crate::shipper::runtime;
+use crate::transport::{ack, next_message, Conn, Leader, PublishFailure};
+use snapheap::{Applied, Heap, OpenOptions, Persist, Replica};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the follower has done so far.
+#[derive(Clone, Debug, Default)]
+pub struct FollowerStatus {
+    /// Last applied seq.
+    pub position: u64,
+    /// Highest epoch seen in the log.
+    pub epoch: u64,
+    /// Groups applied since start.
+    pub applied: u64,
+    /// Re-bootstraps since start (gap or divergence), with the last reason.
+    pub rebootstraps: u64,
+    /// Why the last re-bootstrap happened.
+    pub last_rebootstrap: Option<String>,
+    /// Stream sequence of the last message processed.
+    pub stream_seq: u64,
+    /// The last error (NATS down, damaged frame).
+    pub last_error: Option<String>,
+    /// True once the thread stopped on an error it cannot retry.
+    pub failed: bool,
+}
+
+struct Shared<T: Persist> {
+    replica: Mutex<Option<Arc<Replica<T>>>>,
+    status: Mutex<FollowerStatus>,
+    cv: Condvar,
+}
+
+/// A running standby.
+pub struct Follower<T: Persist + Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Applier<T>, tokio::runtime::Runtime)>>,
+    cfg: NatsConfig,
+}
+
+/// The result of a promotion.
+pub struct Promoted<T: Persist> {
+    /// The writable heap (replication on: start a `Shipper` on its source).
+    pub heap: Heap<T>,
+    /// The epoch this node now holds.
+    pub epoch: u64,
+    /// The commit seq the new epoch starts after.
+    pub seq: u64,
+    /// Time from the start of `promote` to the open heap.
+    pub took: Duration,
+}
+
+impl<T: Persist + Send + Sync + 'static> Follower<T> {
+    /// Opens or bootstraps the replica in `dir` and starts following the log of `cfg`.
+    /// `opts` are the replica's open options (snapshot thresholds).
+    pub fn start(dir: impl AsRef<Path>, opts: &OpenOptions, cfg: &NatsConfig) -> Result<Self> {
+        let rt = runtime()?;
+        let shared = Arc::new(Shared {
+            replica: Mutex::new(None),
+            status: Mutex::new(FollowerStatus::default()),
+            cv: Condvar::new(),
+        });
+        let mut ap = rt.block_on(Applier::open(
+            dir.as_ref().to_path_buf(),
+            opts.clone(),
+            cfg.clone(),
+            shared.clone(),
+        ))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapheap-follower".into())
+            .spawn(move || {
+                rt.block_on(ap.run(&s2));
+                // The runtime goes back with the applier: its connection lives on it.
+                (ap, rt)
+            })
+            .map_err(|e| Error::Config {
+                what: format!("cannot start the follower thread: {e}"),
+            })?;
+        Ok(Follower {
+            shared,
+            stop,
+            thread: Some(thread),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// A copy of the status.
+    pub fn status(&self) -> FollowerStatus {
+        self.shared.status.lock().unwrap().clone()
+    }
+
+    /// The replica, for reads (`Replica::read`); hold the `Arc` briefly: a re-bootstrap or
+    /// a promotion waits for it.
+    pub fn replica(&self) -> Option<Arc<Replica<T>>> {
+        self.shared.replica.lock().unwrap().clone()
+    }
+
+    /// Waits until the replica's position reaches `seq`; false on timeout.
+    pub fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        let mut st = self.shared.status.lock().unwrap();
+        while st.position < seq {
+            let left = timeout.saturating_sub(t0.elapsed());
+            if left.is_zero() || st.failed {
+                return false;
+            }
+            st = self.shared.cv.wait_timeout(st, left).unwrap().0;
+        }
+        true
+    }
+
+    fn halt(&mut self) -> Option<(Applier<T>, tokio::runtime::Runtime)> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+
+    /// Stops following; the replica directory stays (reopen with `start`).
+    pub fn stop(mut self) -> FollowerStatus {
+        drop(self.halt());
+        self.status()
+    }
+
+    /// Promotes this standby (see the module doc). On [`Error::NotLeader`] another node won
+    /// the epoch; this replica is closed untouched (start a follower on it again).
+    pub fn promote(mut self, opts: &OpenOptions) -> Result<Promoted<T>> {
+        let t0 = Instant::now();
+        // Read the leader key first, on a connection of our own, before anything else: the
+        // compare-and-set later succeeds only if nobody changed it since this call began.
+        let rt = runtime()?;
+        let cfg = self.cfg.clone();
+        let seen = rt.block_on(async {
+            let c = Conn::open(&cfg).await?;
+            c.leader().await
+        })?;
+        let (mut ap, rt) = self.halt().ok_or_else(|| Error::Config {
+            what: "the follower thread is gone".into(),
+        })?;
+        let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg, seen))?;
+        let replica = ap.take_replica()?;
+        let heap = replica.promote(opts)?;
+        Ok(Promoted {
+            heap,
+            epoch,
+            seq,
+            took: t0.elapsed(),
+        })
+    }
+}
+
+impl<T: Persist + Send + Sync + 'static> Drop for Follower<T> {
+    fn drop(&mut self) {
+        drop(self.halt());
+    }
+}
+
+struct Applier<T: Persist + Send + Sync + 'static> {
+    conn: Conn,
+    dir: PathBuf,
+    opts: OpenOptions,
+    cfg: NatsConfig,
+    shared: Arc<Shared<T>>,
+    reasm: Reassembler,
+    epoch: u64,
+    /// Next stream sequence to read.
+    next_stream: u64,
+    /// True after a group was applied (not a duplicate) since the consumer started: the
+    /// follower is reading new history and can judge epoch records.
+    live: bool,
+}
+
+enum Outcome {
+    Ok,
+    Rebootstrap(String),
+}
+
+fn marker(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".bootstrapping");
+    PathBuf::from(s)
+}
+
+fn dir_is_empty(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => it.next().is_none(),
+        Err(_) => true,
+    }
+}
+
+impl<T: Persist + Send + Sync + 'static> Applier<T> {
+    async fn open(dir: PathBuf, opts: OpenOptions, cfg: NatsConfig, shared: Arc<Shared<T>>) -> Result<Self> {
+        let conn = Conn::open(&cfg).await?;
+        let mut ap = Applier {
+            conn,
+            dir,
+            opts,
+            reasm: Reassembler::new(0, cfg.max_group_bytes),
+            cfg,
+            shared,
+            epoch: 0,
+            next_stream: 1,
+            live: false,
+        };
+        if dir_is_empty(&ap.dir) || marker(&ap.dir).exists() {
+            ap.bootstrap().await?;
+        } else {
+            let r = Replica::<T>::open_with(&ap.opts, &ap.dir)?;
+            ap.reasm = Reassembler::new(r.heap_id(), ap.cfg.max_group_bytes);
+            match ap.conn.get_base().await? {
+                Some((info, _)) if info.heap_id == r.heap_id() => {
+                    ap.next_stream = info.start;
+                    ap.epoch = info.epoch;
+                }
+                Some((info, _)) => {
+                    return Err(Error::WrongHeap {
+                        found: info.heap_id,
+                        expected: r.heap_id(),
+                    })
+                }
+                None => ap.next_stream = 1,
+            }
+            ap.install(r);
+        }
+        Ok(ap)
+    }
+
+    fn install(&mut self, r: Replica<T>) {
+        {
+            let mut st = self.shared.status.lock().unwrap();
+            st.position = r.position();
+            st.epoch = st.epoch.max(self.epoch);
+        }
+        *self.shared.replica.lock().unwrap() = Some(Arc::new(r));
+        self.shared.cv.notify_all();
+    }
+
+    /// Takes the replica out of the shared slot, waiting for readers to drop theirs.
+    fn take_replica(&self) -> Result<Replica<T>> {
+        let mut a = self
+            .shared
+            .replica
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Error::Config {
+                what: "no replica open".into(),
+            })?;
+        loop {
+            match Arc::try_unwrap(a) {
+                Ok(r) => return Ok(r),
+                Err(back) => {
+                    a = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// Deletes the replica (if any) and loads the newest base.
+    async fn bootstrap(&mut self) -> Result<()> {
+        if self.shared.replica.lock().unwrap().is_some() {
+            drop(self.take_replica()?);
+        }
+        let (info, bytes) = self.conn.get_base().await?.ok_or_else(|| Error::NoBase {
+            bucket: self.cfg.base_bucket(),
+        })?;
+        let m = marker(&self.dir);
+        std::fs::write(&m, b"bootstrap in progress\n").map_err(|e| Error::Config {
+            what: format!("cannot write {}: {e}", m.display()),
+        })?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(|e| Error::Config {
+                what: format!("cannot remove {}: {e}", self.dir.display()),
+            })?;
+        }
+        let r = Replica::<T>::bootstrap_with(&self.opts, &self.dir, &bytes)?;
+        let _ = std::fs::remove_file(&m);
+        if r.heap_id() != info.heap_id {
+            return Err(Error::WrongHeap {
+                found: r.heap_id(),
+                expected: info.heap_id,
+            });
+        }
+        self.reasm = Reassembler::new(r.heap_id(), self.cfg.max_group_bytes);
+        self.next_stream = info.start;
+        // The epoch as of the base; epoch records after `start` move it forward.
+        self.epoch = info.epoch;
+        self.shared.status.lock().unwrap().epoch = info.epoch;
+        self.live = false;
+        self.install(r);
+        Ok(())
+    }
+
+    fn replica(&self) -> Arc<Replica<T>> {
+        self.shared
+            .replica
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the applier always has a replica between bootstraps")
+    }
+
+    /// Handles one message of the stream.
+    fn handle(&mut self, sseq: u64, payload: &[u8]) -> Result<Outcome> {
+        self.next_stream = sseq + 1;
+        self.shared.status.lock().unwrap().stream_seq = sseq;
+        let f = match frame::decode(payload) {
+            Ok(f) => f,
+            Err(e) => {
+                // A damaged message: its group will be incomplete and the next one a gap.
+                self.reasm.reset();
+                self.shared.status.lock().unwrap().last_error = Some(format!("stream seq {sseq}: {e}"));
+                return Ok(Outcome::Ok);
+            }
+        };
+        let ev = match self.reasm.push(&f) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {sseq}"),
+                    what: e.to_string(),
+                })
+            }
+        };
+        let r = self.replica();
+        let pos = r.position();
+        match ev {
+            Event::Partial | Event::Ignored(_) => Ok(Outcome::Ok),
+            Event::Epoch { epoch, seq, node } => {
+                if epoch > self.epoch {
+                    self.epoch = epoch;
+                    self.shared.status.lock().unwrap().epoch = epoch;
+                    if self.live && seq < pos {
+                        return Ok(Outcome::Rebootstrap(format!(
+                            "epoch {epoch} of {node} continues after seq {seq}, this replica \
+                             is at {pos} (diverged)"
+                        )));
+                    }
+                    if seq > pos {
+                        return Ok(Outcome::Rebootstrap(format!(
+                            "epoch {epoch} of {node} continues after seq {seq}, this replica \
+                             is at {pos} (gap)"
+                        )));
+                    }
+                }
+                Ok(Outcome::Ok)
+            }
+            Event::Group { epoch, seq, bytes } => {
+                if epoch < self.epoch {
+                    // Cannot be in a fenced log; never applied.
+                    return Ok(Outcome::Ok);
+                }
+                if seq > pos + 1 {
+                    return Ok(Outcome::Rebootstrap(format!(
+                        "gap: the log continues with seq {seq}, this replica is at {pos}"
+                    )));
+                }
+                match r.apply(&bytes) {
+                    Ok(Applied::Applied(s)) => {
+                        self.epoch = self.epoch.max(epoch);
+                        self.live = true;
+                        let mut st = self.shared.status.lock().unwrap();
+                        st.position = s;
+                        st.applied += 1;
+                        st.epoch = self.epoch;
+                        drop(st);
+                        self.shared.cv.notify_all();
+                        Ok(Outcome::Ok)
+                    }
+                    Ok(Applied::Duplicate(_)) => Ok(Outcome::Ok),
+                    Err(e @ snapheap::Error::ReplicaGap { .. }) | Err(e @ snapheap::Error::ReplicaDiverged { .. }) => {
+                        Ok(Outcome::Rebootstrap(e.to_string()))
+                    }
+                    Err(e @ snapheap::Error::Corrupt { .. }) => Ok(Outcome::Rebootstrap(format!(
+                        "group {seq} at stream seq {sseq} refused: {e}"
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    async fn rebootstrap(&mut self, why: String) -> Result<()> {
+        {
+            let mut st = self.shared.status.lock().unwrap();
+            st.rebootstraps += 1;
+            st.last_rebootstrap = Some(why);
+        }
+        self.bootstrap().await
+    }
+
+    async fn run(&mut self, stop: &AtomicBool) {
+        let mut backoff = Duration::from_millis(10);
+        'outer: while !stop.load(Ordering::Acquire) {
+            let mut msgs = match self.conn.messages_from(self.next_stream).await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.shared.status.lock().unwrap().last_error = Some(e.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                    continue;
+                }
+            };
+            // The reassembler keeps a partial group: `next_stream` is right after its last
+            // frame processed, so the new consumer continues it.
+            self.live = false;
+            while !stop.load(Ordering::Acquire) {
+                let m = tokio::time::timeout(Duration::from_millis(20), next_message(&mut msgs)).await;
+                let (sseq, payload) = match m {
+                    Err(_) => continue,
+                    Ok(Ok(x)) => x,
+                    Ok(Err(e)) => {
+                        self.shared.status.lock().unwrap().last_error = Some(e.to_string());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.cfg.max_backoff);
+                        continue 'outer;
+                    }
+                };
+                backoff = Duration::from_millis(10);
+                match self.handle(sseq, &payload) {
+                    Ok(Outcome::Ok) => {}
+                    Ok(Outcome::Rebootstrap(why)) => {
+                        if let Err(e) = self.rebootstrap(why).await {
+                            self.shared.status.lock().unwrap().last_error = Some(e.to_string());
+                            tokio::time::sleep(self.cfg.max_backoff).await;
+                            // Retry the bootstrap from the top (the base may be replaced).
+                            if self.shared.replica.lock().unwrap().is_none() {
+                                while !stop.load(Ordering::Acquire) {
+                                    match self.bootstrap().await {
+                                        Ok(()) => break,
+                                        Err(e) => {
+                                            self.shared.status.lock().unwrap().last_error = Some(e.to_string());
+                                            tokio::time::sleep(self.cfg.max_backoff).await;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        continue 'outer;
+                    }
+                    Err(e) => {
+                        let mut st = self.shared.status.lock().unwrap();
+                        st.last_error = Some(e.to_string());
+                        if !matches!(e, Error::Corrupt { .. }) {
+                            st.failed = true;
+                            drop(st);
+                            self.shared.cv.notify_all();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies everything in the stream up to its last message.
+    async fn drain(&mut self) -> Result<u64> {
+        // The last message that exists (the stream's last sequence may be a deleted one).
+        let Some((last, _)) = self.conn.tail().await? else {
+            return Ok(0);
+        };
+        if last < self.next_stream {
+            return Ok(last);
+        }
+        let mut msgs = self.conn.messages_from(self.next_stream).await?;
+        while self.next_stream <= last {
+            let (sseq, payload) = tokio::time::timeout(self.cfg.request_timeout, next_message(&mut msgs))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: format!("stream message {} while draining", self.next_stream),
+                })??;
+            if let Outcome::Rebootstrap(why) = self.handle(sseq, &payload)? {
+                return Err(Error::Fenced {
+                    reason: format!(
+                        "this standby cannot continue the log ({why}); it must re-bootstrap, not be promoted"
+                    ),
+                });
+            }
+        }
+        Ok(last)
+    }
+
+    /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
+    async fn elect_and_drain(&mut self, cfg: &NatsConfig, seen: Option<(Leader, u64)>) -> Result<(u64, u64)> {
+        let heap_id = self.replica().heap_id();
+        let (cur_epoch, cur_node, rev) = match seen {
+            Some((l, rev)) => (l.epoch, l.node, rev),
+            None => (0, String::new(), 0),
+        };
+        // Catch up, so that `self.epoch` is the newest epoch the log shows.
+        self.drain().await?;
+        if cur_epoch > self.epoch && cur_node != cfg.node {
+            // The key's holder has not written its epoch record: it is promoting right now.
+            return Err(Error::NotLeader {
+                epoch: cur_epoch,
+                owner: cur_node,
+            });
+        }
+        if !cfg.promote_pause.is_zero() {
+            tokio::time::sleep(cfg.promote_pause).await;
+        }
+        let new = Leader {
+            epoch: cur_epoch.max(self.epoch) + 1,
+            node: cfg.node.clone(),
+        };
+        if !self.conn.cas_leader(&new, rev).await? {
+            let (l, _) = self.conn.leader().await?.ok_or_else(|| Error::Nats {
+                op: "kv get",
+                detail: "the leader key vanished".into(),
+            })?;
+            return Err(Error::NotLeader {
+                epoch: l.epoch,
+                owner: l.node,
+            });
+        }
+        let mut last_err = String::new();
+        for _ in 0..100 {
+            let last = match self.drain().await {
+                Ok(l) => l,
+                Err(e @ Error::Fenced { .. }) => return Err(e),
+                Err(e) => {
+                    last_err = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let pos = self.replica().position();
+            let (h, f) = frame::epoch_record(heap_id, new.epoch, pos, &cfg.node);
+            let r = match self.conn.publish(&frame::msg_id(&h), last, f).await {
+                Ok(fut) => ack(fut).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(_) => return Ok((pos, new.epoch)),
+                // The old primary (or a lost ack of ours) moved the tail: drain again.
+                Err(PublishFailure::WrongLastSequence(e)) => last_err = e,
+                Err(PublishFailure::Transient(e)) => {
+                    last_err = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(Error::Timeout {
+            what: format!("writing the epoch record of epoch {} ({last_err})", new.epoch),
+        })
+    }
+}

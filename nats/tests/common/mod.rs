@@ -1,0 +1,423 @@
+//! A replication node as a child process (this test binary again, in the `node` role), and
+//! the parent's handle on it.
+//!
+//! A replica maps the heap at the primary's fixed address, so a primary and a standby never
+//! share a process: every node is a child. The child reads commands on stdin, one per line,
+//! and answers on stdout:
+//!
+//! | command | primary | standby |
+//! |---|---|---|
+//! | `COMMIT k` | k commits, then `DONE <value> <seq>` (`ERR <e>` on a failed commit) | |
+//! | `RUN` | commits until the next command, `ACK <value>` after each | |
+//! | `SUM` | `SUM <seq> <checksum> <len>` | the same for the replica |
+//! | `AT n` | | `AT <pos>` once at n, or `TIMEOUT <pos>` |
+//! | `STATUS` | `STATUS ...` (shipper) | `STATUS pos=.. reb=.. why=..` |
+//! | `PROMOTE` | | `PROMOTED <seq> <epoch> <micros> <len> <prefix ok>`, then primary; or `LOST <e>` and following again |
+//! | `EXIT` | exits | exits |
+//!
+//! Commit number v appends v to `log` (so the log of every node must be exactly `1..=len`:
+//! a prefix of all commits) and, for even v, rewrites 64 KiB of `blob` (with small frames a
+//! multi-frame group).
+#![allow(dead_code)]
+
+use snapheap::collections::Vec as PVec;
+use snapheap::{Durability, Heap, HeapAlloc, OpenOptions, Persist};
+use snapheap_nats::{Follower, NatsConfig, Shipper};
+use std::io::{BufRead, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub const ROLE: &str = "SNAPHEAP_NATS_ROLE";
+const BLOB: usize = 1 << 20;
+const CHANGE: usize = 64 << 10;
+
+#[derive(Persist)]
+pub struct State {
+    pub log: PVec<u64>,
+    pub blob: PVec<u8>,
+}
+
+fn init(a: HeapAlloc) -> State {
+    let mut blob = PVec::with_capacity_in(BLOB, a);
+    blob.resize(BLOB, 0);
+    State {
+        log: PVec::new_in(a),
+        blob,
+    }
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("child needs {k}"))
+}
+
+fn cfg_from_env() -> NatsConfig {
+    let mut c = NatsConfig::new(&env("N_URL"), &env("N_LOG"), &env("N_NODE"));
+    c.replicas = env("N_REPLICAS").parse().unwrap();
+    c.frame_payload = env("N_FRAME").parse().unwrap();
+    c.base_every_bytes = env("N_BASE_EVERY").parse().unwrap();
+    c.request_timeout = Duration::from_secs(3);
+    c.max_backoff = Duration::from_millis(200);
+    if let Ok(ms) = std::env::var("N_PROMOTE_PAUSE_MS") {
+        c.promote_pause = Duration::from_millis(ms.parse().unwrap());
+    }
+    c
+}
+
+fn heap_opts() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    let snap = std::env::var("N_SNAP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4 << 20);
+    o.snapshot_after_journal_bytes(snap).max_size(1 << 30);
+    if std::env::var("N_DUR").as_deref() == Ok("immediate") {
+        o.durability(Durability::Immediate).replication(true);
+    } else {
+        o.durability(Durability::Replicated {
+            timeout: Duration::from_secs(10),
+        });
+    }
+    o
+}
+
+fn replica_opts() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.snapshot_after_journal_bytes(4 << 20);
+    o
+}
+
+fn say(s: String) {
+    let mut out = std::io::stdout().lock();
+    // Each answer on its own line behind a marker: the test harness prints its own text
+    // without a newline before the test body runs.
+    let _ = writeln!(out, "\n@@ {s}");
+    let _ = out.flush();
+}
+
+fn is_prefix(log: &[u64]) -> bool {
+    log.iter().enumerate().all(|(i, v)| *v == i as u64 + 1)
+}
+
+/// One commit; returns the value committed and the commit seq.
+fn commit_one(h: &Heap<State>) -> snapheap::Result<(u64, u64)> {
+    let mut g = h.write();
+    let v = g.log.len() as u64 + 1;
+    g.log.push(v);
+    if v % 2 == 0 {
+        let at = (v as usize * 4096 * 7) % (BLOB - CHANGE);
+        for i in 0..CHANGE {
+            g.blob[at + i] = (v as u8).wrapping_mul(13).wrapping_add(i as u8) ^ node_byte();
+        }
+    }
+    let seq = g.commit()?;
+    Ok((v, seq))
+}
+
+/// Nodes write different blob bytes for the same commit number, so histories written by
+/// different primaries differ.
+fn node_byte() -> u8 {
+    std::env::var("N_NODE")
+        .map(|n| n.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b))
+        .unwrap_or(0)
+}
+
+fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lock().lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn run_primary(heap: Heap<State>, rx: &Receiver<String>) {
+    // The seq of the last commit made here.
+    let mut last_seq = heap.stats().durable_seq;
+    let cfg = cfg_from_env();
+    let shipper = match Shipper::start(heap.replication_source().unwrap(), &cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            say(format!("NOSHIP {e}"));
+            std::process::exit(3);
+        }
+    };
+    say(format!("PRIMARY {} {}", heap.read().log.len(), shipper.status().epoch));
+    let mut pending: Option<String> = None;
+    loop {
+        let cmd = match pending.take() {
+            Some(c) => c,
+            None => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        let w: Vec<&str> = cmd.split(' ').collect();
+        match w[0] {
+            "COMMIT" => {
+                let k: u64 = w[1].parse().unwrap();
+                let mut last = Ok((0, 0));
+                for _ in 0..k {
+                    last = commit_one(&heap);
+                    if last.is_err() {
+                        break;
+                    }
+                }
+                match last {
+                    Ok((v, seq)) => {
+                        last_seq = seq;
+                        say(format!("DONE {v} {seq}"))
+                    }
+                    Err(e) => say(format!("ERR {e}")),
+                }
+            }
+            "RUN" => loop {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        pending = Some(c);
+                        break;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    Err(_) => {}
+                }
+                match commit_one(&heap) {
+                    Ok((v, seq)) => {
+                        last_seq = seq;
+                        say(format!("ACK {v}"))
+                    }
+                    Err(e) => {
+                        say(format!("ERR {e}"));
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            },
+            "SUM" => {
+                let len = heap.read().log.len();
+                let ok = is_prefix(&heap.read().log);
+                let seq = last_seq.max(heap.stats().durable_seq);
+                say(format!("SUM {seq} {} {len} {ok}", heap.content_checksum().unwrap()));
+            }
+            "STATUS" => say(format!("STATUS {:?}", shipper.status())),
+            "EXIT" => {
+                drop(shipper);
+                drop(heap);
+                std::process::exit(0);
+            }
+            other => say(format!("UNKNOWN {other}")),
+        }
+    }
+}
+
+/// The body of the `node` role.
+pub fn node_main() {
+    let rx = stdin_lines();
+    let dir = env("N_DIR");
+    if env("N_MODE") == "primary" {
+        let heap = heap_opts().open(&dir, init).unwrap();
+        run_primary(heap, &rx);
+        return;
+    }
+    let cfg = cfg_from_env();
+    let mut f: Follower<State> = Follower::start(&dir, &replica_opts(), &cfg).unwrap();
+    say(format!("STANDBY {}", f.status().position));
+    loop {
+        let Ok(cmd) = rx.recv() else { return };
+        let w: Vec<&str> = cmd.split(' ').collect();
+        match w[0] {
+            "AT" => {
+                let n: u64 = w[1].parse().unwrap();
+                let ok = f.wait_for(n, Duration::from_secs(30));
+                let p = f.status().position;
+                if ok {
+                    say(format!("AT {p}"));
+                } else {
+                    say(format!("TIMEOUT {p} {:?}", f.status()));
+                }
+            }
+            "SUM" => {
+                let r = f.replica().unwrap();
+                let g = r.read().unwrap();
+                let len = g.log.len();
+                let ok = is_prefix(&g.log);
+                drop(g);
+                say(format!(
+                    "SUM {} {} {len} {ok}",
+                    r.position(),
+                    r.content_checksum().unwrap()
+                ));
+            }
+            "STATUS" => {
+                let s = f.status();
+                say(format!(
+                    "STATUS pos={} reb={} why={:?} err={:?}",
+                    s.position, s.rebootstraps, s.last_rebootstrap, s.last_error
+                ));
+            }
+            "PROMOTE" => match f.promote(&heap_opts()) {
+                Ok(p) => {
+                    let len = p.heap.read().log.len();
+                    let ok = is_prefix(&p.heap.read().log);
+                    say(format!(
+                        "PROMOTED {} {} {} {len} {ok}",
+                        p.seq,
+                        p.epoch,
+                        p.took.as_micros()
+                    ));
+                    run_primary(p.heap, &rx);
+                    return;
+                }
+                Err(e) => {
+                    say(format!("LOST {e}"));
+                    f = Follower::start(&dir, &replica_opts(), &cfg).unwrap();
+                    say(format!("STANDBY {}", f.status().position));
+                }
+            },
+            "EXIT" => {
+                drop(f);
+                std::process::exit(0);
+            }
+            other => say(format!("UNKNOWN {other}")),
+        }
+    }
+}
+
+/// Settings every node of one test shares.
+#[derive(Clone)]
+pub struct Net {
+    pub url: String,
+    pub log: String,
+    pub replicas: usize,
+    pub frame: usize,
+    pub base_every: u64,
+    pub durability: &'static str,
+    /// The primary's `snapshot_after_journal_bytes`.
+    pub snap: u64,
+}
+
+/// The parent's handle on a node process.
+pub struct Node {
+    pub name: String,
+    child: Child,
+    stdin: ChildStdin,
+    rx: Receiver<String>,
+    /// Every line seen so far (the last 200).
+    pub seen: Vec<String>,
+}
+
+impl Node {
+    /// Starts `test` (which must call [`node_main`] in the `node` role) as node `name`.
+    pub fn start(test: &str, net: &Net, name: &str, mode: &str, dir: &std::path::Path) -> Node {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(ROLE, "node")
+            .env("N_URL", &net.url)
+            .env("N_LOG", &net.log)
+            .env("N_NODE", name)
+            .env("N_MODE", mode)
+            .env("N_DIR", dir)
+            .env("N_REPLICAS", net.replicas.to_string())
+            .env("N_FRAME", net.frame.to_string())
+            .env("N_BASE_EVERY", net.base_every.to_string())
+            .env("N_DUR", net.durability)
+            .env("N_SNAP", net.snap.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                let Some(at) = l.find("@@ ") else { continue };
+                if tx.send(l[at + 3..].to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        Node {
+            name: name.to_string(),
+            child,
+            stdin,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next line starting with one of `prefixes` (other lines are kept in `seen`).
+    pub fn expect(&mut self, prefixes: &[&str], limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let left = limit.saturating_sub(t0.elapsed());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = prefixes.iter().any(|p| l.starts_with(p));
+                    self.seen.push(l.clone());
+                    if self.seen.len() > 200 {
+                        self.seen.remove(0);
+                    }
+                    if hit {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "node {}: no {prefixes:?} within {limit:?}; last lines: {:?}",
+                    self.name,
+                    &self.seen[self.seen.len().saturating_sub(10)..]
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "node {} exited before {prefixes:?}; last lines: {:?}",
+                    self.name,
+                    &self.seen[self.seen.len().saturating_sub(10)..]
+                ),
+            }
+        }
+    }
+
+    /// Sends `cmd` and returns the answer's fields.
+    pub fn ask(&mut self, cmd: &str, prefixes: &[&str], limit: Duration) -> Vec<String> {
+        self.send(cmd);
+        self.expect(prefixes, limit).split(' ').map(str::to_string).collect()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Lines received so far without waiting, e.g. the ACKs printed during RUN.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.rx.try_recv() {
+            v.push(l);
+        }
+        v
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The largest value in the `ACK v` lines.
+pub fn max_ack(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ACK "))
+        .filter_map(|v| v.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
