@@ -64,6 +64,12 @@ enum Cmd {
 const CANNOT_RUN: u8 = 2;
 
 fn main() -> ExitCode {
+    // Rust starts programs with SIGPIPE ignored, so writing to a closed pipe (`snapheap info
+    // DIR | head`) makes `println!` panic. Like other command-line tools, end quietly instead:
+    // restore the default action, which terminates the process.
+    // SAFETY: runs first in main, before any thread exists; `signal` with SIG_DFL has no other
+    // precondition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let show_progress = !cli.json && std::io::stdout().is_terminal();
     let code = match &cli.cmd {

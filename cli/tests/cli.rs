@@ -113,6 +113,40 @@ fn entry_for<'a>(list: &'a Value, file: &Path) -> &'a Value {
         .unwrap_or_else(|| panic!("no entry for {} in {list}", file.display()))
 }
 
+/// `snapheap info DIR | head -1`: a reader that closes the pipe early ends the tool by SIGPIPE,
+/// as for other command-line tools, never with a panic. The pipe's read end is closed before
+/// the tool starts, so its first write always meets a closed pipe.
+#[test]
+fn closed_stdout_pipe_ends_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = fresh_dir("pipe");
+    make_heap(&dir, 1, false, 0);
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe and are owned by nobody else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = Command::new(BIN)
+        .arg("info")
+        .arg(&dir)
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .expect("runs the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "the tool panicked on a closed pipe: {stderr}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "status {:?}, stderr {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn healthy_heap_info_check_journal() {
     let dir = fresh_dir("healthy");
