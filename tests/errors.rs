@@ -58,6 +58,32 @@ fn other_root_type_is_incompatible() {
     open_vec(&dir.heap()).unwrap();
 }
 
+/// A journal named with the largest id (damage: no heap rotates 2^64 times) is a clean
+/// `Corrupt`, not an overflow in the chain walk (found by the `recovery` fuzz target).
+#[test]
+fn journal_with_the_largest_id_is_corrupt_not_a_crash() {
+    let dir = Scratch::new("journal-max-id");
+    let h = open_vec(&dir.heap()).unwrap();
+    h.write().push(7);
+    h.commit().unwrap();
+    h.close().unwrap();
+    let newest = std::fs::read_dir(dir.heap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
+        .max()
+        .expect("a journal");
+    std::fs::rename(&newest, dir.heap().join("journal-ffffffffffffffff")).unwrap();
+    match open_vec(&dir.heap()) {
+        Err(Error::Corrupt { file, .. }) => assert!(
+            file.to_string_lossy().contains("journal-"),
+            "names a journal: {}",
+            file.display()
+        ),
+        other => panic!("expected Corrupt, got {:?}", other.err()),
+    }
+}
+
 #[test]
 fn other_schema_is_incompatible() {
     let dir = Scratch::new("other-schema");

@@ -509,10 +509,9 @@ fn attach(
                 region.grow(SEGMENT).map_err(io_err("mmap (first segment)", dir))?;
             }
             if region.extent() > 0 {
-                // SAFETY: [base, base + extent) is mapped read-write and stays so until the
-                // engine is dropped (the region is the tracker's sibling in GrowCtx, and a
-                // detached region keeps its tracker with it); the tracker is never asked to
-                // report after that.
+                // The region is the tracker's sibling in GrowCtx and a detached region keeps
+                // its tracker with it, so the tracker is never asked to report after an unmap.
+                // SAFETY: [base, base + extent) is mapped read-write until the engine is dropped.
                 unsafe { tracker.arm(base, base + region.extent()) }
                     .map_err(io_err("arm dirty tracking (userfaultfd or pagemap)", dir))?;
             }

@@ -85,7 +85,18 @@ pub(crate) fn walk_chain(vfs: &dyn Vfs, dir: &Path, heap_id: u64, first_journal:
                 format!("journal {expected_id} is missing but journal {id} exists (the chain is broken)"),
             ));
         }
-        expected_id = id + 1;
+        // The largest id has no successor: the engine could never rotate past it, and no heap
+        // reaches it by rotating (2^64 snapshots), so such a name is damage, reported as such.
+        expected_id = id.saturating_add(1);
+        if id == u64::MAX {
+            error.get_or_insert_with(|| {
+                Error::corrupt(
+                    &path,
+                    0,
+                    "journal id ffffffffffffffff is the largest possible (no journal can follow it)",
+                )
+            });
+        }
         let scan = match scan_journal(vfs, &path, heap_id, id, k + 1 == ids.len()) {
             Ok(s) => Some(s),
             Err(e) => {
