@@ -29,7 +29,7 @@ use std::io;
 /// The size of an OS page. snapheap requires 4096-byte pages (checked at open).
 pub const OS_PAGE: usize = 4096;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {

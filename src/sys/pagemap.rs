@@ -50,13 +50,7 @@ pub const fn is_private_anon(entry: u64) -> bool {
     entry & PM_SWAPPED != 0 || (entry & PM_PRESENT != 0 && entry & PM_FILE == 0)
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use super::cvt;
 
 /// A read-only descriptor of this process's `/proc/self/pagemap`, for [`read`](Self::read).
 ///

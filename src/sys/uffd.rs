@@ -172,13 +172,7 @@ const _: () = {
     assert!(PAGEMAP_SCAN == 0xc060_6610);
 };
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use super::cvt;
 
 /// A userfaultfd file descriptor on which `UFFDIO_API` succeeded. Closing it (drop) unregisters
 /// every range registered through it.
