@@ -48,6 +48,12 @@ pub(crate) struct Pending {
 /// Names of the two snapshot files.
 pub(crate) const SNAPSHOT_FILES: [&str; 2] = ["snapshot-0", "snapshot-1"];
 
+/// The largest journal id a snapshot may rotate from. Recovery's chain walk refuses a journal
+/// named `u64::MAX` as damage (`disk/journal/chain.rs`: nothing could follow it), so a heap
+/// whose journal reached this id (only a crafted directory can: it takes 2^64 snapshots) takes
+/// no more snapshots and keeps journaling, instead of creating a journal its next open refuses.
+const LAST_ROTATABLE_JOURNAL_ID: u64 = u64::MAX - 1;
+
 impl CommitState {
     /// The slot holding the newest valid snapshot.
     pub(super) fn newest(&self) -> Option<usize> {
@@ -97,7 +103,7 @@ impl Engine {
             heap_id: self.meta.heap_id,
             generation,
             seq,
-            journal_id: cs.journal.id() + 1,
+            journal_id: cs.journal.id() + 1, // below u64::MAX: see fork_snapshot
             extent: extent64,
             dirty_len: dirty_len_for(extent64),
             dirty_crc: crc32fast::hash(&bitmap),
@@ -130,7 +136,7 @@ impl Engine {
         seq: u64,
         extent: usize,
     ) -> bool {
-        if cs.pending.is_some() {
+        if cs.pending.is_some() || cs.journal.id() >= LAST_ROTATABLE_JOURNAL_ID {
             return false;
         }
         let (slot, plan) = self.plan_snapshot(cs, seq, extent);
@@ -196,6 +202,7 @@ impl Engine {
     /// switches to a new journal that starts at `seq`.
     pub(super) fn rotate_journal(&self, cs: &mut CommitState, seq: u64) -> Result<()> {
         self.wait_durable(seq)?;
+        // fork_snapshot refuses to fork from LAST_ROTATABLE_JOURNAL_ID on, so this cannot wrap.
         let id = cs.journal.id() + 1;
         if let Some(r) = &self.repl {
             r.rotating(id, seq, cs.chain).map_err(|e| self.poison(e))?;
@@ -301,6 +308,14 @@ impl Engine {
     /// [`SNAPSHOT_ATTEMPTS`] times in all.
     pub(crate) fn snapshot_locked(&self, cs: &mut CommitState) -> Result<()> {
         self.reap(cs, true);
+        if cs.journal.id() >= LAST_ROTATABLE_JOURNAL_ID {
+            return Err(Error::invalid(format!(
+                "no snapshot possible: journal {} has the largest id a snapshot can rotate from \
+                 (the next would be {:#x}, which recovery refuses); commits keep journaling",
+                cs.journal.path().display(),
+                u64::MAX
+            )));
+        }
         if let Some(r) = &self.repl {
             // A base export reads the file this snapshot would overwrite: wait for it.
             r.wait_unpinned(cs.newest().map_or(0, |n| 1 - n));
