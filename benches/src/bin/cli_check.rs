@@ -27,7 +27,9 @@ const BLOCKS: usize = 256;
 
 fn opts() -> OpenOptions {
     let mut o = OpenOptions::new();
-    o.max_size(4 << 30).snapshot_on_close(false).snapshot_after_journal_bytes(1 << 40);
+    o.max_size(4 << 30)
+        .snapshot_on_close(false)
+        .snapshot_after_journal_bytes(1 << 40);
     o
 }
 
@@ -134,7 +136,10 @@ fn main() {
     );
     let bin = std::env::var("SNAPHEAP_BIN")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/snapheap").into());
-    assert!(Path::new(&bin).exists(), "build the tool first: cargo build --release -p snapheap-cli ({bin})");
+    assert!(
+        Path::new(&bin).exists(),
+        "build the tool first: cargo build --release -p snapheap-cli ({bin})"
+    );
     if !dir.join("meta").exists() {
         let t = Instant::now();
         make(&dir);
@@ -142,7 +147,12 @@ fn main() {
     }
     let fs = files(&dir);
     let bytes: u64 = fs.iter().map(|f| std::fs::metadata(f).expect("stat").len()).sum();
-    println!("heap {}: {} files, {:.1} MiB", dir.display(), fs.len(), bytes as f64 / (1 << 20) as f64);
+    println!(
+        "heap {}: {} files, {:.1} MiB",
+        dir.display(),
+        fs.len(),
+        bytes as f64 / (1 << 20) as f64
+    );
     let cat = || {
         let mut c = Command::new("cat");
         c.args(&fs);

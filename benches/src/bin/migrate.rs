@@ -61,7 +61,7 @@ fn run(case: Case, pristine: &Path, work: &Path, n: u64) -> (Duration, Duration)
             o.schema("bench-v1");
             let h: Heap<V1> = o.open(work, |_| unreachable!()).unwrap();
             let total = t.elapsed();
-            let ok = h.read().map.len() as u64 == n;
+            let ok = h.read().map.len() as u64 == n && h.read().tag == 1;
             // SAFETY: every value of the heap is in its root; the handle is consumed.
             unsafe { h.close_and_release() }.unwrap();
             CLOSURE_NS.store(0, Ordering::Relaxed);
@@ -72,7 +72,11 @@ fn run(case: Case, pristine: &Path, work: &Path, n: u64) -> (Duration, Duration)
             if case == Case::Moved {
                 o.migrate::<V1, V2>("bench-v1", |old, _a| {
                     let t = Instant::now();
-                    let s = V2 { map: old.map, tag: old.tag, added: 1 };
+                    let s = V2 {
+                        map: old.map,
+                        tag: old.tag,
+                        added: 1,
+                    };
                     CLOSURE_NS.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     s
                 });
@@ -84,14 +88,20 @@ fn run(case: Case, pristine: &Path, work: &Path, n: u64) -> (Duration, Duration)
                         map.insert(*k, *v);
                     }
                     drop(old.map);
-                    let s = V2 { map, tag: old.tag, added: 1 };
+                    let s = V2 {
+                        map,
+                        tag: old.tag,
+                        added: 1,
+                    };
                     CLOSURE_NS.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     s
                 });
             }
             let h: Heap<V2> = o.open(work, |_| unreachable!()).unwrap();
             let total = t.elapsed();
-            let ok = h.read().map.len() as u64 == n && h.read().map.get(&7) == Some(&(7 * 31));
+            let r = h.read();
+            let ok = r.map.len() as u64 == n && r.map.get(&7) == Some(&(7 * 31)) && r.tag == 1 && r.added == 1;
+            drop(r);
             // SAFETY: as above.
             unsafe { h.close_and_release() }.unwrap();
             (total, ok)
@@ -102,8 +112,14 @@ fn run(case: Case, pristine: &Path, work: &Path, n: u64) -> (Duration, Duration)
 }
 
 fn main() {
-    let n: u64 = std::env::var("MIGRATE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let reps: usize = std::env::var("MIGRATE_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n: u64 = std::env::var("MIGRATE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let reps: usize = std::env::var("MIGRATE_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let s = Scratch::new("migrate");
     let pristine = s.0.join("v1");
     let work = s.0.join("work");
@@ -133,7 +149,11 @@ fn main() {
         let runs: Vec<(Duration, Duration)> = (0..reps).map(|_| run(case, &pristine, &work, n)).collect();
         let total = median(runs.iter().map(|r| r.0).collect());
         let closure = median(runs.iter().map(|r| r.1).collect());
-        println!("{name:<34} {:>9.2} ms {:>9.3} ms", total.as_secs_f64() * 1e3, closure.as_secs_f64() * 1e3);
+        println!(
+            "{name:<34} {:>9.2} ms {:>9.3} ms",
+            total.as_secs_f64() * 1e3,
+            closure.as_secs_f64() * 1e3
+        );
         rows.push((total, closure));
     }
     let (moved, rebuilt) = (rows[1], rows[2]);

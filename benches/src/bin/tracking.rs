@@ -26,7 +26,12 @@ use snapheap::{Durability, Heap, OpenOptions, Tracking};
 use snapheap_benches::Scratch;
 use std::time::{Duration, Instant};
 
-const RUNGS: [Tracking; 4] = [Tracking::UffdWp, Tracking::SoftDirty, Tracking::Hashed, Tracking::AllDirty];
+const RUNGS: [Tracking; 4] = [
+    Tracking::UffdWp,
+    Tracking::SoftDirty,
+    Tracking::Hashed,
+    Tracking::AllDirty,
+];
 
 fn open(dir: &Scratch, t: Tracking, remap: bool) -> Result<Heap<Chunks>, snapheap::Error> {
     OpenOptions::new()
@@ -101,7 +106,11 @@ fn measure(
     bytes.sort();
     pages.sort();
     Ok(Row {
-        rung: if remap { format!("{} + remap", t.name()) } else { t.name().to_string() },
+        rung: if remap {
+            format!("{} + remap", t.name())
+        } else {
+            t.name().to_string()
+        },
         median: quantile(&times, 0.5),
         min: quantile(&times, 0.0),
         bytes: bytes[bytes.len() / 2],
@@ -124,7 +133,11 @@ fn table(title: &str, heap_bytes: usize, change: &dyn Fn(&mut Chunks, usize)) {
     // `TRACKING_ONLY=hashed+remap,uffd-wp` runs only those rows (quick checks).
     let only = std::env::var("TRACKING_ONLY").ok();
     for (t, remap) in configs {
-        let name = if remap { format!("{}+remap", t.name()) } else { t.name().to_string() };
+        let name = if remap {
+            format!("{}+remap", t.name())
+        } else {
+            t.name().to_string()
+        };
         if only.as_ref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
             continue;
         }
