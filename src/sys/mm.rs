@@ -127,10 +127,9 @@ pub unsafe fn rereserve(addr: usize, len: usize) -> io::Result<()> {
 }
 
 /// Maps `len` bytes of zero-filled, readable and writable private anonymous memory wherever
-/// the kernel chooses (`MAP_NORESERVE`: untouched pages cost nothing), not inherited by
-/// `fork` children (`MADV_DONTFORK`). Returns its address. For process-local caches that a
-/// snapshot child must not copy. See mmap(2), madvise(2).
-pub fn map_private_no_fork(len: usize) -> io::Result<usize> {
+/// the kernel chooses, with `MAP_NORESERVE` (untouched pages cost nothing). Returns its
+/// address. See mmap(2).
+pub fn map_anonymous(len: usize) -> io::Result<usize> {
     // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is affected.
     let p = unsafe {
         libc::mmap(
@@ -145,6 +144,15 @@ pub fn map_private_no_fork(len: usize) -> io::Result<usize> {
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
+    Ok(p as usize)
+}
+
+/// Maps `len` bytes of zero-filled, readable and writable private anonymous memory wherever
+/// the kernel chooses (`MAP_NORESERVE`: untouched pages cost nothing), not inherited by
+/// `fork` children (`MADV_DONTFORK`). Returns its address. For process-local caches that a
+/// snapshot child must not copy. See mmap(2), madvise(2).
+pub fn map_private_no_fork(len: usize) -> io::Result<usize> {
+    let p = map_anonymous(len)? as *mut libc::c_void;
     // SAFETY: [p, p + len) is the mapping just created; advice changes no contents.
     if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
         let e = io::Error::last_os_error();

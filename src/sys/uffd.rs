@@ -332,21 +332,10 @@ impl ScratchMap {
     /// `MAP_NORESERVE` and asks for 4 KiB pages (`MADV_NOHUGEPAGE`, best effort).
     pub fn new(len: usize) -> io::Result<ScratchMap> {
         debug_assert!(len > 0 && len % super::OS_PAGE == 0);
-        // SAFETY: a non-fixed mapping never replaces existing memory.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+        let map = ScratchMap {
+            addr: super::mm::map_anonymous(len)?,
+            len,
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map = ScratchMap { addr: p as usize, len };
         // Advisory: a kernel without THP rejects it and then has no huge pages to blur anyway.
         let _ = super::no_huge_pages(map.addr, len);
         Ok(map)

@@ -163,6 +163,26 @@ impl Arena {
         grow: GrowFn,
         grow_ctx: *const (),
     ) -> Result<&'static Arena, String> {
+        // SAFETY: forwarded contract.
+        let a = unsafe { Self::attach_ctrl(base, max_size, grow, grow_ctx) }?;
+        // SAFETY: validated above; no thread can use the arena before the gate opens.
+        unsafe { a.rebuild_process_state() };
+        a.gate.store(a.key, Release);
+        Ok(a)
+    }
+
+    /// What both attaches share: checks the geometry and the persistent headers, then sets up
+    /// the control block (gate still closed).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::attach`].
+    unsafe fn attach_ctrl(
+        base: usize,
+        max_size: usize,
+        grow: GrowFn,
+        grow_ctx: *const (),
+    ) -> Result<&'static Arena, String> {
         if base % SEGMENT != 0 || max_size % SEGMENT != 0 || !(SEGMENT..=MAX_REGION).contains(&max_size) {
             return Err(format!("bad region geometry: base {base:#x}, max_size {max_size:#x}"));
         }
@@ -171,9 +191,6 @@ impl Arena {
         init_fence_mode();
         // SAFETY: forwarded contract.
         let a = unsafe { Self::init_ctrl(base, max_size, grow, grow_ctx) }?;
-        // SAFETY: validated above; no thread can use the arena before the gate opens.
-        unsafe { a.rebuild_process_state() };
-        a.gate.store(a.key, Release);
         Ok(a)
     }
 
@@ -190,14 +207,8 @@ impl Arena {
         grow: GrowFn,
         grow_ctx: *const (),
     ) -> Result<&'static Arena, String> {
-        if base % SEGMENT != 0 || max_size % SEGMENT != 0 || !(SEGMENT..=MAX_REGION).contains(&max_size) {
-            return Err(format!("bad region geometry: base {base:#x}, max_size {max_size:#x}"));
-        }
-        // SAFETY: segment 0 is mapped (contract).
-        unsafe { super::check::validate_persistent(base, max_size) }?;
-        init_fence_mode();
         // SAFETY: forwarded contract.
-        let a = unsafe { Self::init_ctrl(base, max_size, grow, grow_ctx) }?;
+        let a = unsafe { Self::attach_ctrl(base, max_size, grow, grow_ctx) }?;
         // The gate never opens, so no thread can reach the arena through the registry.
         unregister_arena(a.slot, a.key);
         Ok(a)
