@@ -85,6 +85,10 @@ pub struct Promoted<T: Persist> {
     pub seq: u64,
     /// Time from the start of `promote` to the open heap.
     pub took: Duration,
+    /// Where that time went, in order: `leader` (read the leader key), `halt` (stop the
+    /// follower thread), `elect` (drain, compare-and-set, epoch record), `open`
+    /// (`Replica::promote`: close the replica, open the heap).
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl<T: Persist + Send + Sync + 'static> Follower<T> {
@@ -163,6 +167,13 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
     /// the epoch; this replica is closed untouched (start a follower on it again).
     pub fn promote(mut self, opts: &OpenOptions) -> Result<Promoted<T>> {
         let t0 = Instant::now();
+        let mut phases = Vec::new();
+        let mut lap = t0;
+        let mut mark = |name: &'static str| {
+            let now = Instant::now();
+            phases.push((name, now - lap));
+            lap = now;
+        };
         // Read the leader key first, on a connection of our own, before anything else: the
         // compare-and-set later succeeds only if nobody changed it since this call began.
         let rt = runtime()?;
@@ -171,17 +182,22 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
             let c = Conn::open(&cfg).await?;
             c.leader().await
         })?;
+        mark("leader");
         let (mut ap, rt) = self.halt().ok_or_else(|| Error::Config {
             what: "the follower thread is gone".into(),
         })?;
+        mark("halt");
         let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg, seen))?;
+        mark("elect");
         let replica = ap.take_replica()?;
         let heap = replica.promote(opts)?;
+        mark("open");
         Ok(Promoted {
             heap,
             epoch,
             seq,
             took: t0.elapsed(),
+            phases,
         })
     }
 }

@@ -35,10 +35,15 @@ use crate::frame::{self, Kind};
 use crate::transport::{ack, AckFuture, BaseInfo, Conn, Leader, PublishFailure};
 use snapheap::ReplicationSource;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Length of the core's wire group header and offset of its `chain` field
+/// (`docs/design.md`, "Wire group").
+const WIRE_HEADER_LEN: usize = 64;
+const WIRE_CHAIN_OFFSET: usize = 40;
 
 /// What the shipper has done so far.
 #[derive(Clone, Debug, Default)]
@@ -61,11 +66,15 @@ pub struct ShipperStatus {
     pub last_error: Option<String>,
     /// True once the thread has stopped.
     pub stopped: bool,
+    /// Tests (`Shipper::stall_mid_group`): `(seq, frames)` once the shipper stalled after
+    /// publishing frames `0..frames` of group `seq`.
+    pub stalled: Option<(u64, u32)>,
 }
 
 /// A running shipper; stop it with [`Shipper::stop`] (or drop).
 pub struct Shipper {
     stop: Arc<AtomicBool>,
+    stall: Arc<AtomicU32>,
     status: Arc<Mutex<ShipperStatus>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -83,6 +92,7 @@ impl Shipper {
             ..Default::default()
         }));
         st.status = status.clone();
+        let stall = st.stall.clone();
         let s2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("snapheap-shipper".into())
@@ -95,6 +105,7 @@ impl Shipper {
             })?;
         Ok(Shipper {
             stop,
+            stall,
             status,
             thread: Some(thread),
         })
@@ -103,6 +114,15 @@ impl Shipper {
     /// A copy of the status.
     pub fn status(&self) -> ShipperStatus {
         self.status.lock().unwrap().clone()
+    }
+
+    /// Tests: the next group of more than `frames` frames is published up to frame
+    /// `frames - 1` only, then the shipper publishes nothing more (as if the process died
+    /// right there), so that a test can kill a primary in the middle of a multi-frame group
+    /// at a point it controls. 0 disarms.
+    #[cfg(feature = "testing")]
+    pub fn stall_mid_group(&self, frames: u32) {
+        self.stall.store(frames, Ordering::Release);
     }
 
     /// Stops the thread after the frames in flight were acknowledged (or failed).
@@ -165,6 +185,8 @@ struct State {
     base_start: Option<u64>,
     bytes_since_base: u64,
     status: Arc<Mutex<ShipperStatus>>,
+    /// Tests (`Shipper::stall_mid_group`): stop after this many frames of a larger group.
+    stall: Arc<AtomicU32>,
 }
 
 enum Tail {
@@ -211,6 +233,7 @@ impl State {
             base_start: None,
             bytes_since_base: 0,
             status: Arc::new(Mutex::new(ShipperStatus::default())),
+            stall: Arc::new(AtomicU32::new(0)),
         };
         let tail = st.conn.tail().await?;
         let fresh = tail.is_none();
@@ -242,15 +265,11 @@ impl State {
                         st.partial = h.index + 1;
                     }
                 }
-                let durable = st.source.durable_seq();
-                if st.stored > durable {
-                    return Err(Error::Fenced {
-                        reason: format!(
-                            "the log holds commit {} but this heap only {durable}: it lost \
-                             commits or is an old copy; bootstrap it as a standby",
-                            st.stored
-                        ),
-                    });
+                if let Err(e) = st.check_tail(sseq, &h, &bytes).await {
+                    if let Error::HeapBehindLog { .. } = &e {
+                        st.source.fence(&e.to_string());
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -271,6 +290,112 @@ impl State {
             st.source.acknowledge(st.stored);
         }
         Ok(st)
+    }
+
+    /// At start: the log's tail (stream seq `sseq`, header `h`, the message `tail`) must be history this heap
+    /// holds. Refused ([`Error::HeapBehindLog`]): a complete group after the heap's last
+    /// commit; a partly published group the heap does not have; a group or partial group
+    /// whose bytes differ from the heap's under the same seq (the heap lost commits and made
+    /// others). Not checkable (the heap's journals no longer reach back): accepted, the
+    /// shipper then finds the backlog trimmed and ships a new base past it.
+    async fn check_tail(&mut self, sseq: u64, h: &frame::Header, tail: &[u8]) -> Result<()> {
+        let heap_seq = self.source.durable_seq();
+        let behind = |log_seq: u64, detail: String| Error::HeapBehindLog {
+            log_seq,
+            heap_seq,
+            detail,
+        };
+        if self.stored > heap_seq {
+            return Err(behind(
+                self.stored,
+                format!("commits {}..={} are missing", heap_seq + 1, self.stored),
+            ));
+        }
+        if h.kind != Kind::Data {
+            return Ok(());
+        }
+        if self.partial > 0 && h.seq > heap_seq {
+            return Err(behind(
+                h.seq,
+                format!(
+                    "frames 0..={} of {} of commit {} are in the log",
+                    h.index, h.count, h.seq
+                ),
+            ));
+        }
+        // The log's bytes of group `h.seq` from its first frame up to the tail (the whole
+        // group if complete, its published prefix otherwise), or just its wire header.
+        let complete = h.index + 1 == h.count;
+        let want = if complete { WIRE_HEADER_LEN } else { usize::MAX };
+        let mut log_bytes: Vec<u8> = Vec::new();
+        let first = sseq - u64::from(h.index);
+        for (i, s) in (first..=sseq).enumerate() {
+            if log_bytes.len() >= want {
+                break;
+            }
+            let m = if s == sseq {
+                Some(tail.to_vec())
+            } else {
+                self.conn.message(s).await?
+            };
+            let Some(m) = m else {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {s}"),
+                    what: format!("frame {i} of commit {} is missing", h.seq),
+                });
+            };
+            let f = frame::decode(&m).map_err(|e| Error::Corrupt {
+                at: format!("stream seq {s}"),
+                what: e.to_string(),
+            })?;
+            let fh = f.header;
+            if fh.kind != Kind::Data || fh.seq != h.seq || fh.index as usize != i || fh.count != h.count {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {s}"),
+                    what: format!("expected frame {i} of commit {}, found {fh:?}", h.seq),
+                });
+            }
+            log_bytes.extend_from_slice(f.payload);
+        }
+        if complete {
+            let Some(ours) = self.source.chain_at(h.seq) else {
+                return Ok(()); // before the heap's newest snapshot: not checkable
+            };
+            if log_bytes.len() < WIRE_HEADER_LEN {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {first}"),
+                    what: format!("commit {} is shorter than a wire group header", h.seq),
+                });
+            }
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&log_bytes[WIRE_CHAIN_OFFSET..WIRE_CHAIN_OFFSET + 8]);
+            let theirs = u64::from_le_bytes(c);
+            if theirs != ours {
+                return Err(behind(
+                    h.seq,
+                    format!(
+                        "the log's commit {} has chain hash {theirs:#018x}, this heap's {ours:#018x}: \
+                         another history",
+                        h.seq
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        match self.source.next_group(h.seq - 1, Duration::ZERO) {
+            Ok(Some(g)) if g.bytes.starts_with(&log_bytes) => Ok(()),
+            Ok(Some(_)) => Err(behind(
+                h.seq,
+                format!(
+                    "the published frames 0..={} of commit {} differ from this heap's commit {}",
+                    h.index, h.seq, h.seq
+                ),
+            )),
+            // Trimmed locally: the shipper ships a new base, followers drop the partial group.
+            Err(snapheap::Error::BacklogTrimmed { .. }) => Ok(()),
+            Ok(None) => Err(behind(h.seq, format!("commit {} is not readable", h.seq))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ships `base` and purges below the previous base's start.
@@ -443,6 +568,15 @@ impl State {
                     continue;
                 }
                 let (h, bytes) = &frames[send_index as usize];
+                let stall = self.stall.load(Ordering::Acquire);
+                if stall > 0 && h.index == stall && h.count > stall {
+                    // Tests: frames 0..stall of this group are published; nothing more is.
+                    self.status.lock().unwrap().stalled = Some((h.seq, stall));
+                    while !stop.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    return Ok(());
+                }
                 let expected = self.known_last + pending.len() as u64;
                 let fut = self
                     .conn
