@@ -1,13 +1,15 @@
-//! The primary's shipper: a background thread that publishes every durable commit group to
-//! the stream and reports the acknowledgements to the heap.
+//! The primary's shipper: a background thread that publishes every commit group to the
+//! stream (durable ones; with `Durability::Replicated` written ones, while their `fdatasync`
+//! runs) and reports the acknowledgements to the heap.
 //!
 //! Start ([`Shipper::start`]): connect; take the leader key (create it at epoch 1 when it is
 //! missing; a key held by another node is [`Error::NotLeader`]); read the stream's last
 //! message to learn where the log is (the last complete group, a partly published one, an
-//! epoch record); ship a base when the object store has none; `hold_from` the last group in
-//! the log.
+//! epoch record) and check that the heap holds that history ([`Error::HeapBehindLog`]
+//! otherwise: a machine crash took from its disk groups the log holds); ship a base when the
+//! object store has none; `hold_from` the last group in the log.
 //!
-//! Loop: take the next durable group (`next_group`), split it into frames, publish up to
+//! Loop: take the next group (`next_group`), split it into frames, publish up to
 //! `pipeline` frames ahead, each with `Nats-Msg-Id` = heap-epoch-seq-index and
 //! `Nats-Expected-Last-Subject-Sequence` = the stream sequence of the message before it;
 //! when a group's last frame is acknowledged, `acknowledge(seq)` (this releases the
@@ -74,6 +76,7 @@ pub struct ShipperStatus {
 /// A running shipper; stop it with [`Shipper::stop`] (or drop).
 pub struct Shipper {
     stop: Arc<AtomicBool>,
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     stall: Arc<AtomicU32>,
     status: Arc<Mutex<ShipperStatus>>,
     thread: Option<JoinHandle<()>>,
@@ -82,7 +85,7 @@ pub struct Shipper {
 impl Shipper {
     /// Connects, takes or checks the leader key and starts the shipping thread.
     pub fn start(source: ReplicationSource, cfg: &NatsConfig) -> Result<Shipper> {
-        let rt = runtime()?;
+        let rt = shipper_runtime()?;
         let cfg = cfg.clone();
         let mut st = rt.block_on(State::start(source, &cfg))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -143,6 +146,21 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// The shipper's runtime: one thread, the shipper's own, drives the connection too. A
+/// `Replicated` commit waits for the publish of its group, so the hops matter: the thread
+/// woken by the written group publishes, reads the acknowledgement off the socket and
+/// acknowledges, with no hand-over to a worker thread and back (two thread wake-ups fewer
+/// per commit). It blocks in `next_group` only while nothing is in flight (the connection's
+/// keep-alive waits for at most that wait, 50 ms).
+fn shipper_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config {
+            what: format!("cannot start a Tokio runtime: {e}"),
+        })
 }
 
 /// A runtime whose one worker thread drives the NATS connection while the thread that called
@@ -532,7 +550,7 @@ impl State {
                     };
                     let src = self.source.clone();
                     let after = send_seq - 1;
-                    // The runtime's worker thread drives the connection meanwhile.
+                    // Blocks the runtime's only thread: nothing is in flight when `wait` > 0.
                     let g = src.next_group(after, wait);
                     match g {
                         Ok(Some(g)) => {
