@@ -275,6 +275,12 @@ impl State {
                     });
                 }
                 st.known_last = sseq;
+                if h.kind == Kind::Data && h.seq == 0 {
+                    return Err(Error::Corrupt {
+                        at: format!("stream seq {sseq}"),
+                        what: "a data frame of commit 0".into(),
+                    });
+                }
                 match h.kind {
                     Kind::Epoch => st.stored = h.seq,
                     Kind::Data if h.index + 1 == h.count => st.stored = h.seq,
@@ -346,7 +352,13 @@ impl State {
         let complete = h.index + 1 == h.count;
         let want = if complete { WIRE_HEADER_LEN } else { usize::MAX };
         let mut log_bytes: Vec<u8> = Vec::new();
-        let first = sseq - u64::from(h.index);
+        let first = sseq.checked_sub(u64::from(h.index)).ok_or_else(|| Error::Corrupt {
+            at: format!("stream seq {sseq}"),
+            what: format!(
+                "frame {} of commit {} cannot be at this stream sequence",
+                h.index, h.seq
+            ),
+        })?;
         for (i, s) in (first..=sseq).enumerate() {
             if log_bytes.len() >= want {
                 break;
