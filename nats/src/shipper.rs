@@ -152,8 +152,10 @@ impl Drop for Shipper {
 /// `Replicated` commit waits for the publish of its group, so the hops matter: the thread
 /// woken by the written group publishes, reads the acknowledgement off the socket and
 /// acknowledges, with no hand-over to a worker thread and back (two thread wake-ups fewer
-/// per commit). It blocks in `next_group` only while nothing is in flight (the connection's
-/// keep-alive waits for at most that wait, 50 ms).
+/// per commit). It blocks in `next_group` only while nothing is in flight, for at most
+/// 50 ms, and after such an idle wait sleeps 1 ms on the runtime so that the connection is
+/// driven (keep-alive, reconnection): the first commit after an idle spell may wait for that
+/// millisecond.
 fn shipper_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -626,6 +628,10 @@ impl State {
                 if stop.load(Ordering::Acquire) {
                     return Ok(());
                 }
+                // Idle (no group for 50 ms): the runtime has one thread, blocked in
+                // `next_group` until now; let it drive the connection (keep-alive pings,
+                // reconnection) before the next wait.
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 if self.bytes_since_base >= self.cfg.base_every_bytes {
                     let base = self.source.export_base().map_err(|e| e.to_string())?;
                     self.put_base(&base).await.map_err(|e| e.to_string())?;
