@@ -19,9 +19,13 @@ pub enum Durability {
     /// them within [`OpenOptions::flush_interval`]. Survives a crash of the process at once, and
     /// a power loss for commits older than the interval.
     Eventual,
-    /// `commit` makes the commit durable exactly as [`Durability::Immediate`], then waits
+    /// `commit` makes the commit durable exactly as [`Durability::Immediate`] and waits
     /// until the replication shipper reports that the replicated log acknowledged it
-    /// ([`ReplicationSource::acknowledge`](crate::ReplicationSource::acknowledge)). Errors:
+    /// ([`ReplicationSource::acknowledge`](crate::ReplicationSource::acknowledge)); the
+    /// shipper gets the group as soon as it is written, so the publish overlaps the
+    /// `fdatasync` (after a machine crash the log may hold a group the disk lost: a shipper
+    /// must check at start, as `snapheap-nats` does; `docs/design.md`, "Shipping on write").
+    /// Errors:
     /// [`Error::ReplicationTimeout`](crate::Error::ReplicationTimeout) after `timeout` — the
     /// commit **is** durable on the local disk then and is not rolled back (a restart keeps
     /// it; it reaches the standbys when the shipper catches up) — and

@@ -94,7 +94,11 @@ impl ReplicationSource {
     }
 
     /// Group `after + 1` once it is durable locally, waiting up to `timeout` (`Ok(None)` on
-    /// timeout). Groups come strictly in `seq` order and are read back from the journal
+    /// timeout) — or, on a heap opened with [`Durability::Replicated`], once it is *written*
+    /// to the journal, so that the publish overlaps the commit's `fdatasync` (the log may
+    /// then hold a group that a machine crash or power loss of the primary took from its
+    /// disk: see [`chain_at`](Self::chain_at) and `docs/design.md`, "Shipping on write").
+    /// Groups come strictly in `seq` order and are read back from the journal
     /// files, each record's checksum verified. [`Error::BacklogTrimmed`] when the group is no
     /// longer on disk (send a new base); [`Error::Closed`] after the heap was closed.
     pub fn next_group(&self, after: u64, timeout: Duration) -> Result<Option<WireGroup>> {
@@ -102,6 +106,14 @@ impl ReplicationSource {
             seq: g.seq,
             bytes: g.bytes,
         }))
+    }
+
+    /// The chain hash of this heap's history at commit `seq`, if the heap still knows it
+    /// (from its newest snapshot's commit to its last written group; `None` before or after):
+    /// a shipper compares it with the log's, so that a primary whose disk lost groups the log
+    /// holds is refused instead of continuing another history under the same seqs.
+    pub fn chain_at(&self, seq: u64) -> Option<u64> {
+        self.shared.chain_of(seq)
     }
 
     /// A base: `meta` and the newest durable snapshot (no snapshot writer overwrites that
@@ -134,7 +146,7 @@ impl<T: Persist + Send + Sync + 'static> Heap<T> {
     /// [`OpenOptions::replication`] (or [`Durability::Replicated`]); takes a snapshot first
     /// if the heap has none, so that a base can always be exported.
     pub fn replication_source(&self) -> Result<ReplicationSource> {
-        let Some(shared) = self.engine_ref().replication().cloned() else {
+        let Some(shared) = self.engine_ref().replication_for_source().cloned() else {
             return Err(Error::invalid(
                 "replication_source: open the heap with OpenOptions::replication(true)",
             ));

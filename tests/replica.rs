@@ -822,3 +822,155 @@ fn primary_sigkill_and_restart_keeps_the_chain_for_its_standby() {
     // (asserted above), so at least one round in three continued the standby's chain.
     assert!(rebases < rounds.max(3), "every round needed a new base");
 }
+
+/// A disk whose journal `fdatasync`s block, once armed, until the test opens the gate.
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        if !self.armed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut o = self.open.lock().unwrap();
+        while !*o {
+            o = self.cv.wait(o).unwrap();
+        }
+    }
+    fn set(&self, armed: bool, open: bool) {
+        self.armed.store(armed, std::sync::atomic::Ordering::Release);
+        *self.open.lock().unwrap() = open;
+        self.cv.notify_all();
+    }
+}
+
+struct GatedVfs(snapheap::io::OsVfs, std::sync::Arc<Gate>);
+struct GatedFile(Box<dyn snapheap::io::VFile>, Option<std::sync::Arc<Gate>>);
+
+impl snapheap::io::VFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if let Some(g) = &self.1 {
+            g.pass();
+        }
+        self.0.sync_data()
+    }
+    fn allocate(&self, len: u64) -> std::io::Result<()> {
+        self.0.allocate(len)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.0.raw_fd()
+    }
+    fn map_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.0.map_fd()
+    }
+}
+
+impl snapheap::io::Vfs for GatedVfs {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn snapheap::io::VFile>> {
+        let journal = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("journal"));
+        Ok(Box::new(GatedFile(
+            self.0.open(path, create)?,
+            journal.then(|| self.1.clone()),
+        )))
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.0.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.0.sync_dir(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<std::vec::Vec<PathBuf>> {
+        self.0.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.0.create_dir_all(dir)
+    }
+}
+
+/// `Durability::Replicated` hands the group to the shipper as soon as it is written, while
+/// the commit's `fdatasync` is still running (held here by a gated disk), and the commit
+/// returns only when both the sync and the acknowledgement are done; with `Immediate` the
+/// source still waits for the sync.
+#[test]
+fn replicated_commit_ships_while_its_sync_runs_and_returns_after_both() {
+    if child_role() {
+        return;
+    }
+    for replicated in [true, false] {
+        let s = Scratch::new("repl-overlap");
+        let gate = std::sync::Arc::new(Gate {
+            armed: false.into(),
+            open: std::sync::Mutex::new(true),
+            cv: std::sync::Condvar::new(),
+        });
+        let mut o = OpenOptions::new();
+        o.vfs(std::sync::Arc::new(GatedVfs(snapheap::io::OsVfs, gate.clone())));
+        if replicated {
+            o.durability(snapheap::Durability::Replicated {
+                timeout: Duration::from_secs(30),
+            });
+        } else {
+            o.durability(snapheap::Durability::Immediate).replication(true);
+        }
+        let heap = std::sync::Arc::new(o.open(s.heap(), init).unwrap());
+        let src = heap.replication_source().unwrap();
+        let before = src.durable_seq();
+        src.acknowledge(before);
+        gate.set(true, false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let committer = {
+            let heap = heap.clone();
+            std::thread::spawn(move || {
+                heap.write().log.push(7);
+                let _ = tx.send(heap.commit());
+            })
+        };
+        if replicated {
+            let g = src
+                .next_group(before, Duration::from_secs(30))
+                .unwrap()
+                .expect("the written group is handed out while its sync is held");
+            assert_eq!(g.seq, before + 1);
+            assert_eq!(src.durable_seq(), before, "the group is not durable yet");
+            assert!(src.chain_at(g.seq).is_some());
+            src.acknowledge(g.seq);
+            // Acknowledged but not durable: the commit must still be waiting.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(rx.try_recv().is_err(), "the commit returned before its sync");
+            gate.set(false, true);
+        } else {
+            // The sync is held: nothing is shippable.
+            assert!(src.next_group(before, Duration::from_millis(200)).unwrap().is_none());
+            gate.set(false, true);
+            let g = src.next_group(before, Duration::from_secs(30)).unwrap().unwrap();
+            assert_eq!(g.seq, before + 1);
+        }
+        let seq = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        assert_eq!(seq, before + 1);
+        assert!(src.durable_seq() >= seq);
+        committer.join().unwrap();
+        drop(src);
+        std::sync::Arc::try_unwrap(heap).ok().unwrap().close().unwrap();
+    }
+}

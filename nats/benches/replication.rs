@@ -1,7 +1,9 @@
 //! Replication benchmark, one run, one local nats-server (R1, loopback):
 //!
 //! 1. commit latency of small commits, `Immediate` vs `Replicated` (shipper running), same
-//!    heap shape, each in its own child process;
+//!    heap shape, each in its own child process; the phase is cut into four slices that
+//!    alternate the two modes (I R I R ...), so that both see the same share of a shared
+//!    machine's load, and the percentiles are over all slices of a mode;
 //! 2. shipping throughput: 256 KiB commits in `Immediate` as fast as possible, MB/s and
 //!    commits/s acknowledged by the log;
 //! 3. YCSB-A-like load (50% reads, 50% updates over 100k keys, a commit per 100 operations)
@@ -81,8 +83,9 @@ fn child_latency(replicated: bool) {
     let _shipper = replicated.then(|| Shipper::start(heap.replication_source().unwrap(), &cfg("p")).unwrap());
     let mut lat = Vec::new();
     let mut rng = Rng(7);
+    let slice: f64 = std::env::var("B_SLICE").unwrap().parse().unwrap();
     let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < secs() {
+    while t0.elapsed().as_secs_f64() < slice {
         let t = Instant::now();
         let mut g = heap.write();
         let k = rng.next() % KEYS;
@@ -91,14 +94,38 @@ fn child_latency(replicated: bool) {
         drop(g);
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    let mut out = std::io::stdout().lock();
+    for l in lat {
+        writeln!(out, "L {l:.1}").unwrap();
+    }
+}
+
+/// Runs the latency child of `mode` for `slice` seconds on `dir`; its commit latencies.
+fn latency_slice(mode: &str, dir: &std::path::Path, url: &str, log: &str, slice: f64) -> Vec<f64> {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    let out = c
+        .env("B_ROLE", mode)
+        .env("B_DIR", dir)
+        .env("B_URL", url)
+        .env("B_LOG", log)
+        .env("B_SLICE", slice.to_string())
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("L ").and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+fn latency_result(mode: &str, lat: &mut [f64]) -> String {
     let n = lat.len();
     let mean = lat.iter().sum::<f64>() / n as f64;
-    println!(
-        "RESULT {} commits={n} mean_us={mean:.1} p50_us={:.1} p99_us={:.1}",
-        if replicated { "replicated" } else { "immediate" },
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.99)
-    );
+    format!(
+        "RESULT {mode} commits={n} mean_us={mean:.1} p50_us={:.1} p99_us={:.1}",
+        pct(lat, 0.5),
+        pct(lat, 0.99)
+    )
 }
 
 fn child_throughput() {
@@ -231,8 +258,25 @@ fn main() {
     let url = server.url();
     let tmp = TempDir::new("bench");
     println!("nats-server on {url}, phases of {} s", secs());
-    let i = result_of(spawn("immediate", &tmp.path().join("i"), &url, "bi"));
-    let r = result_of(spawn("replicated", &tmp.path().join("r"), &url, "br"));
+    let (mut li, mut lr) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        li.extend(latency_slice(
+            "immediate",
+            &tmp.path().join("i"),
+            &url,
+            "bi",
+            secs() / 4.0,
+        ));
+        lr.extend(latency_slice(
+            "replicated",
+            &tmp.path().join("r"),
+            &url,
+            "br",
+            secs() / 4.0,
+        ));
+    }
+    let i = latency_result("immediate", &mut li);
+    let r = latency_result("replicated", &mut lr);
     println!("{i}\n{r}");
     let field = |s: &str, k: &str| -> f64 {
         s.split(' ')

@@ -39,6 +39,20 @@ pub enum Error {
         /// The node that holds it.
         owner: String,
     },
+    /// The log holds history this heap does not: commits it shipped and then lost (with
+    /// `Durability::Replicated` a group is published while its `fdatasync` runs, so a machine
+    /// crash or power loss of the primary can take from its disk a group the log holds), or a
+    /// different commit under the same seq. The shipper refuses to start (and fences the
+    /// heap's replicated commits) instead of continuing another history under the log's seqs.
+    /// Promote a standby, or delete this heap's directory and start it as a standby.
+    HeapBehindLog {
+        /// The commit the log holds (completely or in part).
+        log_seq: u64,
+        /// The last commit in this heap's journal.
+        heap_seq: u64,
+        /// What differs.
+        detail: String,
+    },
     /// The log or the base belongs to another heap than this directory.
     WrongHeap {
         /// The heap id found.
@@ -73,6 +87,17 @@ impl fmt::Display for Error {
             Error::NotLeader { epoch, owner } => {
                 write!(f, "not the leader: epoch {epoch} belongs to node {owner:?}")
             }
+            Error::HeapBehindLog {
+                log_seq,
+                heap_seq,
+                detail,
+            } => write!(
+                f,
+                "the log is ahead of this heap: it holds commit {log_seq}, this heap's journal \
+                 ends at {heap_seq} ({detail}); the heap lost commits it had shipped (machine \
+                 crash or power loss before their fdatasync): promote a standby, or delete this \
+                 directory and start it as a standby"
+            ),
             Error::WrongHeap { found, expected } => write!(
                 f,
                 "replication data of heap {found:#018x}, expected heap {expected:#018x}"

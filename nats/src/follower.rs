@@ -71,8 +71,14 @@ struct Shared<T: Persist> {
 pub struct Follower<T: Persist + Send + Sync + 'static> {
     shared: Arc<Shared<T>>,
     stop: Arc<AtomicBool>,
+    /// Wakes the thread out of its wait for the next message when `stop` is set.
+    wake: Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<(Applier<T>, tokio::runtime::Runtime)>>,
     cfg: NatsConfig,
+    /// `promote` reads the leader key on it (see there).
+    promo: Conn,
+    /// The follower runtime's handle (`promo` lives on it).
+    handle: tokio::runtime::Handle,
 }
 
 /// The result of a promotion.
@@ -85,6 +91,11 @@ pub struct Promoted<T: Persist> {
     pub seq: u64,
     /// Time from the start of `promote` to the open heap.
     pub took: Duration,
+    /// Where that time went, in order: `leader` (read the leader key), `halt` (stop the
+    /// follower thread), `drain` (apply the rest of the log), `cas` (take the epoch),
+    /// `record` (drain again, write the epoch record), `open` (`Replica::promote`: close the
+    /// replica, open the heap).
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl<T: Persist + Send + Sync + 'static> Follower<T> {
@@ -103,12 +114,17 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
             cfg.clone(),
             shared.clone(),
         ))?;
+        // A connection of its own for `promote`'s first step, opened now so that a promotion
+        // does not pay a connection set-up (its tasks run on the follower's runtime).
+        let promo = rt.block_on(Conn::open(cfg))?;
+        let handle = rt.handle().clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (s2, w2) = (stop.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("snapheap-follower".into())
             .spawn(move || {
-                rt.block_on(ap.run(&s2));
+                rt.block_on(ap.run(&s2, &w2));
                 // The runtime goes back with the applier: its connection lives on it.
                 (ap, rt)
             })
@@ -118,8 +134,11 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
         Ok(Follower {
             shared,
             stop,
+            wake,
             thread: Some(thread),
             cfg: cfg.clone(),
+            promo,
+            handle,
         })
     }
 
@@ -150,6 +169,7 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
 
     fn halt(&mut self) -> Option<(Applier<T>, tokio::runtime::Runtime)> {
         self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
         self.thread.take().and_then(|t| t.join().ok())
     }
 
@@ -163,25 +183,26 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
     /// the epoch; this replica is closed untouched (start a follower on it again).
     pub fn promote(mut self, opts: &OpenOptions) -> Result<Promoted<T>> {
         let t0 = Instant::now();
+        let mut laps = Laps::new();
         // Read the leader key first, on a connection of our own, before anything else: the
         // compare-and-set later succeeds only if nobody changed it since this call began.
-        let rt = runtime()?;
         let cfg = self.cfg.clone();
-        let seen = rt.block_on(async {
-            let c = Conn::open(&cfg).await?;
-            c.leader().await
-        })?;
+        let seen = self.handle.block_on(self.promo.leader())?;
+        laps.mark("leader");
         let (mut ap, rt) = self.halt().ok_or_else(|| Error::Config {
             what: "the follower thread is gone".into(),
         })?;
-        let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg, seen))?;
+        laps.mark("halt");
+        let (seq, epoch) = rt.block_on(ap.elect_and_drain(&cfg, seen, &mut laps))?;
         let replica = ap.take_replica()?;
         let heap = replica.promote(opts)?;
+        laps.mark("open");
         Ok(Promoted {
             heap,
             epoch,
             seq,
             took: t0.elapsed(),
+            phases: laps.phases,
         })
     }
 }
@@ -189,6 +210,28 @@ impl<T: Persist + Send + Sync + 'static> Follower<T> {
 impl<T: Persist + Send + Sync + 'static> Drop for Follower<T> {
     fn drop(&mut self) {
         drop(self.halt());
+    }
+}
+
+/// Where a promotion's time goes.
+struct Laps {
+    lap: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            lap: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Records the time since the last mark as phase `name`.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.lap));
+        self.lap = now;
     }
 }
 
@@ -427,7 +470,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         self.bootstrap().await
     }
 
-    async fn run(&mut self, stop: &AtomicBool) {
+    async fn run(&mut self, stop: &AtomicBool, wake: &tokio::sync::Notify) {
         let mut backoff = Duration::from_millis(10);
         'outer: while !stop.load(Ordering::Acquire) {
             let mut msgs = match self.conn.messages_from(self.next_stream).await {
@@ -443,7 +486,11 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             // frame processed, so the new consumer continues it.
             self.live = false;
             while !stop.load(Ordering::Acquire) {
-                let m = tokio::time::timeout(Duration::from_millis(20), next_message(&mut msgs)).await;
+                let m = tokio::select! {
+                    m = tokio::time::timeout(Duration::from_millis(20), next_message(&mut msgs)) => m,
+                    // `halt`: check `stop` now, not at the next timeout.
+                    _ = wake.notified() => continue,
+                };
                 let (sseq, payload) = match m {
                     Err(_) => continue,
                     Ok(Ok(x)) => x,
@@ -519,7 +566,12 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
     }
 
     /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
-    async fn elect_and_drain(&mut self, cfg: &NatsConfig, seen: Option<(Leader, u64)>) -> Result<(u64, u64)> {
+    async fn elect_and_drain(
+        &mut self,
+        cfg: &NatsConfig,
+        seen: Option<(Leader, u64)>,
+        laps: &mut Laps,
+    ) -> Result<(u64, u64)> {
         let heap_id = self.replica().heap_id();
         let (cur_epoch, cur_node, rev) = match seen {
             Some((l, rev)) => (l.epoch, l.node, rev),
@@ -527,6 +579,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         };
         // Catch up, so that `self.epoch` is the newest epoch the log shows.
         self.drain().await?;
+        laps.mark("drain");
         if cur_epoch > self.epoch && cur_node != cfg.node {
             // The key's holder has not written its epoch record: it is promoting right now.
             return Err(Error::NotLeader {
@@ -541,7 +594,9 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             epoch: cur_epoch.max(self.epoch) + 1,
             node: cfg.node.clone(),
         };
-        if !self.conn.cas_leader(&new, rev).await? {
+        let won = self.conn.cas_leader(&new, rev).await?;
+        laps.mark("cas");
+        if !won {
             let (l, _) = self.conn.leader().await?.ok_or_else(|| Error::Nats {
                 op: "kv get",
                 detail: "the leader key vanished".into(),
@@ -569,7 +624,10 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 Err(e) => Err(e),
             };
             match r {
-                Ok(_) => return Ok((pos, new.epoch)),
+                Ok(_) => {
+                    laps.mark("record");
+                    return Ok((pos, new.epoch));
+                }
                 // The old primary (or a lost ack of ours) moved the tail: drain again.
                 Err(PublishFailure::WrongLastSequence(e)) => last_err = e,
                 Err(PublishFailure::Transient(e)) => {

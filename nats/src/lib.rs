@@ -1,8 +1,10 @@
 //! snapheap-nats: a hot standby for a snapheap heap through NATS JetStream.
 //!
-//! The primary's shipper sends every durable commit group to a JetStream stream, split into
-//! frames; a standby's follower bootstraps from the base in the object store and applies the
-//! groups in order; a promotion takes the next epoch in a KV bucket by compare-and-set,
+//! The primary's shipper sends every commit group to a JetStream stream, split into frames
+//! (durable groups; with `Durability::Replicated` each group as soon as it is written, while
+//! its `fdatasync` runs, and a restarted primary that lost groups the log holds is refused);
+//! a standby's follower bootstraps from the base in the object store and applies the groups
+//! in order; a promotion takes the next epoch in a KV bucket by compare-and-set,
 //! drains the stream, writes an epoch record that fences the old primary, and opens the
 //! replica as a writable heap. Tokio and `async-nats` run inside; the API is blocking.
 //!

@@ -1,13 +1,15 @@
-//! The primary's shipper: a background thread that publishes every durable commit group to
-//! the stream and reports the acknowledgements to the heap.
+//! The primary's shipper: a background thread that publishes every commit group to the
+//! stream (durable ones; with `Durability::Replicated` written ones, while their `fdatasync`
+//! runs) and reports the acknowledgements to the heap.
 //!
 //! Start ([`Shipper::start`]): connect; take the leader key (create it at epoch 1 when it is
 //! missing; a key held by another node is [`Error::NotLeader`]); read the stream's last
 //! message to learn where the log is (the last complete group, a partly published one, an
-//! epoch record); ship a base when the object store has none; `hold_from` the last group in
-//! the log.
+//! epoch record) and check that the heap holds that history ([`Error::HeapBehindLog`]
+//! otherwise: a machine crash took from its disk groups the log holds); ship a base when the
+//! object store has none; `hold_from` the last group in the log.
 //!
-//! Loop: take the next durable group (`next_group`), split it into frames, publish up to
+//! Loop: take the next group (`next_group`), split it into frames, publish up to
 //! `pipeline` frames ahead, each with `Nats-Msg-Id` = heap-epoch-seq-index and
 //! `Nats-Expected-Last-Subject-Sequence` = the stream sequence of the message before it;
 //! when a group's last frame is acknowledged, `acknowledge(seq)` (this releases the
@@ -35,10 +37,15 @@ use crate::frame::{self, Kind};
 use crate::transport::{ack, AckFuture, BaseInfo, Conn, Leader, PublishFailure};
 use snapheap::ReplicationSource;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Length of the core's wire group header and offset of its `chain` field
+/// (`docs/design.md`, "Wire group").
+const WIRE_HEADER_LEN: usize = 64;
+const WIRE_CHAIN_OFFSET: usize = 40;
 
 /// What the shipper has done so far.
 #[derive(Clone, Debug, Default)]
@@ -61,11 +68,16 @@ pub struct ShipperStatus {
     pub last_error: Option<String>,
     /// True once the thread has stopped.
     pub stopped: bool,
+    /// Tests (`Shipper::stall_mid_group`): `(seq, frames)` once the shipper stalled after
+    /// publishing frames `0..frames` of group `seq`.
+    pub stalled: Option<(u64, u32)>,
 }
 
 /// A running shipper; stop it with [`Shipper::stop`] (or drop).
 pub struct Shipper {
     stop: Arc<AtomicBool>,
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    stall: Arc<AtomicU32>,
     status: Arc<Mutex<ShipperStatus>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -73,7 +85,7 @@ pub struct Shipper {
 impl Shipper {
     /// Connects, takes or checks the leader key and starts the shipping thread.
     pub fn start(source: ReplicationSource, cfg: &NatsConfig) -> Result<Shipper> {
-        let rt = runtime()?;
+        let rt = shipper_runtime()?;
         let cfg = cfg.clone();
         let mut st = rt.block_on(State::start(source, &cfg))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -83,6 +95,7 @@ impl Shipper {
             ..Default::default()
         }));
         st.status = status.clone();
+        let stall = st.stall.clone();
         let s2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("snapheap-shipper".into())
@@ -95,6 +108,7 @@ impl Shipper {
             })?;
         Ok(Shipper {
             stop,
+            stall,
             status,
             thread: Some(thread),
         })
@@ -103,6 +117,15 @@ impl Shipper {
     /// A copy of the status.
     pub fn status(&self) -> ShipperStatus {
         self.status.lock().unwrap().clone()
+    }
+
+    /// Tests: the next group of more than `frames` frames is published up to frame
+    /// `frames - 1` only, then the shipper publishes nothing more (as if the process died
+    /// right there), so that a test can kill a primary in the middle of a multi-frame group
+    /// at a point it controls. 0 disarms.
+    #[cfg(feature = "testing")]
+    pub fn stall_mid_group(&self, frames: u32) {
+        self.stall.store(frames, Ordering::Release);
     }
 
     /// Stops the thread after the frames in flight were acknowledged (or failed).
@@ -123,6 +146,23 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// The shipper's runtime: one thread, the shipper's own, drives the connection too. A
+/// `Replicated` commit waits for the publish of its group, so the hops matter: the thread
+/// woken by the written group publishes, reads the acknowledgement off the socket and
+/// acknowledges, with no hand-over to a worker thread and back (two thread wake-ups fewer
+/// per commit). It blocks in `next_group` only while nothing is in flight, for at most
+/// 50 ms, and after such an idle wait sleeps 1 ms on the runtime so that the connection is
+/// driven (keep-alive, reconnection): the first commit after an idle spell may wait for that
+/// millisecond.
+fn shipper_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config {
+            what: format!("cannot start a Tokio runtime: {e}"),
+        })
 }
 
 /// A runtime whose one worker thread drives the NATS connection while the thread that called
@@ -165,6 +205,8 @@ struct State {
     base_start: Option<u64>,
     bytes_since_base: u64,
     status: Arc<Mutex<ShipperStatus>>,
+    /// Tests (`Shipper::stall_mid_group`): stop after this many frames of a larger group.
+    stall: Arc<AtomicU32>,
 }
 
 enum Tail {
@@ -211,6 +253,7 @@ impl State {
             base_start: None,
             bytes_since_base: 0,
             status: Arc::new(Mutex::new(ShipperStatus::default())),
+            stall: Arc::new(AtomicU32::new(0)),
         };
         let tail = st.conn.tail().await?;
         let fresh = tail.is_none();
@@ -234,6 +277,12 @@ impl State {
                     });
                 }
                 st.known_last = sseq;
+                if h.kind == Kind::Data && h.seq == 0 {
+                    return Err(Error::Corrupt {
+                        at: format!("stream seq {sseq}"),
+                        what: "a data frame of commit 0".into(),
+                    });
+                }
                 match h.kind {
                     Kind::Epoch => st.stored = h.seq,
                     Kind::Data if h.index + 1 == h.count => st.stored = h.seq,
@@ -242,15 +291,11 @@ impl State {
                         st.partial = h.index + 1;
                     }
                 }
-                let durable = st.source.durable_seq();
-                if st.stored > durable {
-                    return Err(Error::Fenced {
-                        reason: format!(
-                            "the log holds commit {} but this heap only {durable}: it lost \
-                             commits or is an old copy; bootstrap it as a standby",
-                            st.stored
-                        ),
-                    });
+                if let Err(e) = st.check_tail(sseq, &h, &bytes).await {
+                    if let Error::HeapBehindLog { .. } = &e {
+                        st.source.fence(&e.to_string());
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -271,6 +316,118 @@ impl State {
             st.source.acknowledge(st.stored);
         }
         Ok(st)
+    }
+
+    /// At start: the log's tail (stream seq `sseq`, header `h`, the message `tail`) must be history this heap
+    /// holds. Refused ([`Error::HeapBehindLog`]): a complete group after the heap's last
+    /// commit; a partly published group the heap does not have; a group or partial group
+    /// whose bytes differ from the heap's under the same seq (the heap lost commits and made
+    /// others). Not checkable (the heap's journals no longer reach back): accepted, the
+    /// shipper then finds the backlog trimmed and ships a new base past it.
+    async fn check_tail(&mut self, sseq: u64, h: &frame::Header, tail: &[u8]) -> Result<()> {
+        let heap_seq = self.source.durable_seq();
+        let behind = |log_seq: u64, detail: String| Error::HeapBehindLog {
+            log_seq,
+            heap_seq,
+            detail,
+        };
+        if self.stored > heap_seq {
+            return Err(behind(
+                self.stored,
+                format!("commits {}..={} are missing", heap_seq + 1, self.stored),
+            ));
+        }
+        if h.kind != Kind::Data {
+            return Ok(());
+        }
+        if self.partial > 0 && h.seq > heap_seq {
+            return Err(behind(
+                h.seq,
+                format!(
+                    "frames 0..={} of {} of commit {} are in the log",
+                    h.index, h.count, h.seq
+                ),
+            ));
+        }
+        // The log's bytes of group `h.seq` from its first frame up to the tail (the whole
+        // group if complete, its published prefix otherwise), or just its wire header.
+        let complete = h.index + 1 == h.count;
+        let want = if complete { WIRE_HEADER_LEN } else { usize::MAX };
+        let mut log_bytes: Vec<u8> = Vec::new();
+        let first = sseq.checked_sub(u64::from(h.index)).ok_or_else(|| Error::Corrupt {
+            at: format!("stream seq {sseq}"),
+            what: format!(
+                "frame {} of commit {} cannot be at this stream sequence",
+                h.index, h.seq
+            ),
+        })?;
+        for (i, s) in (first..=sseq).enumerate() {
+            if log_bytes.len() >= want {
+                break;
+            }
+            let m = if s == sseq {
+                Some(tail.to_vec())
+            } else {
+                self.conn.message(s).await?
+            };
+            let Some(m) = m else {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {s}"),
+                    what: format!("frame {i} of commit {} is missing", h.seq),
+                });
+            };
+            let f = frame::decode(&m).map_err(|e| Error::Corrupt {
+                at: format!("stream seq {s}"),
+                what: e.to_string(),
+            })?;
+            let fh = f.header;
+            if fh.kind != Kind::Data || fh.seq != h.seq || fh.index as usize != i || fh.count != h.count {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {s}"),
+                    what: format!("expected frame {i} of commit {}, found {fh:?}", h.seq),
+                });
+            }
+            log_bytes.extend_from_slice(f.payload);
+        }
+        if complete {
+            let Some(ours) = self.source.chain_at(h.seq) else {
+                return Ok(()); // before the heap's newest snapshot: not checkable
+            };
+            if log_bytes.len() < WIRE_HEADER_LEN {
+                return Err(Error::Corrupt {
+                    at: format!("stream seq {first}"),
+                    what: format!("commit {} is shorter than a wire group header", h.seq),
+                });
+            }
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&log_bytes[WIRE_CHAIN_OFFSET..WIRE_CHAIN_OFFSET + 8]);
+            let theirs = u64::from_le_bytes(c);
+            if theirs != ours {
+                return Err(behind(
+                    h.seq,
+                    format!(
+                        "the log's commit {} has chain hash {theirs:#018x}, this heap's {ours:#018x}: \
+                         another history",
+                        h.seq
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        match self.source.next_group(h.seq - 1, Duration::ZERO) {
+            Ok(Some(g)) if g.bytes.starts_with(&log_bytes) => Ok(()),
+            Ok(Some(_)) => Err(behind(
+                h.seq,
+                format!(
+                    "the published frames 0..={} of commit {} differ from this heap's commit {}",
+                    h.index, h.seq, h.seq
+                ),
+            )),
+            // Trimmed locally: the shipper ships a new base, followers drop the partial group.
+            Err(snapheap::Error::BacklogTrimmed { .. }) => Ok(()),
+            Ok(None) => Err(behind(h.seq, format!("commit {} is not readable", h.seq))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ships `base` and purges below the previous base's start.
@@ -407,7 +564,7 @@ impl State {
                     };
                     let src = self.source.clone();
                     let after = send_seq - 1;
-                    // The runtime's worker thread drives the connection meanwhile.
+                    // Blocks the runtime's only thread: nothing is in flight when `wait` > 0.
                     let g = src.next_group(after, wait);
                     match g {
                         Ok(Some(g)) => {
@@ -443,6 +600,15 @@ impl State {
                     continue;
                 }
                 let (h, bytes) = &frames[send_index as usize];
+                let stall = self.stall.load(Ordering::Acquire);
+                if stall > 0 && h.index == stall && h.count > stall {
+                    // Tests: frames 0..stall of this group are published; nothing more is.
+                    self.status.lock().unwrap().stalled = Some((h.seq, stall));
+                    while !stop.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    return Ok(());
+                }
                 let expected = self.known_last + pending.len() as u64;
                 let fut = self
                     .conn
@@ -462,6 +628,10 @@ impl State {
                 if stop.load(Ordering::Acquire) {
                     return Ok(());
                 }
+                // Idle (no group for 50 ms): the runtime has one thread, blocked in
+                // `next_group` until now; let it drive the connection (keep-alive pings,
+                // reconnection) before the next wait.
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 if self.bytes_since_base >= self.cfg.base_every_bytes {
                     let base = self.source.export_base().map_err(|e| e.to_string())?;
                     self.put_base(&base).await.map_err(|e| e.to_string())?;

@@ -263,6 +263,17 @@ impl Conn {
         }
     }
 
+    /// The message at stream sequence `seq` (None: no such message, e.g. purged or deleted).
+    pub async fn message(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        match self.stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m.payload.to_vec())),
+            Err(e) => match e.kind() {
+                stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                _ => Err(nats("read a stream message", e)),
+            },
+        }
+    }
+
     /// The stream's first and last sequence (first > last when it is empty).
     pub async fn bounds(&self) -> Result<(u64, u64)> {
         let mut s = self.stream.clone();

@@ -17,7 +17,9 @@
 //!   order: `groups[i].seq == floor.0 + 1 + i`; `floor.1` is the chain hash at `floor.0`.
 //! - `groups[i].chain == chain_step(chain(seq - 1), seq, records of the group)`.
 //! - `durable_seq` is never above what `wait_durable` published: a source hands out only
-//!   `seq <= durable_seq`.
+//!   `seq <= durable_seq`, or, with `ship_written` (`Durability::Replicated`), only groups in
+//!   `groups` (written to the journal with `pwrite`, so in the page cache; a process crash
+//!   keeps them, a machine crash may not: `docs/design.md`, "Shipping on write").
 
 use super::{lock, Engine};
 use crate::disk::format::journal::{
@@ -82,6 +84,9 @@ struct ReplState {
     floor: (u64, u64),
     anchors: Vec<Anchor>,
     pins: [u32; 2],
+    /// Hand out groups as soon as they are written, not once durable (`Durability::Replicated`:
+    /// the publish overlaps the `fdatasync`).
+    ship_written: bool,
 }
 
 /// What the engine and its replication sources share.
@@ -370,6 +375,7 @@ impl ReplShared {
                 floor: (start_seq, chain0),
                 anchors,
                 pins: [0, 0],
+                ship_written: false,
             }),
             cv: Condvar::new(),
         };
@@ -410,6 +416,16 @@ impl ReplShared {
         if let Some(j) = st.journals.iter_mut().rev().find(|j| j.id == journal) {
             j.end = end;
         }
+        if st.ship_written {
+            // A source waiting for this group ships it while the committer syncs.
+            self.cv.notify_all();
+        }
+    }
+
+    /// Whether sources hand out groups once written (`Durability::Replicated`) instead of
+    /// once durable.
+    pub(crate) fn set_ship_written(&self, on: bool) {
+        lock(&self.state).ship_written = on;
     }
 
     /// Every group up to `seq` is durable.
@@ -566,12 +582,23 @@ impl ReplShared {
         st.groups.get(i).map(|g| g.chain)
     }
 
-    /// The chain hash the replica side knows for `seq` (duplicates are checked with it).
+    /// The chain hash at `seq` if this state still knows it (a source's `chain_at`, and the
+    /// replica side's duplicate check).
     pub(crate) fn chain_of(&self, seq: u64) -> Option<u64> {
         Self::chain_at(&lock(&self.state), seq)
     }
 
-    /// Group `after + 1` in wire form once it is durable (waiting up to `timeout`).
+    /// Highest seq a source may hand out: the last durable group, or with `ship_written` the
+    /// last group written.
+    fn shippable(st: &ReplState) -> u64 {
+        if st.ship_written {
+            st.groups.back().map_or(st.durable_seq, |g| g.seq.max(st.durable_seq))
+        } else {
+            st.durable_seq
+        }
+    }
+
+    /// Group `after + 1` in wire form once it is shippable (waiting up to `timeout`).
     pub(crate) fn next_group(&self, after: u64, timeout: Duration) -> Result<Option<ShippedGroup>> {
         let wanted = after
             .checked_add(1)
@@ -590,7 +617,7 @@ impl ReplShared {
                     oldest: st.floor.0 + 1,
                 });
             }
-            if wanted <= st.durable_seq {
+            if wanted <= Self::shippable(&st) {
                 break;
             }
             let now = Instant::now();
@@ -721,8 +748,15 @@ impl Drop for Pin<'_> {
 }
 
 impl Engine {
-    /// The replication state, if the heap was opened with replication on.
-    pub(crate) fn replication(&self) -> Option<&Arc<ReplShared>> {
-        self.repl.as_ref()
+    /// The replication state (if the heap was opened with replication on) for a new
+    /// `ReplicationSource`: with `Durability::Replicated`
+    /// its groups are handed out once written, so that the publish overlaps the sync.
+    pub(crate) fn replication_for_source(&self) -> Option<&Arc<ReplShared>> {
+        let r = self.repl.as_ref()?;
+        r.set_ship_written(matches!(
+            self.opts.durability,
+            crate::options::Durability::Replicated { .. }
+        ));
+        Some(r)
     }
 }

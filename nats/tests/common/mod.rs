@@ -9,26 +9,36 @@
 //! |---|---|---|
 //! | `COMMIT k` | k commits, then `DONE <value> <seq>` (`ERR <e>` on a failed commit) | |
 //! | `RUN` | commits until the next command, `ACK <value>` after each | |
+//! | `STALL k` | `STALLING k`; the shipper stops after k frames of the next group of more (`Shipper::stall_mid_group`), then `STALLED <seq> <k>` | |
 //! | `SUM` | `SUM <seq> <checksum> <len>` | the same for the replica |
 //! | `AT n` | | `AT <pos>` once at n, or `TIMEOUT <pos>` |
 //! | `STATUS` | `STATUS ...` (shipper) | `STATUS pos=.. reb=.. why=..` |
-//! | `PROMOTE` | | `PROMOTED <seq> <epoch> <micros> <len> <prefix ok>`, then primary; or `LOST <e>` and following again |
+//! | `PROMOTE` | | `PROMOTED <seq> <epoch> <micros> <len> <prefix ok> <phase=micros,..>`, then primary; or `LOST <e>` and following again |
 //! | `EXIT` | exits | exits |
+//!
+//! A primary answers `PRIMARY <len> <epoch>` once shipping, or `NOSHIP <error>` (and exits)
+//! when its shipper refuses to start. With `N_PRECOMMIT=k` it first makes k commits without
+//! a shipper (`Immediate`, replication on) and closes the heap, before the normal start.
 //!
 //! Commit number v appends v to `log` (so the log of every node must be exactly `1..=len`:
 //! a prefix of all commits) and, for even v, rewrites 64 KiB of `blob` (with small frames a
-//! multi-frame group).
+//! multi-frame group). The bytes written depend on the node's name and `N_VARIANT`, so
+//! different nodes (or variants) write different histories.
 #![allow(dead_code)]
 
 use snapheap::collections::Vec as PVec;
 use snapheap::{Durability, Heap, HeapAlloc, OpenOptions, Persist};
-use snapheap_nats::{Follower, NatsConfig, Shipper};
+use snapheap_nats::testing::TempDir;
+use snapheap_nats::{frame, Follower, NatsConfig, Shipper};
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 pub const ROLE: &str = "SNAPHEAP_NATS_ROLE";
+/// How long the parent waits for any one answer of a node.
+pub const T: Duration = Duration::from_secs(60);
 const BLOB: usize = 1 << 20;
 const CHANGE: usize = 64 << 10;
 
@@ -117,9 +127,14 @@ fn commit_one(h: &Heap<State>) -> snapheap::Result<(u64, u64)> {
 /// Nodes write different blob bytes for the same commit number, so histories written by
 /// different primaries differ.
 fn node_byte() -> u8 {
+    let variant: u8 = std::env::var("N_VARIANT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     std::env::var("N_NODE")
         .map(|n| n.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b))
         .unwrap_or(0)
+        ^ variant.wrapping_mul(0x5b)
 }
 
 fn stdin_lines() -> Receiver<String> {
@@ -140,7 +155,7 @@ fn run_primary(heap: Heap<State>, rx: &Receiver<String>) {
     let mut last_seq = heap.stats().durable_seq;
     let cfg = cfg_from_env();
     let shipper = match Shipper::start(heap.replication_source().unwrap(), &cfg) {
-        Ok(s) => s,
+        Ok(s) => std::sync::Arc::new(s),
         Err(e) => {
             say(format!("NOSHIP {e}"));
             std::process::exit(3);
@@ -202,6 +217,18 @@ fn run_primary(heap: Heap<State>, rx: &Receiver<String>) {
                 say(format!("SUM {seq} {} {len} {ok}", heap.content_checksum().unwrap()));
             }
             "STATUS" => say(format!("STATUS {:?}", shipper.status())),
+            "STALL" => {
+                let k: u32 = w[1].parse().unwrap();
+                shipper.stall_mid_group(k);
+                say(format!("STALLING {k}"));
+                let s = shipper.clone();
+                std::thread::spawn(move || loop {
+                    if let Some((seq, k)) = s.status().stalled {
+                        return say(format!("STALLED {seq} {k}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                });
+            }
             "EXIT" => {
                 drop(shipper);
                 drop(heap);
@@ -217,6 +244,15 @@ pub fn node_main() {
     let rx = stdin_lines();
     let dir = env("N_DIR");
     if env("N_MODE") == "primary" {
+        if let Ok(k) = std::env::var("N_PRECOMMIT") {
+            let mut o = heap_opts();
+            o.durability(Durability::Immediate).replication(true);
+            let heap = o.open(&dir, init).unwrap();
+            for _ in 0..k.parse::<u64>().unwrap() {
+                commit_one(&heap).unwrap();
+            }
+            heap.close().unwrap();
+        }
         let heap = heap_opts().open(&dir, init).unwrap();
         run_primary(heap, &rx);
         return;
@@ -261,11 +297,13 @@ pub fn node_main() {
                 Ok(p) => {
                     let len = p.heap.read().log.len();
                     let ok = is_prefix(&p.heap.read().log);
+                    let phases: Vec<String> = p.phases.iter().map(|(k, d)| format!("{k}={}", d.as_micros())).collect();
                     say(format!(
-                        "PROMOTED {} {} {} {len} {ok}",
+                        "PROMOTED {} {} {} {len} {ok} {}",
                         p.seq,
                         p.epoch,
-                        p.took.as_micros()
+                        p.took.as_micros(),
+                        phases.join(",")
                     ));
                     run_primary(p.heap, &rx);
                     return;
@@ -285,9 +323,13 @@ pub fn node_main() {
     }
 }
 
-/// Settings every node of one test shares.
+/// Settings every node of one test shares, and how the test starts its nodes: each node is
+/// the test binary again running `test` in the `node` role (the test must call [`node_main`]
+/// first thing when [`is_node`]).
 #[derive(Clone)]
 pub struct Net {
+    /// The test function every child runs.
+    pub test: &'static str,
     pub url: String,
     pub log: String,
     pub replicas: usize,
@@ -298,35 +340,54 @@ pub struct Net {
     pub snap: u64,
 }
 
-/// The parent's handle on a node process.
-pub struct Node {
-    pub name: String,
-    child: Child,
-    stdin: ChildStdin,
-    rx: Receiver<String>,
-    /// Every line seen so far (the last 200).
-    pub seen: Vec<String>,
+/// True in a child started by [`Net::spawn`].
+pub fn is_node() -> bool {
+    std::env::var(ROLE).as_deref() == Ok("node")
 }
 
-impl Node {
-    /// Starts `test` (which must call [`node_main`] in the `node` role) as node `name`.
-    pub fn start(test: &str, net: &Net, name: &str, mode: &str, dir: &std::path::Path) -> Node {
+/// A node's heap directory inside its temporary directory.
+pub fn heap_dir(t: &TempDir) -> PathBuf {
+    t.path().join("heap")
+}
+
+impl Net {
+    /// The defaults of the tests: `Replicated` commits, 8 KiB frames (the even commits'
+    /// 64 KiB groups take about nine), a base every 8 MiB, 4 MiB snapshots.
+    pub fn new(test: &'static str, url: String, log: &str, replicas: usize) -> Net {
+        Net {
+            test,
+            url,
+            log: log.to_string(),
+            replicas,
+            frame: 8 << 10,
+            base_every: 8 << 20,
+            durability: "replicated",
+            snap: 4 << 20,
+        }
+    }
+
+    /// Starts node `name` (`mode` "primary" or "standby") on `dir`, with extra environment
+    /// `env`, without waiting for it.
+    pub fn spawn_with(&self, name: &str, mode: &str, dir: &Path, env: &[(&str, &str)]) -> Node {
         let mut c = Command::new(std::env::current_exe().unwrap());
-        c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        c.args(["--exact", self.test, "--nocapture", "--test-threads=1"])
             .env(ROLE, "node")
-            .env("N_URL", &net.url)
-            .env("N_LOG", &net.log)
+            .env("N_URL", &self.url)
+            .env("N_LOG", &self.log)
             .env("N_NODE", name)
             .env("N_MODE", mode)
             .env("N_DIR", dir)
-            .env("N_REPLICAS", net.replicas.to_string())
-            .env("N_FRAME", net.frame.to_string())
-            .env("N_BASE_EVERY", net.base_every.to_string())
-            .env("N_DUR", net.durability)
-            .env("N_SNAP", net.snap.to_string())
+            .env("N_REPLICAS", self.replicas.to_string())
+            .env("N_FRAME", self.frame.to_string())
+            .env("N_BASE_EVERY", self.base_every.to_string())
+            .env("N_DUR", self.durability)
+            .env("N_SNAP", self.snap.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        for (k, v) in env {
+            c.env(k, v);
+        }
         let mut child = c.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let out = child.stdout.take().unwrap();
@@ -349,6 +410,48 @@ impl Node {
         }
     }
 
+    /// [`Net::spawn_with`] without extra environment.
+    pub fn spawn(&self, name: &str, mode: &str, dir: &Path) -> Node {
+        self.spawn_with(name, mode, dir, &[])
+    }
+
+    /// Starts node `name` as the primary on `dir` and waits until it ships (`PRIMARY`).
+    pub fn primary(&self, name: &str, dir: &Path) -> Node {
+        let mut p = self.spawn(name, "primary", dir);
+        p.expect(&["PRIMARY"], T);
+        p
+    }
+
+    /// Starts node `name` as a standby on `dir` and waits until it follows; returns it and
+    /// the position it started at.
+    pub fn standby(&self, name: &str, dir: &Path) -> (Node, u64) {
+        let mut s = self.spawn(name, "standby", dir);
+        let w = s.expect(&["STANDBY"], T);
+        let pos = w.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap();
+        (s, pos)
+    }
+}
+
+/// Waits until `standby` has applied everything `primary` committed and asserts that both
+/// hold the same content (`SUM`: seq, checksum, log length, prefix).
+pub fn assert_same_content(primary: &mut Node, standby: &mut Node, what: &str) {
+    let s = primary.ask("SUM", &["SUM"], T);
+    standby.ask(&format!("AT {}", s[1]), &["AT"], T);
+    let r = standby.ask("SUM", &["SUM"], T);
+    assert_eq!(s[1..], r[1..], "{what}: primary {s:?} standby {r:?}");
+}
+
+/// The parent's handle on a node process.
+pub struct Node {
+    pub name: String,
+    child: Child,
+    stdin: ChildStdin,
+    rx: Receiver<String>,
+    /// Every line seen so far (the last 200).
+    pub seen: Vec<String>,
+}
+
+impl Node {
     pub fn send(&mut self, cmd: &str) {
         writeln!(self.stdin, "{cmd}").unwrap();
         self.stdin.flush().unwrap();
@@ -420,4 +523,94 @@ pub fn max_ack(lines: &[String]) -> u64 {
         .filter_map(|v| v.parse().ok())
         .max()
         .unwrap_or(0)
+}
+
+/// The test's own view of a log: reads frames and deletes messages (one connection).
+pub struct LogReader {
+    rt: tokio::runtime::Runtime,
+    conn: snapheap_nats::transport::Conn,
+}
+
+impl LogReader {
+    pub fn new(net: &Net) -> LogReader {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = rt
+            .block_on(snapheap_nats::transport::Conn::open(&NatsConfig::new(
+                &net.url, &net.log, "reader",
+            )))
+            .unwrap();
+        LogReader { rt, conn }
+    }
+
+    /// The header of the log's last message (None: empty).
+    pub fn tail(&self) -> Option<(u64, frame::Header)> {
+        let t = self.rt.block_on(self.conn.tail()).unwrap();
+        t.map(|(s, p)| (s, frame::decode(&p).unwrap().header))
+    }
+
+    /// Polls the tail until `pred` holds for it (panics after [`T`]).
+    pub fn wait_tail(&self, what: &str, pred: impl Fn(&frame::Header) -> bool) -> (u64, frame::Header) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(t) = self.tail().filter(|(_, h)| pred(h)) {
+                return t;
+            }
+            assert!(
+                t0.elapsed() < T,
+                "the log's tail never became {what}: {:?}",
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Every frame of the log in stream order: (stream seq, header).
+    pub fn frames(&self) -> Vec<(u64, frame::Header)> {
+        self.rt.block_on(async {
+            let Some((last, _)) = self.conn.tail().await.unwrap() else {
+                return Vec::new();
+            };
+            let (first, _) = self.conn.bounds().await.unwrap();
+            let mut m = self.conn.messages_from(first).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let (s, p) = snapheap_nats::transport::next_message(&mut m).await.unwrap();
+                out.push((s, frame::decode(&p).unwrap().header));
+                if s >= last {
+                    return out;
+                }
+            }
+        })
+    }
+
+    /// Deletes every message after stream sequence `cut` (a server that lost its tail).
+    pub fn delete_after(&self, cut: u64) {
+        self.rt.block_on(async {
+            let (_, last) = self.conn.bounds().await.unwrap();
+            for s in cut + 1..=last {
+                self.conn.delete_message(s).await.unwrap();
+            }
+        });
+    }
+}
+
+/// True for a data frame that is not the last of its group.
+pub fn mid_group(h: &frame::Header) -> bool {
+    h.kind == frame::Kind::Data && h.index + 1 < h.count
+}
+
+/// Copies a heap directory (files only, as a disk would hold them).
+pub fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
