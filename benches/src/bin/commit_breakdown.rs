@@ -84,7 +84,11 @@ fn main() {
         l_commit.push(t2 - t1);
         l_ccpu.push(c2 - c1);
     }
-    println!("load {:?} ({:.0} inserts/s)", t.elapsed(), records as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "load {:?} ({:.0} inserts/s)",
+        t.elapsed(),
+        records as f64 / t.elapsed().as_secs_f64()
+    );
     stats("load: inserts per 1000", &mut l_ops);
     stats("load: commit", &mut l_commit);
     stats("load: commit thread CPU", &mut l_ccpu);
