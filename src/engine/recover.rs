@@ -378,8 +378,8 @@ struct Replayed {
 }
 
 /// Step 4b: replays the complete commit groups in order (`replay.rs`: growing the region to
-/// each group's extent, copying its page runs into place and applying its `DELTA` entries,
-/// each checked against its post-image checksum). With `adopt` (the memory of a detached heap
+/// each group's extent, copying its page runs into place and applying its `DELTA` entries;
+/// then each page's final image checked against its last entry's post-image checksum). With `adopt` (the memory of a detached heap
 /// already holds them, which step 5 checks by the commit number and journal digest) the
 /// records are read and checked without writing, so damage is reported as on any open.
 fn replay(
@@ -410,6 +410,7 @@ fn replay(
             ranges.push((a, a + w.len as usize));
         })?;
     }
+    rp.finish()?;
     Ok(Replayed {
         ranges,
         pages,
