@@ -194,8 +194,9 @@ pub const DEFAULT_MAX_SIZE: u64 = 1 << 38;
 /// The default budget of the base cache ([`OpenOptions::base_cache_bytes`]): 64 MiB, about
 /// 16,000 pages (see `docs/design.md`, "Base cache", for why).
 pub const DEFAULT_BASE_CACHE_BYTES: u64 = 64 << 20;
-/// The default journal volume below which `close` skips the snapshot: 8 MiB.
-pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
+/// The default journal volume below which `close` skips the snapshot: 32 MiB (with the page
+/// records also bounded, what is left to replay costs mostly the scan of the bytes).
+pub const DEFAULT_CLOSE_SNAPSHOT_MIN_BYTES: u64 = 32 << 20;
 /// The default cap on journals kept for a lagging replication shipper: 256 MiB.
 pub const DEFAULT_REPLICATION_BACKLOG_BYTES: u64 = 256 << 20;
 
@@ -317,7 +318,7 @@ impl OpenOptions {
     }
 
     /// The journal volume since the newest snapshot below which [`Heap::close`](crate::Heap::close)
-    /// does not take a snapshot (default 8 MiB; 0: always, when anything was committed), unless
+    /// does not take a snapshot (default 32 MiB; 0: always, when anything was committed), unless
     /// the journal holds at least twice [`Self::snapshot_after_journal_pages`] page records.
     /// Replaying that much at the next open costs less than writing the snapshot now. A
     /// snapshot writer still running at close is stopped (its file is left invalid, the
