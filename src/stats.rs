@@ -24,6 +24,9 @@ pub struct Stats {
     /// docs/design.md, "Snapshot protocol"). Retried at the next trigger (`Heap::snapshot`
     /// retries at once, a few times).
     pub snapshot_retries: u64,
+    /// Snapshot writers stopped unfinished by `close` because the journal since the older
+    /// snapshot was cheap to replay (`OpenOptions::close_snapshot_min_bytes`); not failures.
+    pub snapshots_stopped: u64,
     /// Pages written by the last completed snapshot.
     pub last_snapshot_pages: u64,
     /// How long the last `fork()` stalled the committing thread, in microseconds.

@@ -216,3 +216,147 @@ fn a_snapshot_writer_stopped_after_any_step_leaves_the_last_commit_recoverable()
         heap.verify().unwrap();
     }
 }
+
+/// The highest journal id in the heap directory (a new one is created at every snapshot fork).
+fn newest_journal(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            u64::from_str_radix(name.strip_prefix("journal-")?, 16).ok()
+        })
+        .max()
+        .expect("a journal")
+}
+
+/// Commits until the snapshot writer forked earlier has been reaped (commits reap it).
+fn wait_for_snapshots(heap: &Heap<Blocks>, n: u64) {
+    let t0 = std::time::Instant::now();
+    while heap.stats().snapshots < n {
+        assert!(t0.elapsed().as_secs() < 60, "snapshot {n} never completed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        heap.commit().unwrap();
+    }
+}
+
+#[test]
+fn page_records_start_a_snapshot_at_a_quiet_commit_or_at_four_times_the_threshold() {
+    let dir = Scratch::new("snap-records");
+    let records = 256u64;
+    let heap = OpenOptions::new()
+        .snapshot_after_journal_bytes(1 << 40)
+        .snapshot_after_journal_pages(records)
+        .snapshot_on_close(false)
+        .open(dir.heap(), Blocks::new_in)
+        .unwrap();
+    fill(&heap, 2 << 20, 256 << 10);
+    heap.commit().unwrap();
+    let mut since_fork = heap.stats().last_commit_pages;
+    assert!(since_fork >= records, "{since_fork}");
+    // Commits of 100 pages are not quiet: no fork below four times the threshold.
+    let mut rng = Rng::new(5);
+    let first = newest_journal(&dir.heap());
+    let mut i = 0u8;
+    loop {
+        i += 1;
+        touch_pages(&heap, &mut rng, 100, i);
+        heap.commit().unwrap();
+        let forked = newest_journal(&dir.heap()) != first;
+        assert_eq!(
+            forked,
+            since_fork >= 4 * records,
+            "commit {i}: {since_fork} page records since the last fork"
+        );
+        if forked {
+            break;
+        }
+        since_fork += heap.stats().last_commit_pages;
+    }
+    wait_for_snapshots(&heap, 1);
+    // Past the threshold but below four times it, the first quiet commit (one page) forks.
+    let second = newest_journal(&dir.heap());
+    let mut since_fork = 0;
+    while since_fork < records {
+        i += 1;
+        touch_pages(&heap, &mut rng, 100, i);
+        heap.commit().unwrap();
+        assert_eq!(
+            newest_journal(&dir.heap()),
+            second,
+            "a commit of 100 pages is not quiet"
+        );
+        since_fork += heap.stats().last_commit_pages;
+    }
+    assert!(since_fork < 4 * records);
+    heap.write()[0][0] = 77;
+    heap.commit().unwrap();
+    assert_eq!(newest_journal(&dir.heap()), second + 1, "the quiet commit forks");
+    wait_for_snapshots(&heap, 2);
+    let sum = checksum(&heap.read());
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+    let heap = OpenOptions::new().open(dir.heap(), Blocks::new_in).unwrap();
+    assert_eq!(checksum(&heap.read()), sum);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+}
+
+#[test]
+fn close_stops_a_running_writer_when_the_journal_is_cheap_to_replay_and_loses_nothing() {
+    let dir = Scratch::new("snap-close-stop");
+    let heap = OpenOptions::new()
+        .snapshot_after_journal_bytes(1 << 40)
+        .snapshot_after_journal_pages(0)
+        .open(dir.heap(), Blocks::new_in)
+        .unwrap();
+    fill(&heap, 64 << 20, 1 << 20);
+    heap.commit().unwrap();
+    heap.snapshot().unwrap(); // generation 1
+    let mut rng = Rng::new(1);
+    touch_pages(&heap, &mut rng, 16384, 9);
+    heap.commit().unwrap();
+    heap.snapshot().unwrap(); // generation 2: its interval holds every page
+                              // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+    let mut o = OpenOptions::new();
+    o.snapshot_after_journal_bytes(1 << 40)
+        .snapshot_after_journal_pages(1000)
+        .close_snapshot_min_bytes(1 << 40);
+    let heap = o.open(dir.heap(), Blocks::new_in).unwrap();
+    assert_eq!(heap.stats().snapshot_generation, 2);
+    // 1,200 page records in commits that are not quiet (below four times 1,000: no fork), then
+    // a quiet commit forks a writer of every page changed since generation 1's file (~64 MiB).
+    touch_pages(&heap, &mut rng, 600, 10);
+    heap.commit().unwrap();
+    touch_pages(&heap, &mut rng, 600, 11);
+    heap.commit().unwrap();
+    heap.write()[0][1] = 5;
+    let sum = checksum(&heap.read()); // before the fork: this takes long in a debug build
+    heap.commit().unwrap();
+    assert!(heap.stats().last_fork_micros > 0, "the quiet commit forked");
+    // The journal since generation 2 holds ~1,200 records, below twice 1,000: close stops the
+    // writer (64 MiB and two fdatasyncs are not done microseconds after the fork) instead of
+    // waiting, and takes no snapshot.
+    let t0 = std::time::Instant::now();
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+    println!("close took {:?}", t0.elapsed());
+    let heap = o.open(dir.heap(), Blocks::new_in).unwrap();
+    let st = heap.stats();
+    assert_eq!(
+        st.snapshot_generation, 2,
+        "the stopped writer's snapshot must not count"
+    );
+    assert!(st.replayed_pages >= 1200, "{st:?}");
+    assert_eq!(checksum(&heap.read()), sum);
+    // The stopped writer's file is rewritten whole by the next snapshot; everything survives.
+    heap.snapshot().unwrap();
+    let sum = checksum(&heap.read());
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+    let heap = o.open(dir.heap(), Blocks::new_in).unwrap();
+    assert_eq!(heap.stats().snapshot_generation, 3);
+    assert_eq!(checksum(&heap.read()), sum);
+    // SAFETY (test): nothing allocated from the heap is used after this.
+    unsafe { heap.close_and_release() }.unwrap();
+}

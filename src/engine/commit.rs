@@ -137,7 +137,7 @@ impl Engine {
                     chain = crate::disk::format::wire::chain_step(cs.chain, seq, cs.journal.encoded());
                 }
             }
-            if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs)) {
+            if force_snapshot || (wrote && cs.pending.is_none() && self.snapshot_due(cs, Some(pages))) {
                 self.opts.run_test_before_fork();
                 // The tracker stays locked through the fork: the hashed rung's writer checks
                 // its image against the baselines of this collect (`snapshot.rs`).
@@ -169,6 +169,7 @@ impl Engine {
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.last_commit_pages.store(pages, Ordering::Relaxed);
+            cs.journal_pages += pages;
             self.counters.publish_capture(&cs.capture);
         }
         if forked {
@@ -176,11 +177,29 @@ impl Engine {
         }
         Ok(seq)
     }
+}
 
-    /// Whether the journal volume or the interval asks for a snapshot.
-    pub(super) fn snapshot_due(&self, cs: &CommitState) -> bool {
+/// A commit of at most this many pages counts as quiet for the page-record snapshot trigger.
+pub(super) const QUIET_COMMIT_PAGES: u64 = 32;
+
+impl Engine {
+    /// Whether the journal volume (bytes, or page records: what an open would replay) or the
+    /// interval asks for a snapshot at a commit that captured `pages` pages (`None`: a
+    /// replica's applied group, which counts no page records). The current journal is the
+    /// chain since the last fork. Page records count at a quiet commit (at most
+    /// [`QUIET_COMMIT_PAGES`] pages: the end of a burst of writes, when a fork costs least,
+    /// docs/design.md "Restart without a snapshot") or at four times the threshold.
+    pub(super) fn snapshot_due(&self, cs: &CommitState, pages: Option<u64>) -> bool {
         let bytes = cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
         if bytes >= self.opts.snapshot_after_journal_bytes {
+            return true;
+        }
+        let records = self.opts.snapshot_after_journal_pages;
+        let due = |pages: u64| {
+            cs.journal_pages >= records.saturating_mul(4)
+                || (cs.journal_pages >= records && pages <= QUIET_COMMIT_PAGES)
+        };
+        if records > 0 && pages.is_some_and(due) {
             return true;
         }
         matches!(self.opts.snapshot_interval, Some(every) if cs.last_snapshot_at.elapsed() >= every)

@@ -139,6 +139,11 @@ pub(crate) struct CommitState {
     /// Bytes of the journals of the chain before the current one (since the newest durable
     /// snapshot); with the current journal's, what the next open would replay.
     older_journal_bytes: u64,
+    /// Page records (whole pages and `DELTA` entries; counted as the pages each commit
+    /// captured) in the current journal, and in the older journals of the chain: what the
+    /// next open would replay, by record (`OpenOptions::snapshot_after_journal_pages`).
+    journal_pages: u64,
+    older_journal_pages: u64,
     /// Chain hash of the history up to `last_seq` (with replication on; `docs/design.md`,
     /// "Replication").
     chain: u64,
@@ -152,6 +157,7 @@ struct Counters {
     snapshots: AtomicU64,
     snapshot_failures: AtomicU64,
     snapshot_retries: AtomicU64,
+    snapshots_stopped: AtomicU64,
     last_snapshot_pages: AtomicU64,
     last_fork_micros: AtomicU64,
     last_snapshot_micros: AtomicU64,
@@ -280,6 +286,7 @@ impl Engine {
             snapshots: ld(&c.snapshots),
             snapshot_failures: ld(&c.snapshot_failures),
             snapshot_retries: ld(&c.snapshot_retries),
+            snapshots_stopped: ld(&c.snapshots_stopped),
             last_snapshot_pages: ld(&c.last_snapshot_pages),
             last_fork_micros: ld(&c.last_fork_micros),
             last_snapshot_micros: ld(&c.last_snapshot_micros),
@@ -323,20 +330,40 @@ impl Engine {
         }
         {
             let mut cs = lock(&self.commit);
+            // A snapshot writer still running: stopped when the journal since the older
+            // snapshot is small enough to replay (as below), else waited for (docs/design.md,
+            // "Restart without a snapshot").
+            self.reap(&mut cs, false);
+            if cs.pending.is_some() && !self.close_snapshot_worth_it(&cs) {
+                self.stop_pending(&mut cs);
+            }
             self.reap(&mut cs, true);
             if result.is_ok() && !self.is_poisoned() {
                 result = self.wait_durable(cs.last_seq);
             }
             // Cheap restart: a small journal is replayed at the next open instead (docs/design.md,
             // "Restart without a snapshot").
-            let chain = cs.older_journal_bytes + cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
-            let worth_it = chain > 0 && chain >= self.opts.close_snapshot_min_bytes;
+            let worth_it = self.close_snapshot_worth_it(&cs);
             if commit_and_snapshot && result.is_ok() && self.opts.snapshot_on_close && worth_it && !self.is_poisoned() {
                 result = self.snapshot_locked(&mut cs);
             }
         }
         self.arena.close();
         result
+    }
+}
+
+impl Engine {
+    /// Whether the journal chain since the newest durable snapshot is worth a snapshot at
+    /// close: at least `close_snapshot_min_bytes` of journal, or at least twice
+    /// `snapshot_after_journal_pages` page records (docs/design.md, "Restart without a snapshot").
+    fn close_snapshot_worth_it(&self, cs: &CommitState) -> bool {
+        let bytes = cs.older_journal_bytes + cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
+        let pages = cs.older_journal_pages + cs.journal_pages;
+        let page_limit = self.opts.snapshot_after_journal_pages;
+        bytes > 0
+            && (bytes >= self.opts.close_snapshot_min_bytes
+                || (page_limit > 0 && pages >= page_limit.saturating_mul(2)))
     }
 }
 

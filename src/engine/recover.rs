@@ -208,6 +208,10 @@ impl Engine {
             .skip(1)
             .map(|s| s.valid_end - crate::disk::format::journal::FIRST_RECORD_OFFSET)
             .sum();
+        let (older_journal_pages, journal_pages) = match journals.scans.split_last() {
+            Some((last, older)) => (older.iter().map(page_records).sum(), page_records(last)),
+            None => (0, 0),
+        };
         let adopted = match adopting {
             Some(t) => {
                 t.check_same_state(&dir, &journal)?;
@@ -225,7 +229,12 @@ impl Engine {
             dir, vfs, meta, opts, lock_file, snaps, replayed, journal, grow, arena, capture, repl,
         );
         engine.counters.cache_budget.store(cache_budget, Ordering::Relaxed);
-        lock(&engine.commit).older_journal_bytes = older_journal_bytes;
+        {
+            let mut cs = lock(&engine.commit);
+            cs.older_journal_bytes = older_journal_bytes;
+            cs.older_journal_pages = older_journal_pages;
+            cs.journal_pages = journal_pages;
+        }
         Ok(engine)
     }
 }
@@ -373,13 +382,15 @@ struct Replayed {
     ranges: SysVec<(usize, usize)>,
     /// Pages written (counted once per write).
     pages: u64,
+    /// Distinct pages written.
+    distinct: usize,
     /// Whether any journal held a complete commit group.
     any_group: bool,
 }
 
 /// Step 4b: replays the complete commit groups in order (`replay.rs`: growing the region to
-/// each group's extent, copying its page runs into place and applying its `DELTA` entries,
-/// each checked against its post-image checksum). With `adopt` (the memory of a detached heap
+/// each group's extent, copying its page runs into place and applying its `DELTA` entries;
+/// then each page's final image checked against its last entry's post-image checksum). With `adopt` (the memory of a detached heap
 /// already holds them, which step 5 checks by the commit number and journal digest) the
 /// records are read and checked without writing, so damage is reported as on any open.
 fn replay(
@@ -404,17 +415,50 @@ fn replay(
     rp.planted_zero_base = opts.planted_delta_replay_zero_base();
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
+    // One bit per page written, to count the distinct ones (the base cache prefaults that many).
+    let mut seen: SysVec<u64> = SysVec::new_in(System);
+    let mut distinct = 0usize;
     for scan in scans {
         pages += replay_journal(vfs, &mut rp, scan, &mut |w| {
             let a = base + w.region_offset as usize;
             ranges.push((a, a + w.len as usize));
+            let (first, last) = (w.region_offset / OS_PAGE_U64, (w.region_offset + w.len) / OS_PAGE_U64);
+            if seen.len() < last.div_ceil(64) as usize {
+                seen.resize(last.div_ceil(64) as usize, 0);
+            }
+            for i in first..last {
+                let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+                distinct += (seen[word] & bit == 0) as usize;
+                seen[word] |= bit;
+            }
         })?;
     }
+    rp.finish()?;
     Ok(Replayed {
         ranges,
         pages,
+        distinct,
         any_group: scans.iter().any(|s| !s.groups.is_empty()),
     })
+}
+
+const OS_PAGE_U64: u64 = sys::OS_PAGE as u64;
+
+/// The most replayed pages seeded into the base cache at open (the most recently replayed
+/// first; 8 MiB). Seeding costs a page fault and a copy per page, most of what an open after a
+/// long journal costs besides replay itself; a replayed page not seeded has its first commit
+/// after open journaled whole, as after a snapshot fork (docs/design.md, "Restart without a
+/// snapshot").
+const SEED_MAX_PAGES: usize = 2048;
+
+/// Page records of a scanned journal's complete groups (whole pages plus `DELTA` entries):
+/// what replaying it costs, as `OpenOptions::snapshot_after_journal_pages` counts it.
+fn page_records(scan: &JournalScan) -> u64 {
+    let runs = scan.groups.last().map_or(0, |g| g.runs.end);
+    scan.runs[..runs]
+        .iter()
+        .map(|r| r.delta_entries.map_or(r.len / sys::OS_PAGE as u64, u64::from))
+        .sum()
 }
 
 /// Start of step 5: the base cache, seeded with the pages replay just wrote (their memory is
@@ -432,10 +476,20 @@ fn seed_capture(
     seed: bool,
 ) -> (super::capture::Capture, u64) {
     let cache = BaseCache::new(opts.base_cache_bytes, meta.max_size as usize / sys::OS_PAGE).unwrap_or(None);
+    if let Some(c) = cache.as_ref().filter(|_| seed) {
+        c.prefault(replayed.distinct.min(SEED_MAX_PAGES));
+    }
     let budget = if cache.is_some() { opts.base_cache_bytes } else { 0 };
     let zero_from = snaps.newest.and_then(|n| snaps.headers[n]).map_or(0, |h| h.extent);
     let mut capture = super::capture::Capture::new(cache, zero_from, opts.planted_delta_stale_base());
+    let mut left = SEED_MAX_PAGES;
     for &(a, b) in replayed.ranges.iter().rev().filter(|_| seed) {
+        // Whole ranges only (a PAGES run is at most 256 pages), so the cap may be passed by a
+        // run's length; the newest write of a page is seeded first.
+        if left == 0 {
+            break;
+        }
+        left = left.saturating_sub((b - a) / sys::OS_PAGE);
         // SAFETY: replayed ranges are page-aligned and inside the mapped extent, and nothing
         // writes the region during open.
         if !unsafe { capture.seed(region.base(), a, b) } {
@@ -613,6 +667,8 @@ fn assemble(
             footprint: Default::default(),
             capture,
             older_journal_bytes: 0,
+            journal_pages: 0,
+            older_journal_pages: 0,
             chain,
         }),
         durable,

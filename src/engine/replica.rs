@@ -206,7 +206,9 @@ impl Engine {
         }
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         // Step 4.
-        if cs.pending.is_none() && self.snapshot_due(&cs) && self.fork_snapshot(&mut cs, None, v.seq, v.extent as usize)
+        if cs.pending.is_none()
+            && self.snapshot_due(&cs, None)
+            && self.fork_snapshot(&mut cs, None, v.seq, v.extent as usize)
         {
             self.rotate_journal(&mut cs, v.seq)?;
         }

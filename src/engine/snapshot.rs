@@ -213,6 +213,7 @@ impl Engine {
         }
         self.durable.rotated(j.file(), id, seq, j.end());
         cs.older_journal_bytes += cs.journal.end() - crate::disk::format::journal::FIRST_RECORD_OFFSET;
+        cs.older_journal_pages += std::mem::take(&mut cs.journal_pages);
         cs.journal = j;
         self.counters.journal_bytes.store(0, Ordering::Relaxed);
         Ok(())
@@ -266,6 +267,7 @@ impl Engine {
                 cs.footprint.snapshot_reaped();
                 // The chain now starts at the journal created at the fork: the current one.
                 cs.older_journal_bytes = 0;
+                cs.older_journal_pages = 0;
                 // A replication shipper may still need older journals (within its cap).
                 let first_needed = match &self.repl {
                     Some(r) => r.release_before(p.header.journal_id),
@@ -300,6 +302,28 @@ impl Engine {
                 Some(Reaped::Failed(why))
             }
         }
+    }
+
+    /// Stops a running snapshot writer (at close, when the journal since the older snapshot is
+    /// cheap enough to replay): `SIGKILL`, then reaped as a failure without counting one. Safe
+    /// at any step of the writer: the older snapshot and every journal since it stay (journals
+    /// are deleted only after a reaped success), and a header the writer made durable before
+    /// it died is a valid newest snapshot whose journals recovery finds intact.
+    pub(super) fn stop_pending(&self, cs: &mut CommitState) {
+        let Some(p) = cs.pending.as_ref() else { return };
+        if p.pid == 0 {
+            return; // written in process: already complete
+        }
+        // SAFETY: kill(2) on the pid of our own unreaped child (it cannot have been reused
+        // before we wait for it); no memory is involved.
+        if unsafe { libc::kill(p.pid, libc::SIGKILL) } != 0 {
+            return; // reaped below by the blocking wait
+        }
+        let _ = sys::wait_child(p.pid);
+        let Some(p) = cs.pending.take() else { return };
+        cs.snaps[p.slot] = None;
+        cs.since_snap.union_with(&p.fork_set);
+        self.counters.snapshots_stopped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes a snapshot now and waits until it is durable (commit lock held by the caller).

@@ -36,7 +36,10 @@ use crate::error::{Error, Result};
 use crate::mem::alloc::{Arena, SEGMENT, SLICE};
 use crate::mem::region::Region;
 use crate::mem::sysmem::SysBox;
-use crate::options::{Durability, OpenOptions, Tracking, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES};
+use crate::options::{
+    Durability, OpenOptions, Tracking, DEFAULT_MAX_SIZE, DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+    DEFAULT_SNAPSHOT_AFTER_JOURNAL_PAGES,
+};
 use crate::stats::Stats;
 use crate::sys::process;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -96,6 +99,7 @@ struct Config {
     max_size: u64,
     durability: Durability,
     snapshot_after_journal_bytes: u64,
+    snapshot_after_journal_pages: u64,
     allow_other_builds: bool,
 }
 
@@ -131,7 +135,7 @@ struct Config {
 ///   read-and-clear.
 /// - `SNAPHEAP_TEST_BUILD_ID=<hex>`: tests only: pretend the executable has this id.
 /// - Const builder methods ([`GlobalHeap::max_size`], [`GlobalHeap::durability`],
-///   [`GlobalHeap::snapshot_after_journal_bytes`]) set the other tunables in the `static`.
+///   [`GlobalHeap::snapshot_after_journal_bytes`], [`GlobalHeap::snapshot_after_journal_pages`]) set the other tunables in the `static`.
 ///
 /// If persistence was asked for and the heap cannot be opened (locked by another process for
 /// more than [`LOCK_WAIT`], damaged, another build, address range taken), the first allocation
@@ -240,6 +244,7 @@ impl GlobalHeap {
                 max_size: DEFAULT_MAX_SIZE,
                 durability: Durability::Immediate,
                 snapshot_after_journal_bytes: DEFAULT_SNAPSHOT_AFTER_JOURNAL_BYTES,
+                snapshot_after_journal_pages: DEFAULT_SNAPSHOT_AFTER_JOURNAL_PAGES,
                 allow_other_builds: false,
             },
         }
@@ -260,6 +265,13 @@ impl GlobalHeap {
     /// Journal volume after which a commit starts a snapshot.
     pub const fn snapshot_after_journal_bytes(mut self, bytes: u64) -> GlobalHeap {
         self.config.snapshot_after_journal_bytes = bytes;
+        self
+    }
+
+    /// Page records (whole pages plus `DELTA` entries) in the journal after which a commit
+    /// starts a snapshot (0: off), as [`OpenOptions::snapshot_after_journal_pages`].
+    pub const fn snapshot_after_journal_pages(mut self, pages: u64) -> GlobalHeap {
+        self.config.snapshot_after_journal_pages = pages;
         self
     }
 
@@ -339,7 +351,8 @@ impl GlobalHeap {
         let mut opts = OpenOptions::new();
         opts.max_size(self.config.max_size)
             .durability(self.config.durability)
-            .snapshot_after_journal_bytes(self.config.snapshot_after_journal_bytes);
+            .snapshot_after_journal_bytes(self.config.snapshot_after_journal_bytes)
+            .snapshot_after_journal_pages(self.config.snapshot_after_journal_pages);
         // Any thread writes heap memory at any time: the tracker must not rely on commits
         // excluding writers.
         opts.concurrent_writers = true;

@@ -110,6 +110,13 @@ impl Inspector {
                     }
                 }
             }
+            // The post-image checks of the whole chain (once per page, after its last entry).
+            if problem.is_none() {
+                if let Err(e) = rp.finish() {
+                    let fallback = image.journals.last().cloned().unwrap_or_default();
+                    problem = Some(Problem::from_error(e, &fallback));
+                }
+            }
         }
         Ok((image, problem))
     }

@@ -141,6 +141,16 @@ impl BaseCache {
         }))
     }
 
+    /// Faults in, in one system call, the frames that storing `pages` pages into an empty
+    /// cache uses (slots take frames in order, the spare starts as the last one), so that
+    /// seeding at open does not take a page fault per page. Best effort: a kernel without
+    /// `MADV_POPULATE_WRITE` faults them in as they are written.
+    pub(crate) fn prefault(&self, pages: usize) {
+        let n = pages.min(self.slots as usize);
+        let _ = crate::sys::populate_write(self.mem as usize, n * FRAME);
+        let _ = crate::sys::populate_write(self.frame_ptr(self.slots) as usize, FRAME);
+    }
+
     /// Number of slots (the most pages it holds).
     pub(crate) fn capacity(&self) -> usize {
         self.slots as usize

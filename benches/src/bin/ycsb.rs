@@ -50,6 +50,12 @@
 //! child's process group after `YCSB_KILL_AFTER` acknowledgements, then times open + 1,000
 //! reads and checks that the last acknowledged value is there.
 //!
+//! `ycsb kill [PEER,...]` runs only the SIGKILL restart test (`YCSB_KILL_REPEAT` [1] times
+//! per peer) and prints its times, for profiling an open. Every snapheap heap it opens stays
+//! mapped in this process after its close (detached), so with repeats a later heap whose
+//! recorded base overlaps an earlier one fails to open with `AddressInUse` (seen twice in
+//! about 40 repeats).
+//!
 //! Floor: the latency of `pwrite` + `fdatasync` of 4 KiB (and of snapheap's measured bytes per
 //! one-update commit) appended within already written blocks, interleaved sample by sample
 //! with one-update commits of every peer (median, mean and p99 of each).
@@ -353,6 +359,8 @@ fn writer_main(peer: Peer, dir: &Path, records: u64) {
 /// Result of the SIGKILL restart test for one peer.
 struct KillResult {
     acked: usize,
+    /// From the writer's start to the end of its load.
+    load: Duration,
     open: Duration,
     reads: Duration,
     replayed_pages: Option<u64>,
@@ -372,6 +380,8 @@ fn kill_test(cfg: &Config, peer: Peer) -> KillResult {
         .spawn()
         .expect("spawn writer");
     let pid = child.id() as libc::pid_t;
+    let spawned = Instant::now();
+    let mut load = Duration::ZERO;
     let mut lines = BufReader::new(child.stdout.take().expect("writer stdout")).lines();
     let mut acked = 0;
     let mut last: Option<(u64, u64)> = None;
@@ -380,6 +390,9 @@ fn kill_test(cfg: &Config, peer: Peer) -> KillResult {
             .next()
             .unwrap_or_else(|| panic!("{}: writer exited early", peer.name()))
             .expect("read writer stdout");
+        if line == "loaded" {
+            load = spawned.elapsed();
+        }
         if let Some(rest) = line.strip_prefix("ack ") {
             let mut it = rest.split(' ').map(|x| x.parse::<u64>().expect("ack line"));
             last = Some((it.next().expect("key"), it.next().expect("version")));
@@ -415,6 +428,7 @@ fn kill_test(cfg: &Config, peer: Peer) -> KillResult {
     store.close();
     KillResult {
         acked,
+        load,
         open,
         reads: read_time,
         replayed_pages,
@@ -431,6 +445,29 @@ fn main() {
         return;
     }
     let cfg = Config::from_env();
+    if args.first().map(String::as_str) == Some("kill") {
+        // Only the SIGKILL restart test, for the peers named after `kill` (all by default),
+        // `YCSB_KILL_REPEAT` [1] times each: for profiling the open.
+        let peers: Vec<Peer> = match args.get(1) {
+            Some(list) => list.split(',').map(|n| Peer::from_name(n).expect("kill: peer name")).collect(),
+            None => cfg.peers.clone(),
+        };
+        for _ in 0..env_usize("YCSB_KILL_REPEAT", 1) {
+            for &peer in &peers {
+                let k = kill_test(&cfg, peer);
+                println!(
+                    "{}: load {:.0} ms, acked {} open {:.2} ms reads {:.2} ms replayed pages {:?}",
+                    peer.name(),
+                    ms(k.load),
+                    k.acked,
+                    ms(k.open),
+                    ms(k.reads),
+                    k.replayed_pages
+                );
+            }
+        }
+        return;
+    }
     let started = date_utc("+%Y-%m-%d %H:%M:%S UTC");
     let load_start = load_avg();
     let wall = Instant::now();
