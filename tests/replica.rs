@@ -753,15 +753,21 @@ fn primary_sigkill_and_restart_keeps_the_chain_for_its_standby() {
             "primary",
             &[("PRIMARY", pdir.to_str().unwrap()), ("PRIMARY_SNAPSHOTS", env_snap)],
         );
+        // The child's stderr goes to a file, so that a primary that dies before READY says why.
+        let err_path = s.path().join("primary-stderr");
         c.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::fs::File::create(&err_path).unwrap());
         let mut ch = c.spawn().unwrap();
         let (lines, reader) = line_reader(ch.stdout.take().unwrap());
         loop {
             match lines.recv_timeout(Duration::from_secs(60)) {
                 Ok(l) if l.contains("READY") => break,
                 Ok(_) => {}
-                Err(e) => panic!("round {round}: the primary never started: {e:?}"),
+                Err(e) => {
+                    let _ = ch.wait();
+                    let why = std::fs::read_to_string(&err_path).unwrap_or_default();
+                    panic!("round {round}: the primary never started: {e:?}; its stderr:\n{why}");
+                }
             }
         }
         std::thread::sleep(Duration::from_micros(10_000 + rng.below(80_000)));
