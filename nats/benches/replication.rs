@@ -3,7 +3,11 @@
 //! 1. commit latency of small commits, `Immediate` vs `Replicated` (shipper running), same
 //!    heap shape, each in its own child process; the phase is cut into four slices that
 //!    alternate the two modes (I R I R ...), so that both see the same share of a shared
-//!    machine's load, and the percentiles are over all slices of a mode;
+//!    machine's load, and the percentiles are over all slices of a mode; interleaved with
+//!    them (I R P I R P ...), the floor `P`: a raw async-nats JetStream publish of a message
+//!    the size of one such commit's frame (same stream type, same headers), awaiting its ack,
+//!    one in flight — the replicated log's own round trip; `Replicated` is compared with
+//!    `max(Immediate, P)`, what a commit that overlaps its sync and its publish can reach;
 //! 2. shipping throughput: 256 KiB commits in `Immediate` as fast as possible, MB/s and
 //!    commits/s acknowledged by the log;
 //! 3. YCSB-A-like load (50% reads, 50% updates over 100k keys, a commit per 100 operations)
@@ -80,9 +84,17 @@ fn child_latency(replicated: bool) {
         o.durability(Durability::Immediate).replication(true);
     }
     let heap = o.open(&dir, init).unwrap();
-    let _shipper = replicated.then(|| Shipper::start(heap.replication_source().unwrap(), &cfg("p")).unwrap());
-    let mut lat = Vec::new();
+    let shipper = replicated.then(|| Shipper::start(heap.replication_source().unwrap(), &cfg("p")).unwrap());
     let mut rng = Rng(7);
+    // One untimed commit: on a replicated heap it returns once every group before it (the
+    // creation commit's among them) was acknowledged, so `s0` counts only small commits.
+    {
+        let mut g = heap.write();
+        *g.map.get_mut(&(rng.next() % KEYS)).unwrap() += 1;
+        g.commit().unwrap();
+    }
+    let s0 = shipper.as_ref().map(|s| s.status());
+    let mut lat = Vec::new();
     let slice: f64 = std::env::var("B_SLICE").unwrap().parse().unwrap();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < slice {
@@ -98,13 +110,78 @@ fn child_latency(replicated: bool) {
     for l in lat {
         writeln!(out, "L {l:.1}").unwrap();
     }
+    if let (Some(sh), Some(s0)) = (shipper, s0) {
+        // The mean frame size of the timed commits, for the raw publish floor.
+        let s = sh.stop();
+        if s.frames > s0.frames {
+            let frame = (s.bytes - s0.bytes) / (s.frames - s0.frames) + snapheap_nats::frame::HEADER_LEN as u64;
+            writeln!(out, "F {frame}").unwrap();
+        }
+    }
 }
 
-/// Runs the latency child of `mode` for `slice` seconds on `dir`; its commit latencies.
-fn latency_slice(mode: &str, dir: &std::path::Path, url: &str, log: &str, slice: f64) -> Vec<f64> {
+/// The floor: raw JetStream publishes of `B_FRAME` bytes, one in flight, each awaited.
+fn child_raw_publish() {
+    let url = std::env::var("B_URL").unwrap();
+    let size: usize = std::env::var("B_FRAME").unwrap().parse().unwrap();
+    let slice: f64 = std::env::var("B_SLICE").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lat = rt.block_on(async move {
+        use async_nats::jetstream::{self, stream};
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let js = jetstream::new(client);
+        let st = js
+            .get_or_create_stream(stream::Config {
+                name: "RAWFLOOR".into(),
+                subjects: vec!["rawfloor".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut last = st.cached_info().state.last_sequence;
+        let payload = bytes::Bytes::from(vec![0x5au8; size]);
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < slice {
+            let t = Instant::now();
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("raw-{}-{last}", std::process::id()).as_str());
+            h.insert("Nats-Expected-Last-Subject-Sequence", last.to_string().as_str());
+            let ack = js
+                .publish_with_headers("rawfloor", h, payload.clone())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            last = ack.sequence;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat
+    });
+    let mut out = std::io::stdout().lock();
+    for l in lat {
+        writeln!(out, "L {l:.1}").unwrap();
+    }
+}
+
+/// Runs the latency child of `mode` for `slice` seconds on `dir`; its commit latencies and
+/// the mean frame size it reports (`F`, replicated mode).
+fn latency_slice(
+    mode: &str,
+    dir: &std::path::Path,
+    url: &str,
+    log: &str,
+    slice: f64,
+    frame: u64,
+) -> (Vec<f64>, Option<u64>) {
     let mut c = std::process::Command::new(std::env::current_exe().unwrap());
     let out = c
         .env("B_ROLE", mode)
+        .env("B_FRAME", frame.to_string())
         .env("B_DIR", dir)
         .env("B_URL", url)
         .env("B_LOG", log)
@@ -112,10 +189,15 @@ fn latency_slice(mode: &str, dir: &std::path::Path, url: &str, log: &str, slice:
         .stdout(std::process::Stdio::piped())
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lat = text
         .lines()
         .filter_map(|l| l.strip_prefix("L ").and_then(|v| v.parse().ok()))
-        .collect()
+        .collect();
+    let f = text
+        .lines()
+        .find_map(|l| l.strip_prefix("F ").and_then(|v| v.parse().ok()));
+    (lat, f)
 }
 
 fn latency_result(mode: &str, lat: &mut [f64]) -> String {
@@ -246,6 +328,7 @@ fn main() {
     match std::env::var("B_ROLE").as_deref() {
         Ok("immediate") => return child_latency(false),
         Ok("replicated") => return child_latency(true),
+        Ok("rawpub") => return child_raw_publish(),
         Ok("throughput") => return child_throughput(),
         Ok("ycsb") => return child_ycsb_primary(),
         Ok("standby") => return child_standby(),
@@ -258,26 +341,20 @@ fn main() {
     let url = server.url();
     let tmp = TempDir::new("bench");
     println!("nats-server on {url}, phases of {} s", secs());
-    let (mut li, mut lr) = (Vec::new(), Vec::new());
+    let (mut li, mut lr, mut lp) = (Vec::new(), Vec::new(), Vec::new());
+    let mut frame = 0;
     for _ in 0..4 {
-        li.extend(latency_slice(
-            "immediate",
-            &tmp.path().join("i"),
-            &url,
-            "bi",
-            secs() / 4.0,
-        ));
-        lr.extend(latency_slice(
-            "replicated",
-            &tmp.path().join("r"),
-            &url,
-            "br",
-            secs() / 4.0,
-        ));
+        let slice = secs() / 4.0;
+        li.extend(latency_slice("immediate", &tmp.path().join("i"), &url, "bi", slice, 0).0);
+        let (l, f) = latency_slice("replicated", &tmp.path().join("r"), &url, "br", slice, 0);
+        lr.extend(l);
+        frame = f.unwrap_or(frame);
+        lp.extend(latency_slice("rawpub", &tmp.path().join("p"), &url, "bp", slice, frame).0);
     }
     let i = latency_result("immediate", &mut li);
     let r = latency_result("replicated", &mut lr);
-    println!("{i}\n{r}");
+    let p = latency_result(&format!("raw_publish frame_bytes={frame}"), &mut lp);
+    println!("{i}\n{r}\n{p}");
     let field = |s: &str, k: &str| -> f64 {
         s.split(' ')
             .find_map(|w| w.strip_prefix(k))
@@ -288,6 +365,11 @@ fn main() {
         "replicated/immediate: mean {:.2}x, p50 {:.2}x",
         field(&r, "mean_us=") / field(&i, "mean_us="),
         field(&r, "p50_us=") / field(&i, "p50_us=")
+    );
+    println!(
+        "replicated/max(immediate, raw publish): mean {:.2}x, p50 {:.2}x",
+        field(&r, "mean_us=") / field(&i, "mean_us=").max(field(&p, "mean_us=")),
+        field(&r, "p50_us=") / field(&i, "p50_us=").max(field(&p, "p50_us="))
     );
     println!("{}", result_of(spawn("throughput", &tmp.path().join("t"), &url, "bt")));
     // YCSB-A with a standby.
