@@ -163,6 +163,11 @@ pub enum PlantedBug {
     /// writes its image even where another thread changed a page between the commit's collect
     /// and the fork (`engine/snapshot.rs`; `tests/track_fork_race.rs` must catch it).
     NoForkCheck,
+    /// At a snapshot fork, keep every cached base image, even those of pages another thread
+    /// wrote between the commit's collect and the fork (`engine/snapshot.rs`;
+    /// `tests/track_fork_race.rs` must catch it: the next delta of such a page is computed
+    /// against an image the new snapshot does not hold).
+    ForkKeepsCache,
     /// At recovery, apply each `DELTA` entry to a zeroed page instead of the page's replayed
     /// image (`engine/replay.rs`): the post-image check must report it.
     DeltaReplayZeroBase,
@@ -451,6 +456,15 @@ impl OpenOptions {
     pub(crate) fn planted_no_fork_check(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.test_planted_bug == Some(PlantedBug::NoForkCheck);
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
+    /// Whether the tests planted [`PlantedBug::ForkKeepsCache`]; always false without the
+    /// `testing` feature.
+    pub(crate) fn planted_fork_keeps_cache(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.test_planted_bug == Some(PlantedBug::ForkKeepsCache);
         #[cfg(not(any(test, feature = "testing")))]
         false
     }

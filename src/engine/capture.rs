@@ -15,8 +15,10 @@
 //!    its cached image keeps it).
 //!
 //! Why the cached image always equals what replay has for the page is argued in
-//! `docs/design.md` ("Base cache"). The two rules this file implements for it: the cache starts
-//! a new epoch at every snapshot fork and after any failed write (`invalidate`), and a page is
+//! `docs/design.md` ("Base cache"). The two rules this file implements for it: at a snapshot
+//! fork the cache forgets the pages written since that commit's collect (`snapshot_taken`,
+//! uffd-wp rung) or starts a new epoch (`invalidate`: other rungs, and after any failed
+//! write); and a page is
 //! *known zero* only when it lies at or above `zero_from` (the extent of the snapshot replay
 //! starts from, or of the last fork) and is not in `since_snap` (captured since then).
 //!
@@ -81,6 +83,23 @@ impl Capture {
     pub(crate) fn invalidate(&mut self, extent: u64) {
         if let Some(c) = &mut self.cache {
             c.invalidate_all();
+        }
+        self.zero_from = extent;
+    }
+
+    /// A snapshot image was taken at extent `extent`, and `written` are the pages (address
+    /// ranges from `base`) the tracker reports written since this commit's collect, read after
+    /// the fork: only their cached images can differ from the snapshot's (docs/design.md, "Base
+    /// cache", case 2), so only they are forgotten; pages at or above `extent` not captured
+    /// afterwards are zero in every image replay can start from.
+    pub(crate) fn snapshot_taken(&mut self, extent: u64, base: usize, written: &[(usize, usize)]) {
+        if let Some(c) = &mut self.cache {
+            for &(a, b) in written {
+                debug_assert!(a >= base && a <= b && (a - base) % PAGE_SIZE == 0);
+                for p in (a..b).step_by(PAGE_SIZE) {
+                    c.forget(((p - base) / PAGE_SIZE) as u64);
+                }
+            }
         }
         self.zero_from = extent;
     }

@@ -141,7 +141,7 @@ impl Engine {
                 self.opts.run_test_before_fork();
                 // The tracker stays locked through the fork: the hashed rung's writer checks
                 // its image against the baselines of this collect (`snapshot.rs`).
-                forked = self.fork_snapshot(cs, Some(&tracker), seq, extent);
+                forked = self.fork_snapshot(cs, Some(&mut tracker), seq, extent);
             }
             drop(tracker);
         }

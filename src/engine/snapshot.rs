@@ -132,7 +132,7 @@ impl Engine {
     pub(super) fn fork_snapshot(
         &self,
         cs: &mut CommitState,
-        tracker: Option<&Tracker>,
+        tracker: Option<&mut Tracker>,
         seq: u64,
         extent: usize,
     ) -> bool {
@@ -144,6 +144,7 @@ impl Engine {
             return false; // a base export reads that file; a later commit tries again
         }
         let check: Option<&dyn ImageCheck> = tracker
+            .as_deref()
             .filter(|t| t.needs_image_check() && !self.opts.planted_no_fork_check())
             .map(|t| t as &dyn ImageCheck);
         let pages = plan.pages();
@@ -180,11 +181,31 @@ impl Engine {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let fresh = DirtySet::new(self.base(), self.meta.max_size as usize / sys::OS_PAGE);
         let fork_set = std::mem::replace(&mut cs.since_snap, fresh);
-        // Replay may now start from this image (memory at the fork, which can differ from the
-        // copies this commit journaled where other threads wrote in between) or from the older
-        // one: no cached base is safe for both, so every page's next record is whole or
-        // against zeros (docs/design.md, "Base cache", case 2).
-        cs.capture.invalidate(extent as u64);
+        // Replay may now start from this image (memory at the fork) or from the older one
+        // (where the cached images are exact). Memory at the fork differs from a cached image
+        // only on pages written since this commit's collect re-protected them (by threads
+        // writing memory unreachable from the roots). With uffd-wp, whose report is sticky
+        // until the next collect, a non-re-protecting report now finds them (and pages written
+        // after the fork, harmlessly): only those images are forgotten. Other rungs, a replica
+        // (no tracker) and a failed report start a new epoch: every page's next record is
+        // whole or against zeros (docs/design.md, "Base cache", case 2).
+        let base = self.base();
+        cs.ranges.clear();
+        let peeked = match tracker {
+            Some(t) if t.mode() == crate::mem::track::TrackMode::Uffd => {
+                t.peek(base, base + extent, &mut cs.ranges).is_ok()
+            }
+            _ => false,
+        };
+        if self.opts.planted_fork_keeps_cache() {
+            cs.ranges.clear(); // planted bug (tests only): forget nothing
+            cs.capture.snapshot_taken(extent as u64, base, &cs.ranges);
+        } else if peeked {
+            cs.capture.snapshot_taken(extent as u64, base, &cs.ranges);
+        } else {
+            cs.capture.invalidate(extent as u64);
+        }
+        cs.ranges.clear();
         cs.pending = Some(Pending {
             pid,
             in_process,

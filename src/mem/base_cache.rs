@@ -379,6 +379,15 @@ impl BaseCache {
         s
     }
 
+    /// Makes the stored image of `page`, if any, stale (epoch 0 is never current): it does not
+    /// hit again, and its slot is reused by the page's next store.
+    pub(crate) fn forget(&mut self, page: u64) {
+        if let Some(t) = self.find_entry(page + 1) {
+            let s = self.entry(t) - 1;
+            self.slot_mut(s).epoch = 0;
+        }
+    }
+
     /// Makes every stored image stale (a new epoch): none of them hits again. Costs O(1).
     pub(crate) fn invalidate_all(&mut self) {
         if self.epoch == u32::MAX {
@@ -497,6 +506,23 @@ mod tests {
         c.invalidate_all();
         assert_eq!(c.used, 0);
         assert!(c.lookup(1).is_none());
+        c.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn forget_makes_one_image_stale_and_keeps_the_others() {
+        let mut c = BaseCache::new(1 << 20, usize::MAX).unwrap().unwrap();
+        store(&mut c, 1, 1);
+        store(&mut c, 2, 2);
+        c.forget(1);
+        c.forget(7); // not stored: nothing happens
+        assert!(c.lookup(1).is_none());
+        let s = c.lookup(2).expect("the other image still hits");
+        assert_eq!(words_to_bytes(c.image(s)), page_of(2));
+        store(&mut c, 1, 9);
+        let s = c.lookup(1).unwrap();
+        assert_eq!(words_to_bytes(c.image(s)), page_of(9));
+        assert_eq!(c.used, 2, "the forgotten slot was reused");
         c.check_invariants().unwrap();
     }
 
