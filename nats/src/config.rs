@@ -3,6 +3,9 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
+/// The default of [`NatsConfig::stale_promotion_after`].
+pub const DEFAULT_STALE_PROMOTION_AFTER: Duration = Duration::from_secs(5);
+
 /// The NATS side of one replicated heap. Every node (primary and standbys) of one heap uses
 /// the same `servers` and `name` and its own `node`.
 #[derive(Clone, Debug)]
@@ -34,6 +37,44 @@ pub struct NatsConfig {
     pub promote_pause: Duration,
     /// Largest group a follower accepts (guards memory against a bad frame header).
     pub max_group_bytes: u64,
+    /// How long a promotion waits on a stale promotion before taking it over (default 5 s).
+    /// When the leader key holds an epoch newer than the log's newest epoch record and
+    /// another node holds it, that node won its compare-and-set and has not written its
+    /// epoch record: it is promoting right now, or it died in between. The candidate watches
+    /// the key's revision and the log for up to this long (its own monotonic clock only; no
+    /// clocks of different machines are compared); if the key is unchanged and no record of
+    /// that epoch appeared, it takes the next epoch by compare-and-set on that same revision.
+    /// If the record appears or the key changes meanwhile, the promotion returns
+    /// [`Error::NotLeader`]. Make it well above the time a promotion takes between its
+    /// compare-and-set and its epoch record (a drain of the log: milliseconds for a
+    /// caught-up standby, seconds for one far behind); a slow holder that is taken over
+    /// anyway loses cleanly (see `docs/design.md`, "Promotion"). 0 takes over at once.
+    pub stale_promotion_after: Duration,
+    /// Tests (feature `testing`): what a promotion does right after it won the
+    /// compare-and-set on the leader key.
+    #[cfg(feature = "testing")]
+    pub after_cas: AfterCas,
+    /// Tests (feature `testing`): promotion events are sent here as they happen:
+    /// `stale-wait epoch=E` (the wait on a stale promotion of epoch `E` begins),
+    /// `cas epoch=E` (the compare-and-set to `E` won).
+    #[cfg(feature = "testing")]
+    pub events: Option<std::sync::mpsc::Sender<String>>,
+}
+
+/// Tests (feature `testing`): [`NatsConfig::after_cas`].
+#[cfg(feature = "testing")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterCas {
+    /// Go on as in use.
+    #[default]
+    Continue,
+    /// Return an error at once, leaving the leader key at the new epoch with no epoch
+    /// record in the log (as if the candidate died there).
+    Die,
+    /// Wait (polling, at most 60 s) until the log's last message is an
+    /// epoch record of a newer epoch than this candidate's, then go on (a slow holder that
+    /// was taken over).
+    HoldUntilNewerRecord,
 }
 
 impl NatsConfig {
@@ -51,6 +92,11 @@ impl NatsConfig {
             max_backoff: Duration::from_secs(2),
             max_group_bytes: 1 << 30,
             promote_pause: Duration::ZERO,
+            stale_promotion_after: DEFAULT_STALE_PROMOTION_AFTER,
+            #[cfg(feature = "testing")]
+            after_cas: AfterCas::Continue,
+            #[cfg(feature = "testing")]
+            events: None,
         }
     }
 

@@ -15,11 +15,17 @@
 //! position). Nothing of a refused group is applied.
 //!
 //! [`Follower::promote`]: read the leader key (revision `r`, epoch `E`) first; stop the
-//! thread; drain the stream to its last message; take epoch `E + 1` in the leader key by
+//! thread; drain the stream to its last message; if another node holds `E` and the log has
+//! no epoch record of `E` (it won its compare-and-set and has not written its record: it is
+//! promoting, or died in between), watch the key and the log for
+//! `NatsConfig::stale_promotion_after`: [`Error::NotLeader`] if the record appears or the key
+//! changes, else take over; take epoch `max(E, log's epoch) + 1` in the leader key by
 //! compare-and-set on `r` (a second candidate racing us, or anyone who changed the key since
 //! the call began, makes it fail: [`Error::NotLeader`], the replica untouched);
 //! publish the epoch record `(E + 1, position)` with `Nats-Expected-Last-Subject-Sequence`
-//! = that last message (if the old primary published meanwhile, drain again and retry);
+//! = that last message (if the old primary published meanwhile, drain again and retry;
+//! if the log then holds another node's epoch record of an epoch at least ours, we were a
+//! slow holder taken over: [`Error::NotLeader`]);
 //! then `Replica::promote`. The old primary's next publish is refused (10071), its shipper
 //! reads the epoch record at the tail and fences it.
 //!
@@ -92,7 +98,8 @@ pub struct Promoted<T: Persist> {
     /// Time from the start of `promote` to the open heap.
     pub took: Duration,
     /// Where that time went, in order: `leader` (read the leader key), `halt` (stop the
-    /// follower thread), `drain` (apply the rest of the log), `cas` (take the epoch),
+    /// follower thread), `drain` (apply the rest of the log), `stale` (only when taking over
+    /// a stale promotion: the wait of `NatsConfig::stale_promotion_after`), `cas` (take the epoch),
     /// `record` (drain again, write the epoch record), `open` (`Replica::promote`: close the
     /// replica, open the heap).
     pub phases: Vec<(&'static str, Duration)>,
@@ -213,6 +220,16 @@ impl<T: Persist + Send + Sync + 'static> Drop for Follower<T> {
     }
 }
 
+/// Sends a promotion event to `NatsConfig::events` (feature `testing`; nothing otherwise).
+fn event(cfg: &NatsConfig, what: String) {
+    #[cfg(feature = "testing")]
+    if let Some(tx) = &cfg.events {
+        let _ = tx.send(what);
+    }
+    #[cfg(not(feature = "testing"))]
+    let _ = (cfg, what);
+}
+
 /// Where a promotion's time goes.
 struct Laps {
     lap: Instant,
@@ -248,6 +265,8 @@ struct Applier<T: Persist + Send + Sync + 'static> {
     /// True after a group was applied (not a duplicate) since the consumer started: the
     /// follower is reading new history and can judge epoch records.
     live: bool,
+    /// The newest epoch record read since the last bootstrap: (epoch, node).
+    record: Option<(u64, String)>,
 }
 
 enum Outcome {
@@ -281,6 +300,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
             epoch: 0,
             next_stream: 1,
             live: false,
+            record: None,
         };
         if dir_is_empty(&ap.dir) || marker(&ap.dir).exists() {
             ap.bootstrap().await?;
@@ -368,6 +388,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         self.epoch = info.epoch;
         self.shared.status.lock().unwrap().epoch = info.epoch;
         self.live = false;
+        self.record = None;
         self.install(r);
         Ok(())
     }
@@ -408,6 +429,9 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         match ev {
             Event::Partial | Event::Ignored(_) => Ok(Outcome::Ok),
             Event::Epoch { epoch, seq, node } => {
+                if self.record.as_ref().is_none_or(|(e, _)| epoch > *e) {
+                    self.record = Some((epoch, node.clone()));
+                }
                 if epoch > self.epoch {
                     self.epoch = epoch;
                     self.shared.status.lock().unwrap().epoch = epoch;
@@ -565,6 +589,50 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         Ok(last)
     }
 
+    /// The leader key (revision `rev`) holds epoch `epoch` of `owner`, newer than the log's
+    /// newest epoch record: watches the key and the log for `stale_promotion_after`. Ok: the
+    /// key kept `rev` and no record (nor group) of `epoch` appeared, the caller takes over by
+    /// compare-and-set on `rev`. `NotLeader` as soon as either moves. Only this process's
+    /// monotonic clock is read.
+    async fn await_stale_promotion(&mut self, cfg: &NatsConfig, epoch: u64, owner: &str, rev: u64) -> Result<()> {
+        event(cfg, format!("stale-wait epoch={epoch}"));
+        let after = cfg.stale_promotion_after;
+        let poll = (after / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let t0 = Instant::now();
+        loop {
+            match self.conn.leader().await? {
+                Some((_, r)) if r == rev => {}
+                Some((l, _)) => {
+                    return Err(Error::NotLeader {
+                        epoch: l.epoch,
+                        owner: l.node,
+                    })
+                }
+                None => {
+                    return Err(Error::NotLeader {
+                        epoch,
+                        owner: owner.to_string(),
+                    })
+                }
+            }
+            self.drain().await?;
+            if self.epoch >= epoch {
+                // Its record arrived: the holder finished its promotion (or, if a newer
+                // record is there, someone else took over; name the newest).
+                let (epoch, owner) = match &self.record {
+                    Some((e, n)) if *e >= epoch => (*e, n.clone()),
+                    _ => (epoch, owner.to_string()),
+                };
+                return Err(Error::NotLeader { epoch, owner });
+            }
+            let waited = t0.elapsed();
+            if waited >= after {
+                return Ok(());
+            }
+            tokio::time::sleep(poll.min(after - waited)).await;
+        }
+    }
+
     /// Takes the next epoch, drains, writes the epoch record. Returns (seq, epoch).
     async fn elect_and_drain(
         &mut self,
@@ -581,11 +649,11 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
         self.drain().await?;
         laps.mark("drain");
         if cur_epoch > self.epoch && cur_node != cfg.node {
-            // The key's holder has not written its epoch record: it is promoting right now.
-            return Err(Error::NotLeader {
-                epoch: cur_epoch,
-                owner: cur_node,
-            });
+            // The key's holder has not written its epoch record: it is promoting right now,
+            // or it died between its compare-and-set and its record. Wait; take over if
+            // nothing moves.
+            self.await_stale_promotion(cfg, cur_epoch, &cur_node, rev).await?;
+            laps.mark("stale");
         }
         if !cfg.promote_pause.is_zero() {
             tokio::time::sleep(cfg.promote_pause).await;
@@ -606,6 +674,47 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                 owner: l.node,
             });
         }
+        event(cfg, format!("cas epoch={}", new.epoch));
+        #[cfg(feature = "testing")]
+        match cfg.after_cas {
+            crate::config::AfterCas::Continue => {}
+            crate::config::AfterCas::Die => {
+                return Err(Error::Config {
+                    what: format!(
+                        "testing: stopped right after the compare-and-set to epoch {} (AfterCas::Die)",
+                        new.epoch
+                    ),
+                })
+            }
+            crate::config::AfterCas::HoldUntilNewerRecord => {
+                // Reads (does not apply) the log past what was drained until a newer epoch
+                // record is in it.
+                let t0 = Instant::now();
+                'hold: while t0.elapsed() < Duration::from_secs(60) {
+                    if let Ok(Some((last, _))) = self.conn.tail().await {
+                        if last >= self.next_stream {
+                            let mut msgs = self.conn.messages_from(self.next_stream).await?;
+                            loop {
+                                let (sseq, p) = tokio::time::timeout(cfg.request_timeout, next_message(&mut msgs))
+                                    .await
+                                    .map_err(|_| Error::Timeout {
+                                        what: "a stream message (AfterCas::HoldUntilNewerRecord)".into(),
+                                    })??;
+                                if frame::decode(&p)
+                                    .is_ok_and(|f| f.header.kind == frame::Kind::Epoch && f.header.epoch > new.epoch)
+                                {
+                                    break 'hold;
+                                }
+                                if sseq >= last {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
         let mut last_err = String::new();
         for _ in 0..100 {
             let last = match self.drain().await {
@@ -617,6 +726,18 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                     continue;
                 }
             };
+            // Another candidate took this promotion over (we were slow, see
+            // `await_stale_promotion`) and its epoch record is in the log: never publish an
+            // older epoch after a newer one. Our publish below expects the tail we drained
+            // to, so a record written after this check makes it fail and we come back here.
+            if let Some((e, node)) = &self.record {
+                if *e >= new.epoch && *node != cfg.node {
+                    return Err(Error::NotLeader {
+                        epoch: *e,
+                        owner: node.clone(),
+                    });
+                }
+            }
             let pos = self.replica().position();
             let (h, f) = frame::epoch_record(heap_id, new.epoch, pos, &cfg.node);
             let r = match self.conn.publish(&frame::msg_id(&h), last, f).await {

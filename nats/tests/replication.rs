@@ -447,3 +447,143 @@ fn restarted_primary_behind_the_log_refuses_to_ship() {
     assert_same_content(&mut a, &mut s, "after the refused restarts");
     println!("behind the log:\n  {l1}\n  {l2}\n  {l4}");
 }
+
+/// A candidate that wins the compare-and-set and dies before its epoch record leaves the
+/// leader key at epoch 2 with no record of it. A candidate told to wait an hour on such a
+/// stale promotion is still waiting when one told to wait 300 ms takes it over (epoch 3 by
+/// compare-and-set on the same revision) holding every acknowledged commit; the first then
+/// returns `NotLeader` naming the taker. Every node ends with the taker's content.
+#[test]
+fn stale_promotion_is_taken_over_after_the_wait() {
+    if is_node() {
+        return node_main();
+    }
+    let server = NatsServer::start();
+    let n = Net::new("stale_promotion_is_taken_over_after_the_wait", server.url(), "stale", 1);
+    let (pd, ad, bd, cd) = (
+        TempDir::new("p"),
+        TempDir::new("a"),
+        TempDir::new("b"),
+        TempDir::new("c"),
+    );
+    let mut p = n.primary("p", &heap_dir(&pd));
+    let d = p.ask("COMMIT 10", &["DONE"], T);
+    let acked: u64 = d[1].parse().unwrap();
+    let mut a = n.spawn_with("a", "standby", &heap_dir(&ad), &[("N_AFTER_CAS", "die")]);
+    let mut b = n.spawn_with("b", "standby", &heap_dir(&bd), &[("N_STALE_MS", "300")]);
+    let mut c = n.spawn_with(
+        "c",
+        "standby",
+        &heap_dir(&cd),
+        &[("N_STALE_MS", "3600000"), ("N_EVENTS", "1")],
+    );
+    for s in [&mut a, &mut b, &mut c] {
+        s.expect(&["STANDBY"], T);
+        s.ask(&format!("AT {}", d[2]), &["AT"], T);
+    }
+    p.kill();
+    // A wins epoch 2 and stops before its epoch record.
+    let l = a.ask("PROMOTE", &["PROMOTED", "LOST"], T).join(" ");
+    assert!(
+        l.starts_with("LOST") && l.contains("stopped right after the compare-and-set to epoch 2"),
+        "{l}"
+    );
+    a.expect(&["STANDBY"], T);
+    let log = LogReader::new(&n);
+    assert_eq!(log.leader(), Some((2, "a".to_string())));
+    let records: Vec<u64> = log
+        .frames()
+        .iter()
+        .filter(|(_, h)| h.kind == Kind::Epoch)
+        .map(|(_, h)| h.epoch)
+        .collect();
+    assert!(!records.contains(&2), "epoch records {records:?}");
+    // C parks on the stale promotion (and would for an hour).
+    c.send("PROMOTE");
+    c.expect(&["EVENT stale-wait epoch=2"], T);
+    // B waits its 300 ms and takes over.
+    let w = b.ask("PROMOTE", &["PROMOTED", "LOST"], T);
+    assert_eq!((w[0].as_str(), w[2].as_str()), ("PROMOTED", "3"), "{w:?}");
+    let len: u64 = w[4].parse().unwrap();
+    assert_eq!(w[5], "true", "the promoted log is not 1..=len: {w:?}");
+    assert!(
+        len >= acked,
+        "acknowledged commit {acked} lost (promoted heap holds {len})"
+    );
+    let stale_us: u64 = w[6]
+        .split(',')
+        .find_map(|x| x.strip_prefix("stale="))
+        .unwrap_or_else(|| panic!("no stale phase: {w:?}"))
+        .parse()
+        .unwrap();
+    assert!(stale_us >= 300_000, "took over after {stale_us} us: {w:?}");
+    b.expect(&["PRIMARY"], T);
+    assert_eq!(log.leader(), Some((3, "b".to_string())));
+    // C, still inside its wait, sees the key move and loses to B.
+    let l = c.expect(&["PROMOTED", "LOST"], T);
+    assert!(
+        l.starts_with("LOST") && l.contains("not the leader: epoch 3 belongs to node \"b\""),
+        "{l}"
+    );
+    c.expect(&["STANDBY"], T);
+    b.ask("COMMIT 5", &["DONE"], T);
+    assert_same_content(&mut b, &mut a, "taker and the dead candidate");
+    assert_same_content(&mut b, &mut c, "taker and the waiting candidate");
+    println!("stale promotion: taken over after {stale_us} us; {}", w.join(" "));
+}
+
+/// A slow, not dead, holder: A wins epoch 2 and pauses after its compare-and-set until B
+/// (300 ms) has taken the promotion over and written the record of epoch 3. A's publish loop
+/// then finds the newer record and returns `NotLeader` instead of writing epoch 2 after 3.
+#[test]
+fn slow_holder_taken_over_loses_to_the_newer_record() {
+    if is_node() {
+        return node_main();
+    }
+    let server = NatsServer::start();
+    let n = Net::new(
+        "slow_holder_taken_over_loses_to_the_newer_record",
+        server.url(),
+        "slow",
+        1,
+    );
+    let (pd, ad, bd) = (TempDir::new("p"), TempDir::new("a"), TempDir::new("b"));
+    let mut p = n.primary("p", &heap_dir(&pd));
+    let d = p.ask("COMMIT 10", &["DONE"], T);
+    let acked: u64 = d[1].parse().unwrap();
+    let mut a = n.spawn_with(
+        "a",
+        "standby",
+        &heap_dir(&ad),
+        &[("N_AFTER_CAS", "hold"), ("N_EVENTS", "1")],
+    );
+    let mut b = n.spawn_with("b", "standby", &heap_dir(&bd), &[("N_STALE_MS", "300")]);
+    for s in [&mut a, &mut b] {
+        s.expect(&["STANDBY"], T);
+        s.ask(&format!("AT {}", d[2]), &["AT"], T);
+    }
+    p.kill();
+    a.send("PROMOTE");
+    a.expect(&["EVENT cas epoch=2"], T);
+    let w = b.ask("PROMOTE", &["PROMOTED", "LOST"], T);
+    assert_eq!((w[0].as_str(), w[2].as_str()), ("PROMOTED", "3"), "{w:?}");
+    let len: u64 = w[4].parse().unwrap();
+    assert!(len >= acked && w[5] == "true", "{w:?}");
+    b.expect(&["PRIMARY"], T);
+    let l = a.expect(&["PROMOTED", "LOST"], T);
+    assert!(
+        l.starts_with("LOST") && l.contains("not the leader: epoch 3 belongs to node \"b\""),
+        "{l}"
+    );
+    a.expect(&["STANDBY"], T);
+    b.ask("COMMIT 5", &["DONE"], T);
+    assert_same_content(&mut b, &mut a, "taker and the slow holder");
+    let records: Vec<(u64, u64)> = LogReader::new(&n)
+        .frames()
+        .iter()
+        .filter(|(_, h)| h.kind == Kind::Epoch)
+        .map(|(_, h)| (h.epoch, h.seq))
+        .collect();
+    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3], "{records:?}");
+    println!("slow holder: epoch records {records:?}; {l}");
+}

@@ -16,6 +16,10 @@
 //! | `PROMOTE` | | `PROMOTED <seq> <epoch> <micros> <len> <prefix ok> <phase=micros,..>`, then primary; or `LOST <e>` and following again |
 //! | `EXIT` | exits | exits |
 //!
+//! With `N_EVENTS` set a node also prints `EVENT <what>` for each promotion event
+//! (`NatsConfig::events`); `N_STALE_MS` sets `stale_promotion_after`, `N_AFTER_CAS` =
+//! `die` / `hold` sets `after_cas`.
+//!
 //! A primary answers `PRIMARY <len> <epoch>` once shipping, or `NOSHIP <error>` (and exits)
 //! when its shipper refuses to start. With `N_PRECOMMIT=k` it first makes k commits without
 //! a shipper (`Immediate`, replication on) and closes the heap, before the normal start.
@@ -28,6 +32,7 @@
 
 use snapheap::collections::Vec as PVec;
 use snapheap::{Durability, Heap, HeapAlloc, OpenOptions, Persist};
+use snapheap_nats::config::AfterCas;
 use snapheap_nats::testing::TempDir;
 use snapheap_nats::{frame, Follower, NatsConfig, Shipper};
 use std::io::{BufRead, Write};
@@ -70,6 +75,24 @@ fn cfg_from_env() -> NatsConfig {
     c.max_backoff = Duration::from_millis(200);
     if let Ok(ms) = std::env::var("N_PROMOTE_PAUSE_MS") {
         c.promote_pause = Duration::from_millis(ms.parse().unwrap());
+    }
+    if let Ok(ms) = std::env::var("N_STALE_MS") {
+        c.stale_promotion_after = Duration::from_millis(ms.parse().unwrap());
+    }
+    match std::env::var("N_AFTER_CAS").as_deref() {
+        Ok("die") => c.after_cas = AfterCas::Die,
+        Ok("hold") => c.after_cas = AfterCas::HoldUntilNewerRecord,
+        _ => {}
+    }
+    if std::env::var("N_EVENTS").is_ok() {
+        // Promotion events as `EVENT <what>` lines (the test waits for them to order nodes).
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for e in rx {
+                say(format!("EVENT {e}"));
+            }
+        });
+        c.events = Some(tx);
     }
     c
 }
@@ -550,6 +573,14 @@ impl LogReader {
     pub fn tail(&self) -> Option<(u64, frame::Header)> {
         let t = self.rt.block_on(self.conn.tail()).unwrap();
         t.map(|(s, p)| (s, frame::decode(&p).unwrap().header))
+    }
+
+    /// The leader key: (epoch, node); None when never set.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        self.rt
+            .block_on(self.conn.leader())
+            .unwrap()
+            .map(|(l, _)| (l.epoch, l.node))
     }
 
     /// Polls the tail until `pred` holds for it (panics after [`T`]).
