@@ -449,7 +449,10 @@ fn main() {
         // Only the SIGKILL restart test, for the peers named after `kill` (all by default),
         // `YCSB_KILL_REPEAT` [1] times each: for profiling the open.
         let peers: Vec<Peer> = match args.get(1) {
-            Some(list) => list.split(',').map(|n| Peer::from_name(n).expect("kill: peer name")).collect(),
+            Some(list) => list
+                .split(',')
+                .map(|n| Peer::from_name(n).expect("kill: peer name"))
+                .collect(),
             None => cfg.peers.clone(),
         };
         for _ in 0..env_usize("YCSB_KILL_REPEAT", 1) {
