@@ -18,26 +18,33 @@ const A: u64 = 0xaaaa_aaaa_aaaa_aaaa;
 const B: u64 = 0xbbbb_bbbb_bbbb_bbbb;
 const AT: usize = 1500;
 
-/// Runs the A-B-A sequence and returns the word recovered at `AT`, the snapshot retries the
-/// first handle counted and whether its `verify` before the restart passed.
-fn recovered_after_aba(name: &str, bug: Option<PlantedBug>) -> (u64, u64, bool) {
-    let dir = Scratch::new(name);
+/// Options with `tracking`, no automatic snapshot, and a hook that, once `armed` is set,
+/// writes `B` at the address in `target` in the window between a commit's collect and the
+/// snapshot fork (an unguarded writer), then disarms itself.
+fn fork_window_opts(tracking: Tracking, bug: Option<PlantedBug>) -> (OpenOptions, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let target = Arc::new(AtomicUsize::new(0));
     let armed = Arc::new(AtomicBool::new(false));
     let mut o = OpenOptions::new();
-    o.tracking(Tracking::Hashed)
+    o.tracking(tracking)
         .snapshot_after_journal_bytes(1 << 40)
         .snapshot_on_close(false)
         .test_planted_bug(bug);
     let (t, a) = (target.clone(), armed.clone());
     o.test_before_fork(Some(Arc::new(move || {
         if a.swap(false, Ordering::SeqCst) {
-            // An unguarded writer in the window between the collect and the fork.
             // SAFETY (test): the address is a word of the root vector, alive and not
             // referenced by anyone else meanwhile (the test thread is inside commit).
             unsafe { (t.load(Ordering::SeqCst) as *mut u64).write_volatile(B) };
         }
     })));
+    (o, target, armed)
+}
+
+/// Runs the A-B-A sequence and returns the word recovered at `AT`, the snapshot retries the
+/// first handle counted and whether its `verify` before the restart passed.
+fn recovered_after_aba(name: &str, bug: Option<PlantedBug>) -> (u64, u64, bool) {
+    let dir = Scratch::new(name);
+    let (o, target, armed) = fork_window_opts(Tracking::Hashed, bug);
     let (retries, verified);
     {
         let heap = o
@@ -118,21 +125,7 @@ fn without_the_fork_check_the_restored_page_is_lost() {
 fn recovered_after_write_in_fork_window(name: &str, bug: Option<PlantedBug>) -> Option<Result<(u64, u64), String>> {
     const C: u64 = 0xcccc_cccc_cccc_cccc;
     let dir = Scratch::new(name);
-    let target = Arc::new(AtomicUsize::new(0));
-    let armed = Arc::new(AtomicBool::new(false));
-    let mut o = OpenOptions::new();
-    o.tracking(Tracking::UffdWp)
-        .snapshot_after_journal_bytes(1 << 40)
-        .snapshot_on_close(false)
-        .test_planted_bug(bug);
-    let (t, a) = (target.clone(), armed.clone());
-    o.test_before_fork(Some(Arc::new(move || {
-        if a.swap(false, Ordering::SeqCst) {
-            // SAFETY (test): the address is a word of the root vector, alive and not
-            // referenced by anyone else meanwhile (the test thread is inside commit).
-            unsafe { (t.load(Ordering::SeqCst) as *mut u64).write_volatile(B) };
-        }
-    })));
+    let (o, target, armed) = fork_window_opts(Tracking::UffdWp, bug);
     {
         let heap = match o.open(dir.heap(), |a| {
             let mut v = HVec::with_capacity_in(4096, a);
