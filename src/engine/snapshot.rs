@@ -189,23 +189,22 @@ impl Engine {
         // after the fork, harmlessly): only those images are forgotten. Other rungs, a replica
         // (no tracker) and a failed report start a new epoch: every page's next record is
         // whole or against zeros (docs/design.md, "Base cache", case 2).
+        // (The next collect clears `cs.ranges` before it reuses them.)
         let base = self.base();
         cs.ranges.clear();
-        let peeked = match tracker {
-            Some(t) if t.mode() == crate::mem::track::TrackMode::Uffd => {
-                t.peek(base, base + extent, &mut cs.ranges).is_ok()
-            }
-            _ => false,
-        };
-        if self.opts.planted_fork_keeps_cache() {
-            cs.ranges.clear(); // planted bug (tests only): forget nothing
-            cs.capture.snapshot_taken(extent as u64, base, &cs.ranges);
-        } else if peeked {
+        // Planted bug (tests only): forget nothing, as if the report found no page.
+        let peeked = self.opts.planted_fork_keeps_cache()
+            || match tracker {
+                Some(t) if t.mode() == crate::mem::track::TrackMode::Uffd => {
+                    t.peek(base, base + extent, &mut cs.ranges).is_ok()
+                }
+                _ => false,
+            };
+        if peeked {
             cs.capture.snapshot_taken(extent as u64, base, &cs.ranges);
         } else {
             cs.capture.invalidate(extent as u64);
         }
-        cs.ranges.clear();
         cs.pending = Some(Pending {
             pid,
             in_process,
