@@ -382,8 +382,8 @@ struct Replayed {
     ranges: SysVec<(usize, usize)>,
     /// Pages written (counted once per write).
     pages: u64,
-    /// Distinct pages written.
-    distinct: usize,
+    /// The distinct pages written (they enter `since_snap`).
+    written: DirtySet,
     /// Whether any journal held a complete commit group.
     any_group: bool,
 }
@@ -415,34 +415,22 @@ fn replay(
     rp.planted_zero_base = opts.planted_delta_replay_zero_base();
     let mut ranges: SysVec<(usize, usize)> = SysVec::new_in(System);
     let mut pages = 0u64;
-    // One bit per page written, to count the distinct ones (the base cache prefaults that many).
-    let mut seen: SysVec<u64> = SysVec::new_in(System);
-    let mut distinct = 0usize;
+    let mut written = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
     for scan in scans {
         pages += replay_journal(vfs, &mut rp, scan, &mut |w| {
             let a = base + w.region_offset as usize;
             ranges.push((a, a + w.len as usize));
-            let (first, last) = (w.region_offset / OS_PAGE_U64, (w.region_offset + w.len) / OS_PAGE_U64);
-            if seen.len() < last.div_ceil(64) as usize {
-                seen.resize(last.div_ceil(64) as usize, 0);
-            }
-            for i in first..last {
-                let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
-                distinct += (seen[word] & bit == 0) as usize;
-                seen[word] |= bit;
-            }
+            written.insert_range(a, a + w.len as usize);
         })?;
     }
     rp.finish()?;
     Ok(Replayed {
         ranges,
         pages,
-        distinct,
+        written,
         any_group: scans.iter().any(|s| !s.groups.is_empty()),
     })
 }
-
-const OS_PAGE_U64: u64 = sys::OS_PAGE as u64;
 
 /// The most replayed pages seeded into the base cache at open (the most recently replayed
 /// first; 8 MiB). Seeding costs a page fault and a copy per page, most of what an open after a
@@ -477,7 +465,7 @@ fn seed_capture(
 ) -> (super::capture::Capture, u64) {
     let cache = BaseCache::new(opts.base_cache_bytes, meta.max_size as usize / sys::OS_PAGE).unwrap_or(None);
     if let Some(c) = cache.as_ref().filter(|_| seed) {
-        c.prefault(replayed.distinct.min(SEED_MAX_PAGES));
+        c.prefault(replayed.written.count().min(SEED_MAX_PAGES));
     }
     let budget = if cache.is_some() { opts.base_cache_bytes } else { 0 };
     let zero_from = snaps.newest.and_then(|n| snaps.headers[n]).map_or(0, |h| h.extent);
@@ -630,11 +618,7 @@ fn assemble(
     repl: Option<(std::sync::Arc<super::repl::ReplShared>, u64)>,
 ) -> SysBox<Engine> {
     let chain = repl.as_ref().map_or(0, |r| r.1);
-    let base = lock(&grow.region).base();
-    let mut since_snap = DirtySet::new(base, meta.max_size as usize / sys::OS_PAGE);
-    for &(a, b) in replayed.ranges.iter() {
-        since_snap.insert_range(a, b);
-    }
+    let since_snap = replayed.written;
     let last_seq = journal.next_seq() - 1;
     let durable = super::durable::Durable::new(journal.file(), journal.id(), last_seq, journal.end());
     let mut files = snaps.files.into_iter();
