@@ -30,7 +30,7 @@
 
 use crate::disk::format::delta::check_post_image;
 use crate::disk::format::journal::RECORD_HEADER_LEN;
-use crate::disk::journal::{for_each_delta_entry, read_run, JournalScan};
+use crate::disk::journal::{for_each_delta_entry_in, read_run, JournalScan, RunReader};
 use crate::error::{Error, Result};
 use crate::io::Vfs;
 use crate::mem::alloc::SEGMENT;
@@ -78,8 +78,6 @@ pub(crate) struct Replay<'a> {
     pub target: Target<'a>,
     /// Planted bug (tests only): zero a page before applying a `DELTA` entry to it.
     pub planted_zero_base: bool,
-    /// Scratch for `DELTA` payloads (from `System`: the heap may be the global allocator).
-    pub delta_buf: SysVec<u8>,
     /// The post-image checks still to do, across the journals of the chain.
     checks: PostImageChecks,
     /// The journals replayed so far, in order (the checks name them by index).
@@ -93,7 +91,6 @@ impl<'a> Replay<'a> {
             max_size,
             target,
             planted_zero_base: false,
-            delta_buf: SysVec::new_in(System),
             checks: PostImageChecks::new(),
             journals: Vec::new(),
         }
@@ -205,6 +202,7 @@ pub(crate) fn replay_journal(
     let journal = rp.journals.len() as u32;
     rp.journals.push(path.clone());
     let f = vfs.open(path, false).map_err(|e| Error::io("open", path, e))?;
+    let mut reader = RunReader::new(&*f, path)?;
     let page = OS_PAGE as u64;
     let mut pages = 0u64;
     for g in &scan.groups {
@@ -265,8 +263,7 @@ pub(crate) fn replay_journal(
                         rp.checks.pages_written(run.region_offset, run.region_end);
                     }
                     None => {
-                        let mut scratch = vec![0u8; run.len as usize];
-                        read_run(&*f, path, run, &mut scratch)?;
+                        reader.payload(run)?;
                     }
                 }
                 pages += run.len / page;
@@ -280,7 +277,8 @@ pub(crate) fn replay_journal(
             }
             let zero = rp.planted_zero_base;
             let checks = &mut rp.checks;
-            for_each_delta_entry(&*f, path, run, &mut rp.delta_buf, &mut |e| {
+            let payload = reader.payload(run)?;
+            for_each_delta_entry_in(path, run, payload, &mut |e| {
                 if let Some(base) = base {
                     let addr = base + e.page as usize;
                     // SAFETY: the page lies in [region_offset, region_end) (checked by

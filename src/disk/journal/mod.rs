@@ -26,7 +26,7 @@ mod scan;
 mod writer;
 
 pub(crate) use chain::walk_chain;
-pub(crate) use scan::{for_each_delta_entry, read_run, scan_journal};
+pub(crate) use scan::{for_each_delta_entry, for_each_delta_entry_in, read_run, scan_journal, RunReader};
 pub(crate) use writer::JournalWriter;
 #[cfg(test)]
 use writer::{DEFAULT_PREZERO_STEP, PREZERO_MAX_GROUP};
@@ -907,5 +907,33 @@ mod tests {
         let mut buf = vec![0u8; run.len as usize];
         let r = read_run(&*file, &jpath(), &past, &mut buf);
         assert!(matches!(r, Err(Error::Corrupt { offset, .. }) if offset == s.file_len));
+    }
+
+    /// Replay reads payloads through a `RunReader` window: the same bytes as `read_run`, and
+    /// a file that became shorter since the scan is damage named at its new end, not a panic.
+    #[test]
+    fn run_reader_gives_read_run_bytes_and_reports_a_shorter_file() {
+        let vfs = SimVfs::new();
+        build(&vfs, &torn_specs(), PREVIOUS_SYNCED);
+        let s = scan(&vfs, true).unwrap();
+        assert!(s.runs.len() > 2);
+        let file = vfs.open(&jpath(), false).unwrap();
+        let path = jpath();
+        let mut reader = RunReader::new(&*file, &path).unwrap();
+        for r in s.runs.iter() {
+            let mut want = vec![0u8; r.len as usize];
+            read_run(&*file, &jpath(), r, &mut want).unwrap();
+            assert_eq!(reader.payload(r).unwrap(), &want[..]);
+        }
+        let last = *s.runs.last().unwrap();
+        let short = last.file_offset + last.len / 2;
+        file.set_len(short).unwrap();
+        let mut reader = RunReader::new(&*file, &path).unwrap();
+        assert!(reader.payload(&s.runs[0]).is_ok());
+        let r = reader.payload(&last);
+        assert!(
+            matches!(r, Err(Error::Corrupt { offset, .. }) if offset == short),
+            "{r:?}"
+        );
     }
 }

@@ -89,6 +89,34 @@ pub(crate) fn for_each_delta_entry(
     buf.clear();
     buf.resize(run.len as usize, 0);
     read_run(file, path, run, buf)?;
+    visit_delta_entries(path, run, count, buf, visit)
+}
+
+/// [`for_each_delta_entry`] on a payload already read (by a [`RunReader`]).
+pub(crate) fn for_each_delta_entry_in(
+    path: &Path,
+    run: &PageRun,
+    payload: &[u8],
+    visit: &mut dyn FnMut(&Entry<'_>) -> std::result::Result<(), DeltaError>,
+) -> Result<()> {
+    let Some(count) = run.delta_entries else {
+        return Err(Error::invalid("for_each_delta_entry_in: a PAGES record"));
+    };
+    if payload.len() as u64 != run.len {
+        return Err(Error::invalid(
+            "for_each_delta_entry_in: payload of another length than the run",
+        ));
+    }
+    visit_delta_entries(path, run, count, payload, visit)
+}
+
+fn visit_delta_entries(
+    path: &Path,
+    run: &PageRun,
+    count: u32,
+    buf: &[u8],
+    visit: &mut dyn FnMut(&Entry<'_>) -> std::result::Result<(), DeltaError>,
+) -> Result<()> {
     let at = |off: usize| run.file_offset + off as u64;
     for e in Entries::new(buf, count) {
         let e = e.map_err(|e| Error::corrupt(path, at(e.offset), e.to_string()))?;
@@ -105,6 +133,43 @@ pub(crate) fn for_each_delta_entry(
         visit(&e).map_err(|d| Error::corrupt(path, at(d.offset), d.to_string()))?;
     }
     Ok(())
+}
+
+/// Reads the payloads of one journal's page runs, visited in file order, through a bounded
+/// window: one read system call per window instead of one per record. (Replaying a journal
+/// of 6,000 one-record groups cost 6,000 `pread`s, most of an open that adopts its memory.)
+pub(crate) struct RunReader<'a> {
+    window: Window<'a>,
+}
+
+impl<'a> RunReader<'a> {
+    /// A reader of `file` (at `path`, for errors) as long as it is now.
+    pub(crate) fn new(file: &'a dyn VFile, path: &'a Path) -> Result<Self> {
+        let len = file.len().map_err(|e| Error::io("fstat", path, e))?;
+        Ok(RunReader {
+            window: Window::new(file, path, len),
+        })
+    }
+
+    /// The payload of `run` (as [`read_run`] copies it), valid until the next call.
+    pub(crate) fn payload(&mut self, run: &PageRun) -> Result<&[u8]> {
+        let w = &self.window;
+        let end = run.file_offset.saturating_add(run.len);
+        if end > w.file_len {
+            return Err(Error::corrupt(
+                w.path,
+                w.file_len,
+                "journal became shorter after it was scanned",
+            ));
+        }
+        if run.len > WINDOW_LEN as u64 {
+            return Err(Error::invalid(format!(
+                "RunReader: a run of {} bytes does not fit the read window",
+                run.len
+            )));
+        }
+        self.window.get(run.file_offset, run.len as usize)
+    }
 }
 
 /// A bounded read window over a file.
