@@ -408,6 +408,9 @@ fn kill_test(cfg: &Config, peer: Peer) -> KillResult {
     drop(lines);
     // Let any other member of the group (a snapshot child) be gone before opening.
     std::thread::sleep(Duration::from_millis(50));
+    if let Some(keep) = std::env::var_os("YCSB_KILL_KEEP") {
+        copy_dir(&dir, &Path::new(&keep).join(peer.name()));
+    }
     let (k, ver) = last.expect("an acknowledged commit");
     let reads = restart_reads(cfg.records, 99);
     let t0 = Instant::now();
@@ -445,6 +448,37 @@ fn main() {
         return;
     }
     let cfg = Config::from_env();
+    if args.first().map(String::as_str) == Some("open") {
+        // `ycsb open PEER STORE [N]`: open a copy of a store kept by `YCSB_KILL_KEEP` (`DIR/PEER`
+        // after the SIGKILL test, `DIR/clean-PEER` after restart (a)'s close), N times.
+        let peer = Peer::from_name(args.get(1).expect("open: peer")).expect("open: peer name");
+        let kept = Path::new(args.get(2).expect("open: store directory"));
+        for _ in 0..args.get(3).map_or(1, |n| n.parse::<usize>().expect("open: count")) {
+            let scratch = Scratch::new("ycsb-open");
+            let dir = scratch.0.join("store");
+            copy_dir(kept, &dir);
+            let t0 = Instant::now();
+            let store = peer.open(&dir);
+            let open = t0.elapsed();
+            let replayed = store.snapheap_stats().map(|s| s.replayed_pages);
+            let t1 = Instant::now();
+            store.close();
+            let close = t1.elapsed();
+            // Reopened in this process: as in restart (a), a snapheap heap adopts its memory.
+            let t2 = Instant::now();
+            let store = peer.open(&dir);
+            let reopen = t2.elapsed();
+            println!(
+                "{}: open {:.2} ms (replayed pages {replayed:?}), close {:.2} ms, reopen {:.2} ms",
+                peer.name(),
+                ms(open),
+                ms(close),
+                ms(reopen)
+            );
+            store.close();
+        }
+        return;
+    }
     if args.first().map(String::as_str) == Some("kill") {
         // Only the SIGKILL restart test, for the peers named after `kill` (all by default),
         // `YCSB_KILL_REPEAT` [1] times each: for profiling the open.
@@ -682,6 +716,12 @@ fn main() {
         let t0 = Instant::now();
         store.close();
         let close = t0.elapsed();
+        if let Some(keep) = std::env::var_os("YCSB_KILL_KEEP") {
+            copy_dir(
+                &scratch.0.join(peer.name()),
+                &Path::new(&keep).join(format!("clean-{}", peer.name())),
+            );
+        }
         let t1 = Instant::now();
         let mut s = peer.open(&scratch.0.join(peer.name()));
         let open = t1.elapsed();
@@ -1033,4 +1073,22 @@ fn main() {
         jpath.display(),
         spath.display()
     );
+}
+
+/// Copies the files of `from` (recursively) into `to`, for keeping a killed store.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy directory");
+    for e in std::fs::read_dir(from).expect("read store directory") {
+        let e = e.expect("read store directory entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy store file");
+            // Durable like the original, so that the open's syncs cost what they cost there.
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .expect("sync copied store file");
+        }
+    }
 }
