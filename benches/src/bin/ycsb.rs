@@ -44,7 +44,9 @@
 //! own `wchar` and its journal record bytes (`Stats::journal_bytes`; `wchar` also counts the
 //! journal's pre-zeroing of space ahead of its end). See `snapheap_benches::ycsb::io`.
 //!
-//! Restart: (a) clean close of the store as the workloads left it, open, 1,000 zipfian reads;
+//! Restart: (a) clean close of the store as the workloads left it, then open + 1,000 zipfian
+//! reads in a new process (this binary, `reopen` mode; the table also shows an open in the
+//! closing process, where a snapheap heap adopts its still-mapped memory and replays nothing);
 //! (b) a child process (this binary, `writer` mode) loads the records into a fresh store,
 //! commits updates one at a time and prints each acknowledged commit; the parent SIGKILLs the
 //! child's process group after `YCSB_KILL_AFTER` acknowledgements, then times open + 1,000
@@ -356,6 +358,53 @@ fn writer_main(peer: Peer, dir: &Path, records: u64) {
     }
 }
 
+/// Restart (a) of one peer: the close in the benchmark's process, the open and the reads in a
+/// new process (`reopen_in_child`), and for comparison an open in the closing process.
+struct CleanRestart {
+    peer: Peer,
+    close: Duration,
+    open: Duration,
+    reads: Duration,
+    replayed: Option<u64>,
+    open_here: Duration,
+}
+
+/// What the new process of restart (a) measured.
+struct Reopened {
+    open: Duration,
+    reads: Duration,
+    replayed_pages: Option<u64>,
+}
+
+/// Runs this binary in `reopen` mode on `dir`: a new process opens the store and reads.
+fn reopen_in_child(cfg: &Config, peer: Peer, dir: &Path) -> Reopened {
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .arg("reopen")
+        .arg(peer.name())
+        .arg(dir)
+        .env("YCSB_RECORDS", cfg.records.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("spawn reopen");
+    assert!(
+        out.status.success(),
+        "{}: reopen in a new process failed: {}",
+        peer.name(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("reopened "))
+        .unwrap_or_else(|| panic!("{}: reopen printed no times: {stdout}", peer.name()));
+    let f: Vec<i64> = line.split(' ').map(|x| x.parse().expect("reopen line")).collect();
+    Reopened {
+        open: Duration::from_nanos(f[0] as u64),
+        reads: Duration::from_nanos(f[1] as u64),
+        replayed_pages: (f[2] >= 0).then_some(f[2] as u64),
+    }
+}
+
 /// Result of the SIGKILL restart test for one peer.
 struct KillResult {
     acked: usize,
@@ -445,6 +494,23 @@ fn main() {
     if args.first().map(String::as_str) == Some("writer") {
         let peer = Peer::from_name(&args[1]).expect("writer: peer name");
         writer_main(peer, Path::new(&args[2]), env_usize("YCSB_RECORDS", 100_000) as u64);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("reopen") {
+        // Restart (a)'s new process: open + 1,000 reads, times printed for the parent.
+        let peer = Peer::from_name(&args[1]).expect("reopen: peer name");
+        let records = env_usize("YCSB_RECORDS", 100_000) as u64;
+        let reads = restart_reads(records, 42);
+        let t0 = Instant::now();
+        let mut store = peer.open(Path::new(&args[2]));
+        let open = t0.elapsed();
+        let t1 = Instant::now();
+        let t = checked_reads(&mut *store, peer, &reads);
+        let rd = t1.elapsed();
+        assert_eq!(t.missing, 0, "{}: keys missing after restart", peer.name());
+        let replayed = store.snapheap_stats().map_or(-1, |s| s.replayed_pages as i64);
+        println!("reopened {} {} {replayed}", open.as_nanos(), rd.as_nanos());
+        store.close();
         return;
     }
     let cfg = Config::from_env();
@@ -711,7 +777,7 @@ fn main() {
 
     // Restart (a): clean close, open, 1,000 reads.
     let reads = restart_reads(cfg.records, 42);
-    let mut clean: Vec<(Peer, Duration, Duration, Duration, Option<u64>)> = Vec::new();
+    let mut clean: Vec<CleanRestart> = Vec::new();
     for (peer, store) in std::mem::take(&mut stores) {
         let t0 = Instant::now();
         store.close();
@@ -722,16 +788,23 @@ fn main() {
                 &Path::new(&keep).join(format!("clean-{}", peer.name())),
             );
         }
+        // First the same process (a snapheap heap adopts its still-mapped memory and replays
+        // nothing: a reopen, not a restart), then a new process (the restart the target is for).
         let t1 = Instant::now();
         let mut s = peer.open(&scratch.0.join(peer.name()));
-        let open = t1.elapsed();
-        let t2 = Instant::now();
+        let open_here = t1.elapsed();
         let t = checked_reads(&mut *s, peer, &reads);
-        let rd = t2.elapsed();
         assert_eq!(t.missing, 0, "{}: keys missing after reopen", peer.name());
-        let replayed = s.snapheap_stats().map(|st| st.replayed_pages);
         s.close();
-        clean.push((peer, close, open, rd, replayed));
+        let fresh = reopen_in_child(&cfg, peer, &scratch.0.join(peer.name()));
+        clean.push(CleanRestart {
+            peer,
+            close,
+            open: fresh.open,
+            reads: fresh.reads,
+            replayed: fresh.replayed_pages,
+            open_here,
+        });
     }
 
     // Restart (b): open after SIGKILL of a writer.
@@ -936,16 +1009,17 @@ fn main() {
     }
 
     println!();
-    println!("## Restart (ms): (a) clean close + open + 1,000 zipfian reads; (b) open + 1,000 reads after SIGKILL of a writer");
+    println!("## Restart (ms): (a) clean close, then open + 1,000 zipfian reads in a new process; (b) open + 1,000 reads after SIGKILL of a writer");
     println!();
-    println!("| peer | (a) close | (a) open | (a) reads | **(a) total** | (b) acked | (b) open | (b) reads | **(b) total** | snapheap replayed pages (a)/(b) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| peer | (a) close | (a) open | (a) reads | **(a) total** | (b) acked | (b) open | (b) reads | **(b) total** | snapheap replayed pages (a)/(b) | (a) open in the closing process |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut json_restart = Vec::new();
-    for ((p, close, open, rd, rep_a), (_, k)) in clean.iter().zip(&killed) {
+    for (c, (_, k)) in clean.iter().zip(&killed) {
+        let (p, close, open, rd, rep_a) = (&c.peer, &c.close, &c.open, &c.reads, &c.replayed);
         let ta = *close + *open + *rd;
         let tb = k.open + k.reads;
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} | {:.2} | **{:.2}** | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} |",
             p.name(),
             ms(*close),
             ms(*open),
@@ -958,19 +1032,21 @@ fn main() {
             match (rep_a, k.replayed_pages) {
                 (Some(a), Some(b)) => format!("{a} / {b}"),
                 _ => "-".into(),
-            }
+            },
+            ms(c.open_here)
         );
         json_restart.push(serde_json::json!({
             "peer": p.name(),
             "clean_close_ms": ms(*close), "clean_open_ms": ms(*open), "clean_reads_ms": ms(*rd), "clean_total_ms": ms(ta),
+            "clean_open_same_process_ms": ms(c.open_here),
             "kill_acked": k.acked, "kill_open_ms": ms(k.open), "kill_reads_ms": ms(k.reads), "kill_total_ms": ms(tb),
             "snapheap_replayed_pages_clean": rep_a, "snapheap_replayed_pages_kill": k.replayed_pages,
         }));
     }
     let restart_total = |p: Peer, which: usize| {
-        clean.iter().zip(&killed).find(|(c, _)| c.0 == p).map(|(c, (_, k))| {
+        clean.iter().zip(&killed).find(|(c, _)| c.peer == p).map(|(c, (_, k))| {
             if which == 0 {
-                (c.1 + c.2 + c.3).as_secs_f64()
+                (c.close + c.open + c.reads).as_secs_f64()
             } else {
                 (k.open + k.reads).as_secs_f64()
             }
