@@ -198,7 +198,7 @@ struct State {
     /// Stream sequence of the last message on the subject, as far as we know.
     known_last: u64,
     /// Frames of groups `> stored` that were fetched, by seq.
-    groups: BTreeMap<u64, Vec<(frame::Header, Vec<u8>)>>,
+    groups: BTreeMap<u64, Vec<(frame::Header, bytes::Bytes)>>,
     /// Stream sequence of the first frame of recent groups (for base starts).
     first_frame: BTreeMap<u64, u64>,
     /// Start of the base currently in the object store (purge target after the next one).
@@ -530,17 +530,19 @@ impl State {
     }
 
     fn complete(&mut self, seq: u64) {
+        debug_assert!(seq >= self.stored, "stored only grows");
+        // First: this releases the `Replicated` commits waiting for it.
+        self.source.acknowledge(seq);
         let mut bytes = 0;
-        let done: Vec<u64> = self.groups.range(..=seq).map(|(s, _)| *s).collect();
-        for s in done {
-            if let Some(fr) = self.groups.remove(&s) {
-                bytes += fr.first().map(|(h, _)| h.group_len).unwrap_or(0);
+        while let Some(e) = self.groups.first_entry() {
+            if *e.key() > seq {
+                break;
             }
+            bytes += e.remove().first().map(|(h, _)| h.group_len).unwrap_or(0);
         }
         self.stored = seq;
         self.partial = 0;
         self.bytes_since_base += bytes;
-        self.source.acknowledge(seq);
         let mut st = self.status.lock().unwrap();
         st.shipped = seq;
         st.last_error = None;
@@ -570,6 +572,9 @@ impl State {
                         Ok(Some(g)) => {
                             let frames =
                                 frame::split(self.heap_id, self.epoch, g.seq, &g.bytes, self.cfg.frame_payload);
+                            // Kept until acknowledged (a resync publishes them again); a
+                            // publish takes a reference, not a copy.
+                            let frames = frames.into_iter().map(|(h, b)| (h, bytes::Bytes::from(b))).collect();
                             self.groups.insert(g.seq, frames);
                         }
                         Ok(None) => break,
