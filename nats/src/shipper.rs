@@ -27,7 +27,9 @@
 //!
 //! # Invariants
 //! - `stored` (last complete group known to be in the stream) only grows, and
-//!   `acknowledge(s)` is called only for `s <= stored`;
+//!   `acknowledge(s)` is called only by `complete(s)`, for a group `s` known to be in the
+//!   stream (it then sets `stored = s`; it acknowledges first so that the waiting
+//!   `Replicated` commits return before the bookkeeping);
 //! - frame `(seq, index)` is published only after every frame before it in the log was
 //!   stored (in flight or acknowledged), so the stream holds each group's frames in order.
 

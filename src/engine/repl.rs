@@ -20,6 +20,13 @@
 //!   `seq <= durable_seq`, or, with `ship_written` (`Durability::Replicated`), only groups in
 //!   `groups` (written to the journal with `pwrite`, so in the page cache; a process crash
 //!   keeps them, a machine crash may not: `docs/design.md`, "Shipping on write").
+//! - `recent` holds, in `seq` order, copies of the records of groups in `groups`, each the
+//!   exact bytes its `pwrite` wrote; `recent_bytes` is their total, at most
+//!   `IN_MEMORY_MAX_BYTES` after each `group_written`.
+//! - `written_seq` is the seq of `groups.back()` (or the floor), `acked_seq == acked`, and
+//!   `committing` the number of `Replicated` commits between `commit_begin` and
+//!   `commit_end`; all three change only under `state` (their atomics let a spinning thread
+//!   read them without it; a decision is always re-checked under the lock).
 
 use super::{lock, Engine};
 use crate::disk::format::journal::{
