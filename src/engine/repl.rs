@@ -113,8 +113,8 @@ struct ReplState {
     /// in journal form), newest last, at most `IN_MEMORY_MAX_BYTES` in all.
     recent: VecDeque<(u64, Vec<u8>)>,
     recent_bytes: usize,
-    /// Sources sleeping in `next_group` (`group_written` and `commit_begin` skip the wake-up
-    /// system call without one).
+    /// Sources sleeping in `next_group` (`group_written`, `durable` and `commit_begin` skip
+    /// the wake-up system call without one; nothing else waits for what they announce).
     group_waiters: u32,
 }
 
@@ -506,12 +506,15 @@ impl ReplShared {
         lock(&self.state).ship_written = on;
     }
 
-    /// Every group up to `seq` is durable.
+    /// Every group up to `seq` is durable (only a source sleeping in `next_group` waits for
+    /// that: without one the wake-up system call is skipped, off the committer's path).
     pub(crate) fn durable(&self, seq: u64) {
         let mut st = lock(&self.state);
         if seq > st.durable_seq {
             st.durable_seq = seq;
-            self.cv.notify_all();
+            if st.group_waiters > 0 {
+                self.cv.notify_all();
+            }
         }
     }
 
