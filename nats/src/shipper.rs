@@ -156,9 +156,9 @@ impl Drop for Shipper {
 /// acknowledges, with no hand-over to a worker thread and back (two thread wake-ups fewer
 /// per commit). It blocks in `next_group` only while nothing is in flight, for at most
 /// 50 ms (woken as a `Replicated` commit starts, it spins there for up to 300 us until the
-/// commit has written its group: the core's `repl.rs`), and after such an idle wait sleeps 1 ms on the runtime so that the connection is
-/// driven (keep-alive, reconnection): the first commit after an idle spell may wait for that
-/// millisecond.
+/// commit has written its group: the core's `repl.rs`), and after such an idle wait sleeps
+/// 1 ms on the runtime so that the connection is driven (keep-alive, reconnection): the
+/// first commit after an idle spell may wait for that millisecond.
 fn shipper_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

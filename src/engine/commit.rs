@@ -49,9 +49,8 @@ impl Engine {
             .expect("Replicated durability keeps the replication state");
         repl.check_fenced()?;
         // A shipper waiting for groups wakes now, during the commit's work (`repl.rs`).
-        repl.commit_begin();
-        let r = self.commit_inner_then(false, || repl.commit_end());
-        let seq = r?;
+        let committing = repl.commit_begin();
+        let seq = self.commit_inner_then(false, move || drop(committing))?;
         repl.wait_ack(seq, timeout)?;
         Ok(seq)
     }

@@ -484,18 +484,18 @@ impl ReplShared {
 
     /// A `Durability::Replicated` commit starts: a source sleeping in `next_group` wakes now
     /// and spins for the group ([`SPIN_FOR_WRITE`]), so that its wake-up overlaps the
-    /// commit's work instead of following the write. Paired with [`Self::commit_end`].
-    pub(crate) fn commit_begin(&self) {
+    /// commit's work instead of following the write. Drop the guard once the group is
+    /// written (or the commit failed, or had nothing to write).
+    pub(crate) fn commit_begin(&self) -> Committing<'_> {
         let st = lock(&self.state);
         self.committing.fetch_add(1, Ordering::AcqRel);
         if st.ship_written && st.group_waiters > 0 {
             self.cv.notify_all();
         }
+        Committing(self)
     }
 
-    /// The commit that called [`Self::commit_begin`] wrote its group (or failed, or had
-    /// nothing to write).
-    pub(crate) fn commit_end(&self) {
+    fn commit_end(&self) {
         let _st = lock(&self.state);
         self.committing.fetch_sub(1, Ordering::AcqRel);
     }
@@ -566,6 +566,11 @@ impl ReplShared {
             }
             st.floor = (g.seq, g.chain);
             st.groups.pop_front();
+        }
+        while st.recent.front().is_some_and(|(s, _)| *s <= st.floor.0) {
+            if let Some((_, r)) = st.recent.pop_front() {
+                st.recent_bytes -= r.len();
+            }
         }
         keep
     }
@@ -868,6 +873,16 @@ impl ReplShared {
             }
         }
         best.ok_or_else(|| Error::invalid("export_base: the heap has no snapshot yet"))
+    }
+}
+
+/// A `Replicated` commit on its way to writing its group ([`ReplShared::commit_begin`]); a
+/// guard, so that a commit that panics is not counted for ever.
+pub(crate) struct Committing<'a>(&'a ReplShared);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.commit_end();
     }
 }
 
