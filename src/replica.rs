@@ -98,8 +98,9 @@ impl ReplicationSource {
     /// to the journal, so that the publish overlaps the commit's `fdatasync` (the log may
     /// then hold a group that a machine crash or power loss of the primary took from its
     /// disk: see [`chain_at`](Self::chain_at) and `docs/design.md`, "Shipping on write").
-    /// Groups come strictly in `seq` order and are read back from the journal
-    /// files, each record's checksum verified. [`Error::BacklogTrimmed`] when the group is no
+    /// Groups come strictly in `seq` order, read back from the journal files (each record's
+    /// checksum verified) or, on a `Replicated` heap, encoded from the copy of a recent group
+    /// the commit kept in memory. [`Error::BacklogTrimmed`] when the group is no
     /// longer on disk (send a new base); [`Error::Closed`] after the heap was closed.
     pub fn next_group(&self, after: u64, timeout: Duration) -> Result<Option<WireGroup>> {
         Ok(self.shared.next_group(after, timeout)?.map(|g| WireGroup {

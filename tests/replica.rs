@@ -962,6 +962,10 @@ fn replicated_commit_ships_while_its_sync_runs_and_returns_after_both() {
             assert_eq!(g.seq, before + 1);
             assert_eq!(src.durable_seq(), before, "the group is not durable yet");
             assert!(src.chain_at(g.seq).is_some());
+            // That group came from the commit's in-memory copy, which a take consumes; the
+            // same group again is read back from the journal: the same bytes.
+            let again = src.next_group(before, Duration::ZERO).unwrap().unwrap();
+            assert_eq!(again, g, "the in-memory copy and the journal give the same wire group");
             src.acknowledge(g.seq);
             // Acknowledged but not durable: the commit must still be waiting.
             std::thread::sleep(Duration::from_millis(50));

@@ -14,7 +14,7 @@
 //!    on the primary with a standby following in another process: replication lag.
 //!
 //! `cargo bench -p snapheap-nats --bench replication` (`BENCH_SECS` sets the phase length,
-//! default 5).
+//! default 5; `BENCH_ONLY=latency` runs phase 1 only).
 
 use snapheap::collections::{HashMap, Vec as PVec};
 use snapheap::{Durability, HeapAlloc, OpenOptions, Persist};
@@ -371,6 +371,9 @@ fn main() {
         field(&r, "mean_us=") / field(&i, "mean_us=").max(field(&p, "mean_us=")),
         field(&r, "p50_us=") / field(&i, "p50_us=").max(field(&p, "p50_us="))
     );
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
+        return;
+    }
     println!("{}", result_of(spawn("throughput", &tmp.path().join("t"), &url, "bt")));
     // YCSB-A with a standby.
     let mut p = spawn("ycsb", &tmp.path().join("y"), &url, "by");

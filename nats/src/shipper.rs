@@ -27,7 +27,9 @@
 //!
 //! # Invariants
 //! - `stored` (last complete group known to be in the stream) only grows, and
-//!   `acknowledge(s)` is called only for `s <= stored`;
+//!   `acknowledge(s)` is called only by `complete(s)`, for a group `s` known to be in the
+//!   stream (it then sets `stored = s`; it acknowledges first so that the waiting
+//!   `Replicated` commits return before the bookkeeping);
 //! - frame `(seq, index)` is published only after every frame before it in the log was
 //!   stored (in flight or acknowledged), so the stream holds each group's frames in order.
 
@@ -153,9 +155,10 @@ impl Drop for Shipper {
 /// woken by the written group publishes, reads the acknowledgement off the socket and
 /// acknowledges, with no hand-over to a worker thread and back (two thread wake-ups fewer
 /// per commit). It blocks in `next_group` only while nothing is in flight, for at most
-/// 50 ms, and after such an idle wait sleeps 1 ms on the runtime so that the connection is
-/// driven (keep-alive, reconnection): the first commit after an idle spell may wait for that
-/// millisecond.
+/// 50 ms (woken as a `Replicated` commit starts, it spins there for up to 300 us until the
+/// commit has written its group: the core's `repl.rs`), and after such an idle wait sleeps
+/// 1 ms on the runtime so that the connection is driven (keep-alive, reconnection): the
+/// first commit after an idle spell may wait for that millisecond.
 fn shipper_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -198,7 +201,7 @@ struct State {
     /// Stream sequence of the last message on the subject, as far as we know.
     known_last: u64,
     /// Frames of groups `> stored` that were fetched, by seq.
-    groups: BTreeMap<u64, Vec<(frame::Header, Vec<u8>)>>,
+    groups: BTreeMap<u64, Vec<(frame::Header, bytes::Bytes)>>,
     /// Stream sequence of the first frame of recent groups (for base starts).
     first_frame: BTreeMap<u64, u64>,
     /// Start of the base currently in the object store (purge target after the next one).
@@ -530,17 +533,19 @@ impl State {
     }
 
     fn complete(&mut self, seq: u64) {
+        debug_assert!(seq >= self.stored, "stored only grows");
+        // First: this releases the `Replicated` commits waiting for it.
+        self.source.acknowledge(seq);
         let mut bytes = 0;
-        let done: Vec<u64> = self.groups.range(..=seq).map(|(s, _)| *s).collect();
-        for s in done {
-            if let Some(fr) = self.groups.remove(&s) {
-                bytes += fr.first().map(|(h, _)| h.group_len).unwrap_or(0);
+        while let Some(e) = self.groups.first_entry() {
+            if *e.key() > seq {
+                break;
             }
+            bytes += e.remove().first().map(|(h, _)| h.group_len).unwrap_or(0);
         }
         self.stored = seq;
         self.partial = 0;
         self.bytes_since_base += bytes;
-        self.source.acknowledge(seq);
         let mut st = self.status.lock().unwrap();
         st.shipped = seq;
         st.last_error = None;
@@ -570,6 +575,9 @@ impl State {
                         Ok(Some(g)) => {
                             let frames =
                                 frame::split(self.heap_id, self.epoch, g.seq, &g.bytes, self.cfg.frame_payload);
+                            // Kept until acknowledged (a resync publishes them again); a
+                            // publish takes a reference, not a copy.
+                            let frames = frames.into_iter().map(|(h, b)| (h, bytes::Bytes::from(b))).collect();
                             self.groups.insert(g.seq, frames);
                         }
                         Ok(None) => break,

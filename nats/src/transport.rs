@@ -238,7 +238,7 @@ impl Conn {
         &self,
         msg_id: &str,
         expected_last: u64,
-        frame: Vec<u8>,
+        frame: impl Into<bytes::Bytes>,
     ) -> std::result::Result<AckFuture, PublishFailure> {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id);

@@ -48,7 +48,9 @@ impl Engine {
             .as_ref()
             .expect("Replicated durability keeps the replication state");
         repl.check_fenced()?;
-        let seq = self.commit_inner(false)?;
+        // A shipper waiting for groups wakes now, during the commit's work (`repl.rs`).
+        let committing = repl.commit_begin();
+        let seq = self.commit_inner_then(false, move || drop(committing))?;
         repl.wait_ack(seq, timeout)?;
         Ok(seq)
     }
@@ -62,10 +64,19 @@ impl Engine {
     }
 
     pub(super) fn commit_inner(&self, force_snapshot: bool) -> Result<u64> {
+        self.commit_inner_then(force_snapshot, || {})
+    }
+
+    /// [`Self::commit_inner`], calling `written` once the group is written (or the commit
+    /// failed before), before waiting for it to be durable.
+    fn commit_inner_then(&self, force_snapshot: bool, written: impl FnOnce()) -> Result<u64> {
         let mut cs = lock(&self.commit);
-        self.check_poison()?;
-        let seq = self.commit_locked(&mut cs, force_snapshot)?;
+        let r = self
+            .check_poison()
+            .and_then(|()| self.commit_locked(&mut cs, force_snapshot));
         drop(cs);
+        written();
+        let seq = r?;
         if self.opts.durability.syncs() {
             self.wait_durable(seq)?;
         }
@@ -150,7 +161,7 @@ impl Engine {
             match cs.journal.write_encoded() {
                 Ok(end) => {
                     if let Some(r) = &self.repl {
-                        r.group_written(seq, cs.journal.id(), start, end, chain);
+                        r.group_written(seq, cs.journal.id(), start, end, chain, cs.journal.encoded());
                         cs.chain = chain;
                     }
                     self.durable.written(seq, end);

@@ -20,6 +20,13 @@
 //!   `seq <= durable_seq`, or, with `ship_written` (`Durability::Replicated`), only groups in
 //!   `groups` (written to the journal with `pwrite`, so in the page cache; a process crash
 //!   keeps them, a machine crash may not: `docs/design.md`, "Shipping on write").
+//! - `recent` holds, in `seq` order, copies of the records of groups in `groups`, each the
+//!   exact bytes its `pwrite` wrote; `recent_bytes` is their total, at most
+//!   `IN_MEMORY_MAX_BYTES` after each `group_written`.
+//! - `written_seq` is the seq of `groups.back()` (or the floor), `acked_seq == acked`, and
+//!   `committing` the number of `Replicated` commits between `commit_begin` and
+//!   `commit_end`; all three change only under `state` (their atomics let a spinning thread
+//!   read them without it; a decision is always re-checked under the lock).
 
 use super::{lock, Engine};
 use crate::disk::format::journal::{
@@ -27,7 +34,7 @@ use crate::disk::format::journal::{
 };
 use crate::disk::format::meta::{Meta, META_LEN};
 use crate::disk::format::snapshot::SnapHeader;
-use crate::disk::format::wire::{chain_step, encode_base, encode_group, genesis_chain};
+use crate::disk::format::wire::{chain_step, encode_base, encode_group, encode_group_chained, genesis_chain};
 use crate::disk::format::{get_u32, get_u64, put_u32, put_u64};
 use crate::disk::journal::{journal_file_name, scan_journal, JournalScan};
 use crate::disk::snapshot::read_snapshot_header;
@@ -35,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::io::{VFile, Vfs};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +52,20 @@ const CHAIN_MAGIC: [u8; 8] = *b"SNAPCHNA";
 /// Anchors kept in the file (the newest).
 const MAX_ANCHORS: usize = 8;
 const ANCHOR_LEN: usize = 24;
+/// A written group of at most this many bytes is handed to a source from memory (a copy
+/// taken by `group_written`) instead of being read back from its journal.
+const IN_MEMORY_MAX_GROUP: usize = 256 << 10;
+/// The in-memory copies kept for a source at most (bytes); the oldest go first (a source
+/// that is that far behind reads its groups back from the journal).
+const IN_MEMORY_MAX_BYTES: usize = 1 << 20;
+/// How long a source waiting for the group of a `Replicated` commit that has started but
+/// not yet written it spins instead of sleeping (a sleeping thread takes tens of
+/// microseconds to wake; the commit's own work before its write is of the same order).
+const SPIN_FOR_WRITE: Duration = Duration::from_micros(300);
+/// How long a `Replicated` commit whose group is durable spins for its acknowledgement
+/// before it sleeps (the publish and the sync take about as long: when the sync ends first
+/// the acknowledgement is usually that close, and a wake-up would add tens of microseconds).
+const SPIN_FOR_ACK: Duration = Duration::from_micros(250);
 
 /// The chain hash at the start of one journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +109,13 @@ struct ReplState {
     /// Hand out groups as soon as they are written, not once durable (`Durability::Replicated`:
     /// the publish overlaps the `fdatasync`).
     ship_written: bool,
+    /// With `ship_written`: copies of the records of the last groups written (seq, records
+    /// in journal form), newest last, at most `IN_MEMORY_MAX_BYTES` in all.
+    recent: VecDeque<(u64, Vec<u8>)>,
+    recent_bytes: usize,
+    /// Sources sleeping in `next_group` (`group_written`, `durable` and `commit_begin` skip
+    /// the wake-up system call without one; nothing else waits for what they announce).
+    group_waiters: u32,
 }
 
 /// What the engine and its replication sources share.
@@ -98,6 +127,14 @@ pub(crate) struct ReplShared {
     max_backlog: u64,
     state: Mutex<ReplState>,
     cv: Condvar,
+    /// `Replicated` commits between `commit_begin` and `commit_end` (changed under `state`;
+    /// read without it by a spinning source).
+    committing: AtomicU32,
+    /// Seq of the last group written (changed under `state`; read without it by a spinning
+    /// source).
+    written_seq: AtomicU64,
+    /// `ReplState::acked`, for a committer spinning for its acknowledgement.
+    acked_seq: AtomicU64,
 }
 
 /// A group read back for shipping.
@@ -376,8 +413,14 @@ impl ReplShared {
                 anchors,
                 pins: [0, 0],
                 ship_written: false,
+                recent: VecDeque::new(),
+                recent_bytes: 0,
+                group_waiters: 0,
             }),
             cv: Condvar::new(),
+            committing: AtomicU32::new(0),
+            written_seq: AtomicU64::new(durable_seq),
+            acked_seq: AtomicU64::new(0),
         };
         Ok((Arc::new(shared), chain))
     }
@@ -402,10 +445,16 @@ impl ReplShared {
         }
     }
 
-    /// A group was written to journal `journal` at `[start, end)` (not yet durable).
-    pub(crate) fn group_written(&self, seq: u64, journal: u64, start: u64, end: u64, chain: u64) {
+    /// A group was written to journal `journal` at `[start, end)` (not yet durable);
+    /// `records` are its bytes as written, or empty when the writer no longer holds them
+    /// (kept in memory for a source with `ship_written`, so that it need not read them back).
+    pub(crate) fn group_written(&self, seq: u64, journal: u64, start: u64, end: u64, chain: u64, records: &[u8]) {
         let mut st = lock(&self.state);
         debug_assert_eq!(seq, st.floor.0 + 1 + st.groups.len() as u64, "groups are dense");
+        debug_assert!(
+            records.is_empty() || records.len() as u64 == end - start,
+            "records are the group as written"
+        );
         st.groups.push_back(GroupLoc {
             seq,
             journal,
@@ -416,10 +465,39 @@ impl ReplShared {
         if let Some(j) = st.journals.iter_mut().rev().find(|j| j.id == journal) {
             j.end = end;
         }
+        self.written_seq.store(seq, Ordering::Release);
         if st.ship_written {
-            // A source waiting for this group ships it while the committer syncs.
+            if !records.is_empty() && records.len() <= IN_MEMORY_MAX_GROUP {
+                st.recent_bytes += records.len();
+                st.recent.push_back((seq, records.to_vec()));
+                while st.recent_bytes > IN_MEMORY_MAX_BYTES {
+                    let Some((_, r)) = st.recent.pop_front() else { break };
+                    st.recent_bytes -= r.len();
+                }
+            }
+            if st.group_waiters > 0 {
+                // A source waiting for this group ships it while the committer syncs.
+                self.cv.notify_all();
+            }
+        }
+    }
+
+    /// A `Durability::Replicated` commit starts: a source sleeping in `next_group` wakes now
+    /// and spins for the group ([`SPIN_FOR_WRITE`]), so that its wake-up overlaps the
+    /// commit's work instead of following the write. Drop the guard once the group is
+    /// written (or the commit failed, or had nothing to write).
+    pub(crate) fn commit_begin(&self) -> Committing<'_> {
+        let st = lock(&self.state);
+        self.committing.fetch_add(1, Ordering::AcqRel);
+        if st.ship_written && st.group_waiters > 0 {
             self.cv.notify_all();
         }
+        Committing(self)
+    }
+
+    fn commit_end(&self) {
+        let _st = lock(&self.state);
+        self.committing.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether sources hand out groups once written (`Durability::Replicated`) instead of
@@ -428,12 +506,15 @@ impl ReplShared {
         lock(&self.state).ship_written = on;
     }
 
-    /// Every group up to `seq` is durable.
+    /// Every group up to `seq` is durable (only a source sleeping in `next_group` waits for
+    /// that: without one the wake-up system call is skipped, off the committer's path).
     pub(crate) fn durable(&self, seq: u64) {
         let mut st = lock(&self.state);
         if seq > st.durable_seq {
             st.durable_seq = seq;
-            self.cv.notify_all();
+            if st.group_waiters > 0 {
+                self.cv.notify_all();
+            }
         }
     }
 
@@ -486,12 +567,21 @@ impl ReplShared {
             st.floor = (g.seq, g.chain);
             st.groups.pop_front();
         }
+        while st.recent.front().is_some_and(|(s, _)| *s <= st.floor.0) {
+            if let Some((_, r)) = st.recent.pop_front() {
+                st.recent_bytes -= r.len();
+            }
+        }
         keep
     }
 
     /// The heap is closing: every waiting source and committer wakes up.
     pub(crate) fn close(&self) {
-        lock(&self.state).closed = true;
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.recent.clear();
+        st.recent_bytes = 0;
+        drop(st);
         self.cv.notify_all();
     }
 
@@ -516,9 +606,23 @@ impl ReplShared {
         }
     }
 
-    /// `Durability::Replicated`: waits for the acknowledgement of `seq`.
+    /// `Durability::Replicated`: waits for the acknowledgement of `seq` (spinning for up to
+    /// [`SPIN_FOR_ACK`] first).
     pub(crate) fn wait_ack(&self, seq: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let spin_until = start + SPIN_FOR_ACK.min(timeout);
+        'spin: loop {
+            for _ in 0..64 {
+                if self.acked_seq.load(Ordering::Acquire) >= seq {
+                    break 'spin;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= spin_until {
+                break;
+            }
+        }
         let mut st = lock(&self.state);
         loop {
             if let Some(reason) = &st.fenced {
@@ -558,6 +662,7 @@ impl ReplShared {
     pub(crate) fn acknowledge(&self, seq: u64) {
         let mut st = lock(&self.state);
         st.acked = st.acked.max(seq);
+        self.acked_seq.store(st.acked, Ordering::Release);
         if let Some(h) = st.hold.as_mut() {
             *h = (*h).max(seq);
         }
@@ -598,12 +703,15 @@ impl ReplShared {
         }
     }
 
-    /// Group `after + 1` in wire form once it is shippable (waiting up to `timeout`).
+    /// Group `after + 1` in wire form once it is shippable (waiting up to `timeout`): from
+    /// the in-memory copy `group_written` kept, else read back from its journal (each
+    /// record's checksum verified).
     pub(crate) fn next_group(&self, after: u64, timeout: Duration) -> Result<Option<ShippedGroup>> {
         let wanted = after
             .checked_add(1)
             .ok_or_else(|| Error::invalid("next_group: sequence number overflows"))?;
         let deadline = Instant::now() + timeout;
+        let mut spun = false;
         let mut st = lock(&self.state);
         loop {
             if st.closed {
@@ -624,11 +732,23 @@ impl ReplShared {
             if now >= deadline {
                 return Ok(None);
             }
+            if st.ship_written && !spun && self.committing.load(Ordering::Acquire) > 0 {
+                // A commit is on its way to writing this group: wait for it awake.
+                spun = true;
+                drop(st);
+                self.spin_for_write(wanted, deadline.min(now + SPIN_FOR_WRITE));
+                st = lock(&self.state);
+                continue;
+            }
+            st.group_waiters += 1;
             st = self
                 .cv
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            st.group_waiters -= 1;
+            // A new commit may have started meanwhile: it may be spun for again.
+            spun = false;
         }
         let i = (wanted - st.floor.0 - 1) as usize;
         let Some(loc) = st.groups.get(i).copied() else {
@@ -636,6 +756,19 @@ impl ReplShared {
         };
         debug_assert_eq!(loc.seq, wanted);
         let prev = Self::chain_at(&st, wanted - 1).unwrap_or(st.floor.1);
+        // The copy of a group written since (a source takes each group once, in order).
+        while st.recent.front().is_some_and(|(s, _)| *s < wanted) {
+            if let Some((_, r)) = st.recent.pop_front() {
+                st.recent_bytes -= r.len();
+            }
+        }
+        if st.recent.front().is_some_and(|(s, _)| *s == wanted) {
+            let (_, records) = st.recent.pop_front().expect("checked just above");
+            st.recent_bytes -= records.len();
+            drop(st);
+            let bytes = encode_group_chained(self.heap_id, wanted, prev, loc.chain, &records);
+            return Ok(Some(ShippedGroup { seq: wanted, bytes }));
+        }
         let vfs = self.vfs.clone();
         let Some(j) = st.journals.iter_mut().find(|j| j.id == loc.journal) else {
             return Err(Error::invalid(format!(
@@ -663,6 +796,22 @@ impl ReplShared {
             ));
         }
         Ok(Some(ShippedGroup { seq: wanted, bytes }))
+    }
+
+    /// Spins (without the lock) until group `wanted` is written, no `Replicated` commit is
+    /// in progress any more, or `until`.
+    fn spin_for_write(&self, wanted: u64, until: Instant) {
+        loop {
+            for _ in 0..64 {
+                if self.written_seq.load(Ordering::Acquire) >= wanted || self.committing.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return;
+            }
+        }
     }
 
     /// A base: `meta` and the newest valid snapshot file, pinned while it is read.
@@ -724,6 +873,16 @@ impl ReplShared {
             }
         }
         best.ok_or_else(|| Error::invalid("export_base: the heap has no snapshot yet"))
+    }
+}
+
+/// A `Replicated` commit on its way to writing its group ([`ReplShared::commit_begin`]); a
+/// guard, so that a commit that panics is not counted for ever.
+pub(crate) struct Committing<'a>(&'a ReplShared);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.commit_end();
     }
 }
 

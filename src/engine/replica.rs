@@ -190,7 +190,7 @@ impl Engine {
         cs.journal.encode_wire(v.seq, synced, v.payload);
         let start = cs.journal.end();
         let end = cs.journal.write_encoded().map_err(|e| self.poison(e))?;
-        repl.group_written(v.seq, cs.journal.id(), start, end, v.chain);
+        repl.group_written(v.seq, cs.journal.id(), start, end, v.chain, cs.journal.encoded());
         self.durable.written(v.seq, end);
         cs.last_seq = v.seq;
         cs.chain = v.chain;

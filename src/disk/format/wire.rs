@@ -176,6 +176,17 @@ pub(crate) struct WireGroupView<'a> {
 /// and `synced` zeroed). `records_count` is the number of records including `COMMIT`.
 pub(crate) fn encode_group(heap_id: u64, seq: u64, prev_chain: u64, records: &[u8]) -> (Vec<u8>, u64) {
     let chain = chain_step(prev_chain, seq, records);
+    (encode_group_chained(heap_id, seq, prev_chain, chain, records), chain)
+}
+
+/// [`encode_group`] when the caller already knows the group's chain hash (`chain ==
+/// chain_step(prev_chain, seq, records)`, computed by the commit that wrote it).
+pub(crate) fn encode_group_chained(heap_id: u64, seq: u64, prev_chain: u64, chain: u64, records: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(
+        chain,
+        chain_step(prev_chain, seq, records),
+        "the chain hash is the group's"
+    );
     let mut out = vec![0u8; WIRE_HEADER_LEN + records.len()];
     out[WIRE_HEADER_LEN..].copy_from_slice(records);
     let mut pos = WIRE_HEADER_LEN;
@@ -198,7 +209,7 @@ pub(crate) fn encode_group(heap_id: u64, seq: u64, prev_chain: u64, records: &[u
     put_u32(&mut out, G_RECORDS_OFFSET, n);
     let crc = wire_crc(&out);
     put_u32(&mut out, G_CRC_OFFSET, crc);
-    (out, chain)
+    out
 }
 
 /// crc32 of header bytes `0..60` and everything after the header.
