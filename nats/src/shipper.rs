@@ -58,6 +58,8 @@ pub struct ShipperStatus {
     pub shipped: u64,
     /// Frames published and acknowledged.
     pub frames: u64,
+    /// Groups published whole and acknowledged (commits a base covered are not counted).
+    pub groups: u64,
     /// Group bytes acknowledged.
     pub bytes: u64,
     /// Bases shipped to the object store.
@@ -656,6 +658,7 @@ impl State {
                         let mut st = self.status.lock().unwrap();
                         st.frames += 1;
                         if p.index + 1 == p.count {
+                            st.groups += 1;
                             st.bytes += p.len;
                         }
                     }
