@@ -23,7 +23,7 @@
 //! # Invariants
 //! - `HEADER_LEN + plen <= MAX_FRAME_BYTES` for every frame [`split`] produces, and the
 //!   payloads of frames `0..count` concatenated are the group's bytes exactly;
-//! - [`decode`] accepts exactly the byte strings [`encode_header`] + payload produce (any
+//! - [`decode`] accepts exactly the byte strings [`encode`] produces (header + payload; any
 //!   changed byte changes the CRC or a checked field); it never panics on any input;
 //! - [`Reassembler`] returns a group only when all `count` frames of one identity
 //!   `(heap_id, epoch, seq, count, group_len)` arrived in index order and their lengths add
