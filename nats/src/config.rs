@@ -75,6 +75,9 @@ pub enum AfterCas {
     /// epoch record of a newer epoch than this candidate's, then go on (a slow holder that
     /// was taken over).
     HoldUntilNewerRecord,
+    /// Sleep this long, then go on (a holder slow enough to look stale to another
+    /// candidate, whose own record may still come first).
+    HoldFor(Duration),
 }
 
 impl NatsConfig {

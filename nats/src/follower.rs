@@ -686,6 +686,7 @@ impl<T: Persist + Send + Sync + 'static> Applier<T> {
                     ),
                 })
             }
+            crate::config::AfterCas::HoldFor(d) => tokio::time::sleep(d).await,
             crate::config::AfterCas::HoldUntilNewerRecord => {
                 // Reads (does not apply) the log past what was drained until a newer epoch
                 // record is in it.

@@ -183,6 +183,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 struct InFlight {
+    msg_id: String,
     seq: u64,
     index: u32,
     count: u32,
@@ -498,6 +499,54 @@ impl State {
         }
     }
 
+    /// The messages after stream seq `from` (our last acknowledged frame) up to `to` (the
+    /// tail, one of our frames) must be our frames of this epoch in publishing order,
+    /// continuing group `stored + 1` at frame `partial`. `Some(reason)` to fence: the first
+    /// newer epoch's message among them, else the first message that is not that.
+    async fn foreign_in_run(&self, from: u64, to: u64) -> Result<Option<String>> {
+        let (mut seq, mut index) = (self.stored + 1, self.partial);
+        let mut count: Option<u32> = None;
+        let mut foreign: Option<String> = None;
+        for sseq in from.saturating_add(1)..=to {
+            let header = match self.conn.message(sseq).await? {
+                Some(bytes) => frame::decode(&bytes).ok().map(|f| f.header),
+                None => None,
+            };
+            if let Some(h) = header.filter(|h| h.heap_id == self.heap_id && h.epoch > self.epoch) {
+                return Ok(Some(format!(
+                    "epoch {} started at stream seq {sseq} (this primary holds epoch {})",
+                    h.epoch, self.epoch
+                )));
+            }
+            if foreign.is_some() {
+                continue;
+            }
+            if count == Some(index) {
+                (seq, index, count) = (seq + 1, 0, None);
+            }
+            let ours = header.is_some_and(|h| {
+                h.heap_id == self.heap_id
+                    && h.kind == Kind::Data
+                    && h.epoch == self.epoch
+                    && h.seq == seq
+                    && h.index == index
+                    && count.is_none_or(|c| c == h.count)
+            });
+            match header {
+                Some(h) if ours => {
+                    count = Some(h.count);
+                    index += 1;
+                }
+                _ => {
+                    foreign = Some(format!(
+                        "stream seq {sseq}, between this primary's frames, is not its frame {index} of commit {seq}"
+                    ))
+                }
+            }
+        }
+        Ok(foreign)
+    }
+
     /// Learns from the stream's last message where the log is.
     async fn resync(&mut self) -> Result<Tail> {
         let tail = self.conn.tail().await?;
@@ -519,9 +568,20 @@ impl State {
                 h.epoch, self.epoch
             )));
         }
+        let acked_last = self.known_last;
         self.known_last = sseq;
         if h.kind == Kind::Data && h.epoch == self.epoch {
-            // One of our own frames: everything before it is stored, and it too.
+            // One of our own frames. Frames published in a pipeline carry consecutive
+            // expected sequences, so after one was refused (a new primary's epoch record took
+            // its place) the next could still be stored after that record: the log must hold
+            // exactly our frames, in order, from the last one acknowledged to the tail before
+            // the tail proves that everything up to it is stored. Anything else between
+            // them fences this primary (republishing would not help: the stray frames' ids
+            // are in the de-duplication window, so a new publish of them stores nothing).
+            if let Some(reason) = self.foreign_in_run(acked_last, sseq).await? {
+                return Ok(Tail::Fenced(reason));
+            }
+            // Everything before it is stored, and it too.
             let done = if h.index + 1 == h.count { h.seq } else { h.seq - 1 };
             if done > self.stored {
                 self.complete(done);
@@ -620,12 +680,17 @@ impl State {
                     return Ok(());
                 }
                 let expected = self.known_last + pending.len() as u64;
+                // Behind a frame in flight, also expect that frame's id as the last message
+                // (`Conn::publish_after`): nothing of ours lands after a refused frame.
+                let ahead = pending.back().map(|p: &InFlight| p.msg_id.clone());
+                let msg_id = frame::msg_id(h);
                 let fut = self
                     .conn
-                    .publish(&frame::msg_id(h), expected, bytes.clone())
+                    .publish_after(&msg_id, expected, ahead.as_deref(), bytes.clone())
                     .await
                     .map_err(|e| format!("publish: {e:?}"))?;
                 pending.push_back(InFlight {
+                    msg_id,
                     seq: h.seq,
                     index: h.index,
                     count: h.count,

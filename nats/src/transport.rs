@@ -170,7 +170,7 @@ pub async fn ack(f: AckFuture) -> std::result::Result<Ack, PublishFailure> {
 fn classify(e: jetstream::context::PublishError) -> PublishFailure {
     use jetstream::context::PublishErrorKind as K;
     match e.kind() {
-        K::WrongLastSequence => PublishFailure::WrongLastSequence(e.to_string()),
+        K::WrongLastSequence | K::WrongLastMessageId => PublishFailure::WrongLastSequence(e.to_string()),
         _ => PublishFailure::Transient(e.to_string()),
     }
 }
@@ -240,12 +240,31 @@ impl Conn {
         expected_last: u64,
         frame: impl Into<bytes::Bytes>,
     ) -> std::result::Result<AckFuture, PublishFailure> {
+        self.publish_after(msg_id, expected_last, None, frame).await
+    }
+
+    /// [`Conn::publish`], and with `after` also the message id the stream's last message
+    /// must have (`Nats-Expected-Last-Msg-Id`): a frame published behind another one still
+    /// in flight is stored only right after it. The expected sequence alone does not give
+    /// that: if the frame ahead is refused because another writer's message took its place,
+    /// the next frame's expected sequence matches that message and it would be stored after
+    /// it.
+    pub async fn publish_after(
+        &self,
+        msg_id: &str,
+        expected_last: u64,
+        after: Option<&str>,
+        frame: impl Into<bytes::Bytes>,
+    ) -> std::result::Result<AckFuture, PublishFailure> {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id);
         h.insert(
             "Nats-Expected-Last-Subject-Sequence",
             expected_last.to_string().as_str(),
         );
+        if let Some(id) = after {
+            h.insert("Nats-Expected-Last-Msg-Id", id);
+        }
         self.js
             .publish_with_headers(self.subject.clone(), h, frame.into())
             .await

@@ -587,3 +587,87 @@ fn slow_holder_taken_over_loses_to_the_newer_record() {
     assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3], "{records:?}");
     println!("slow holder: epoch records {records:?}; {l}");
 }
+
+/// A slow holder whose record still comes first: A wins epoch 2 and holds 700 ms after its
+/// compare-and-set; B finds the promotion stale after 300 ms, then pauses 1.5 s before its own
+/// compare-and-set (on the same key revision). Meanwhile A writes its epoch record, becomes
+/// primary and makes acknowledged `Replicated` commits. B then takes epoch 3 anyway: its drain
+/// applies A's record and everything A shipped, so every commit A had acknowledged is in B's
+/// heap, and A's next commit fails because its shipper is fenced by B's record.
+#[test]
+fn slow_holder_whose_record_came_first_is_drained_then_fenced() {
+    if is_node() {
+        return node_main();
+    }
+    let server = NatsServer::start();
+    let n = Net::new(
+        "slow_holder_whose_record_came_first_is_drained_then_fenced",
+        server.url(),
+        "first",
+        1,
+    );
+    let (pd, ad, bd) = (TempDir::new("p"), TempDir::new("a"), TempDir::new("b"));
+    let mut p = n.primary("p", &heap_dir(&pd));
+    let d = p.ask("COMMIT 10", &["DONE"], T);
+    let mut a = n.spawn_with(
+        "a",
+        "standby",
+        &heap_dir(&ad),
+        &[("N_AFTER_CAS", "hold_ms:700"), ("N_EVENTS", "1")],
+    );
+    let mut b = n.spawn_with(
+        "b",
+        "standby",
+        &heap_dir(&bd),
+        &[("N_STALE_MS", "300"), ("N_PROMOTE_PAUSE_MS", "1500"), ("N_EVENTS", "1")],
+    );
+    for s in [&mut a, &mut b] {
+        s.expect(&["STANDBY"], T);
+        s.ask(&format!("AT {}", d[2]), &["AT"], T);
+    }
+    p.kill();
+    a.send("PROMOTE");
+    a.expect(&["EVENT cas epoch=2"], T);
+    b.send("PROMOTE");
+    b.expect(&["EVENT stale-wait epoch=2"], T);
+    // A's hold ends while B pauses between its stale wait and its compare-and-set.
+    let pa = a.expect(&["PROMOTED", "LOST"], T);
+    assert!(pa.starts_with("PROMOTED") && pa.split(' ').nth(2) == Some("2"), "{pa}");
+    a.expect(&["PRIMARY"], T);
+    let done = a.ask("COMMIT 5", &["DONE", "ERR"], T);
+    assert_eq!(done[0], "DONE", "A's commits before B's compare-and-set: {done:?}");
+    let a_len: u64 = pa.split(' ').nth(4).unwrap().parse::<u64>().unwrap() + 5;
+    let w = b.expect(&["PROMOTED", "LOST"], T);
+    let w: Vec<&str> = w.split(' ').collect();
+    assert_eq!((w[0], w[2]), ("PROMOTED", "3"), "{w:?}");
+    let b_len: u64 = w[4].parse().unwrap();
+    assert!(
+        b_len == a_len && w[5] == "true",
+        "B holds {b_len} commits, A acknowledged {a_len}: {w:?}"
+    );
+    b.expect(&["PRIMARY"], T);
+    // Both are primaries now: compare their sums at the same commit directly.
+    let (sa, sb) = (a.ask("SUM", &["SUM"], T), b.ask("SUM", &["SUM"], T));
+    assert_eq!(sa[1..], sb[1..], "the slow holder {sa:?} and the taker {sb:?}");
+    let after = a.ask("COMMIT 1", &["DONE", "ERR"], T);
+    assert!(
+        after[0] == "ERR" && after.join(" ").contains("fenced"),
+        "A committed after B's epoch record: {after:?}"
+    );
+    b.ask("COMMIT 3", &["DONE"], T);
+    let records: Vec<(u64, u64)> = LogReader::new(&n)
+        .frames()
+        .iter()
+        .filter(|(_, h)| h.kind == Kind::Epoch)
+        .map(|(_, h)| (h.epoch, h.seq))
+        .collect();
+    assert_eq!(
+        records.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2, 3],
+        "{records:?}"
+    );
+    println!(
+        "record came first: epoch records {records:?}; A after B's record: {}",
+        after.join(" ")
+    );
+}

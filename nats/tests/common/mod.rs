@@ -18,7 +18,7 @@
 //!
 //! With `N_EVENTS` set a node also prints `EVENT <what>` for each promotion event
 //! (`NatsConfig::events`); `N_STALE_MS` sets `stale_promotion_after`, `N_AFTER_CAS` =
-//! `die` / `hold` sets `after_cas`.
+//! `die` / `hold` / `hold_ms:<ms>` sets `after_cas`, `N_PROMOTE_PAUSE_MS` `promote_pause`.
 //!
 //! A primary answers `PRIMARY <len> <epoch>` once shipping, or `NOSHIP <error>` (and exits)
 //! when its shipper refuses to start. With `N_PRECOMMIT=k` it first makes k commits without
@@ -82,6 +82,9 @@ fn cfg_from_env() -> NatsConfig {
     match std::env::var("N_AFTER_CAS").as_deref() {
         Ok("die") => c.after_cas = AfterCas::Die,
         Ok("hold") => c.after_cas = AfterCas::HoldUntilNewerRecord,
+        Ok(v) if v.starts_with("hold_ms:") => {
+            c.after_cas = AfterCas::HoldFor(Duration::from_millis(v["hold_ms:".len()..].parse().unwrap()))
+        }
         _ => {}
     }
     if std::env::var("N_EVENTS").is_ok() {
