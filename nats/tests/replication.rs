@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use snapheap_nats::frame::Kind;
-use snapheap_nats::testing::{NatsCluster, NatsServer, TempDir};
+use snapheap_nats::testing::{NatsCluster, TempDir};
 use std::time::{Duration, Instant};
 
 fn rounds() -> u64 {
@@ -130,13 +130,7 @@ fn standby_killed_during_apply_resumes_with_the_primarys_content() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new(
-        "standby_killed_during_apply_resumes_with_the_primarys_content",
-        server.url(),
-        "sk",
-        1,
-    );
+    let (_server, n) = Net::with_server("standby_killed_during_apply_resumes_with_the_primarys_content", "sk");
     let (pd, sd) = (TempDir::new("p"), TempDir::new("s"));
     let mut primary = n.primary("p", &heap_dir(&pd));
     let mut seed = 0x1234_5678u64;
@@ -168,13 +162,7 @@ fn nats_killed_while_shipping_resumes_without_duplicate_or_hole() {
     if is_node() {
         return node_main();
     }
-    let mut server = NatsServer::start();
-    let mut n = Net::new(
-        "nats_killed_while_shipping_resumes_without_duplicate_or_hole",
-        server.url(),
-        "nk",
-        1,
-    );
+    let (mut server, mut n) = Net::with_server("nats_killed_while_shipping_resumes_without_duplicate_or_hole", "nk");
     n.durability = "immediate";
     let pd = TempDir::new("p");
     let mut primary = n.primary("p", &heap_dir(&pd));
@@ -228,13 +216,7 @@ fn gap_after_purge_is_detected_and_rebootstrap_succeeds() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let mut n = Net::new(
-        "gap_after_purge_is_detected_and_rebootstrap_succeeds",
-        server.url(),
-        "gap",
-        1,
-    );
+    let (_server, mut n) = Net::with_server("gap_after_purge_is_detected_and_rebootstrap_succeeds", "gap");
     n.base_every = 512 << 10;
     n.snap = 256 << 10;
     let (pd, sd) = (TempDir::new("p"), TempDir::new("s"));
@@ -273,12 +255,9 @@ fn divergence_after_a_new_epoch_is_detected_and_rebootstrap_succeeds() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new(
+    let (_server, n) = Net::with_server(
         "divergence_after_a_new_epoch_is_detected_and_rebootstrap_succeeds",
-        server.url(),
         "dv",
-        1,
     );
     let (ad, bd, cd) = (TempDir::new("a"), TempDir::new("b"), TempDir::new("c"));
     let mut a = n.primary("a", &heap_dir(&ad));
@@ -327,8 +306,7 @@ fn racing_candidates_one_wins_the_other_follows() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new("racing_candidates_one_wins_the_other_follows", server.url(), "race", 1);
+    let (_server, n) = Net::with_server("racing_candidates_one_wins_the_other_follows", "race");
     let (pd, bd, cd) = (TempDir::new("p"), TempDir::new("b"), TempDir::new("c"));
     let mut wins = [0, 0];
     for round in 0..5 {
@@ -385,13 +363,7 @@ fn restarted_primary_behind_the_log_refuses_to_ship() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new(
-        "restarted_primary_behind_the_log_refuses_to_ship",
-        server.url(),
-        "ahead",
-        1,
-    );
+    let (_server, n) = Net::with_server("restarted_primary_behind_the_log_refuses_to_ship", "ahead");
     let log = LogReader::new(&n);
     let (ad, sd, copy) = (TempDir::new("a"), TempDir::new("s"), TempDir::new("copy"));
     let (dir, disk, crashed) = (heap_dir(&ad), copy.path().join("disk"), copy.path().join("crashed"));
@@ -458,8 +430,7 @@ fn stale_promotion_is_taken_over_after_the_wait() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new("stale_promotion_is_taken_over_after_the_wait", server.url(), "stale", 1);
+    let (_server, n) = Net::with_server("stale_promotion_is_taken_over_after_the_wait", "stale");
     let (pd, ad, bd, cd) = (
         TempDir::new("p"),
         TempDir::new("a"),
@@ -540,29 +511,14 @@ fn slow_holder_taken_over_loses_to_the_newer_record() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new(
-        "slow_holder_taken_over_loses_to_the_newer_record",
-        server.url(),
-        "slow",
-        1,
-    );
-    let (pd, ad, bd) = (TempDir::new("p"), TempDir::new("a"), TempDir::new("b"));
-    let mut p = n.primary("p", &heap_dir(&pd));
-    let d = p.ask("COMMIT 10", &["DONE"], T);
-    let acked: u64 = d[1].parse().unwrap();
-    let mut a = n.spawn_with(
-        "a",
-        "standby",
-        &heap_dir(&ad),
+    let (_server, n) = Net::with_server("slow_holder_taken_over_loses_to_the_newer_record", "slow");
+    let t = standbys_of_a_killed_primary(
+        &n,
         &[("N_AFTER_CAS", "hold"), ("N_EVENTS", "1")],
+        &[("N_STALE_MS", "300")],
     );
-    let mut b = n.spawn_with("b", "standby", &heap_dir(&bd), &[("N_STALE_MS", "300")]);
-    for s in [&mut a, &mut b] {
-        s.expect(&["STANDBY"], T);
-        s.ask(&format!("AT {}", d[2]), &["AT"], T);
-    }
-    p.kill();
+    let acked: u64 = t.done[1].parse().unwrap();
+    let (mut a, mut b) = (t.a, t.b);
     a.send("PROMOTE");
     a.expect(&["EVENT cas epoch=2"], T);
     let w = b.ask("PROMOTE", &["PROMOTED", "LOST"], T);
@@ -599,33 +555,13 @@ fn slow_holder_whose_record_came_first_is_drained_then_fenced() {
     if is_node() {
         return node_main();
     }
-    let server = NatsServer::start();
-    let n = Net::new(
-        "slow_holder_whose_record_came_first_is_drained_then_fenced",
-        server.url(),
-        "first",
-        1,
-    );
-    let (pd, ad, bd) = (TempDir::new("p"), TempDir::new("a"), TempDir::new("b"));
-    let mut p = n.primary("p", &heap_dir(&pd));
-    let d = p.ask("COMMIT 10", &["DONE"], T);
-    let mut a = n.spawn_with(
-        "a",
-        "standby",
-        &heap_dir(&ad),
+    let (_server, n) = Net::with_server("slow_holder_whose_record_came_first_is_drained_then_fenced", "first");
+    let t = standbys_of_a_killed_primary(
+        &n,
         &[("N_AFTER_CAS", "hold_ms:700"), ("N_EVENTS", "1")],
-    );
-    let mut b = n.spawn_with(
-        "b",
-        "standby",
-        &heap_dir(&bd),
         &[("N_STALE_MS", "300"), ("N_PROMOTE_PAUSE_MS", "1500"), ("N_EVENTS", "1")],
     );
-    for s in [&mut a, &mut b] {
-        s.expect(&["STANDBY"], T);
-        s.ask(&format!("AT {}", d[2]), &["AT"], T);
-    }
-    p.kill();
+    let (mut a, mut b) = (t.a, t.b);
     a.send("PROMOTE");
     a.expect(&["EVENT cas epoch=2"], T);
     b.send("PROMOTE");
@@ -670,4 +606,34 @@ fn slow_holder_whose_record_came_first_is_drained_then_fenced() {
         "record came first: epoch records {records:?}; A after B's record: {}",
         after.join(" ")
     );
+}
+
+/// What [`standbys_of_a_killed_primary`] leaves: two standbys of a primary killed after 10
+/// commits (`done`: its `DONE` answer), and the three heap directories.
+struct KilledPrimary {
+    a: Node,
+    b: Node,
+    done: Vec<String>,
+    _dirs: (TempDir, TempDir, TempDir),
+}
+
+/// A primary `p` commits 10 times, standbys `a` and `b` (with `a_env` and `b_env`) catch up
+/// with it, and `p` is killed: the start of the takeover tests.
+fn standbys_of_a_killed_primary(n: &Net, a_env: &[(&str, &str)], b_env: &[(&str, &str)]) -> KilledPrimary {
+    let dirs = (TempDir::new("p"), TempDir::new("a"), TempDir::new("b"));
+    let mut p = n.primary("p", &heap_dir(&dirs.0));
+    let done = p.ask("COMMIT 10", &["DONE"], T);
+    let mut a = n.spawn_with("a", "standby", &heap_dir(&dirs.1), a_env);
+    let mut b = n.spawn_with("b", "standby", &heap_dir(&dirs.2), b_env);
+    for s in [&mut a, &mut b] {
+        s.expect(&["STANDBY"], T);
+        s.ask(&format!("AT {}", done[2]), &["AT"], T);
+    }
+    p.kill();
+    KilledPrimary {
+        a,
+        b,
+        done,
+        _dirs: dirs,
+    }
 }

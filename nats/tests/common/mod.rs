@@ -33,7 +33,7 @@
 use snapheap::collections::Vec as PVec;
 use snapheap::{Durability, Heap, HeapAlloc, OpenOptions, Persist};
 use snapheap_nats::config::AfterCas;
-use snapheap_nats::testing::TempDir;
+use snapheap_nats::testing::{NatsServer, TempDir};
 use snapheap_nats::{frame, Follower, NatsConfig, Shipper};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -379,6 +379,14 @@ pub fn heap_dir(t: &TempDir) -> PathBuf {
 impl Net {
     /// The defaults of the tests: `Replicated` commits, 8 KiB frames (the even commits'
     /// 64 KiB groups take about nine), a base every 8 MiB, 4 MiB snapshots.
+    /// A single nats-server of its own (stopped when the returned handle drops) and a log
+    /// `log` of one replica on it, for `test`.
+    pub fn with_server(test: &'static str, log: &str) -> (NatsServer, Net) {
+        let server = NatsServer::start();
+        let net = Net::new(test, server.url(), log, 1);
+        (server, net)
+    }
+
     pub fn new(test: &'static str, url: String, log: &str, replicas: usize) -> Net {
         Net {
             test,
