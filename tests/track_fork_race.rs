@@ -40,6 +40,14 @@ fn fork_window_opts(tracking: Tracking, bug: Option<PlantedBug>) -> (OpenOptions
     (o, target, armed)
 }
 
+/// Takes a snapshot with the hook of [`fork_window_opts`] armed, and checks that it ran (wrote
+/// `B` between the snapshot commit's collect and the fork).
+fn snapshot_with_the_hook_armed<T: snapheap::Persist>(heap: &Heap<T>, armed: &AtomicBool) {
+    armed.store(true, Ordering::SeqCst);
+    heap.snapshot().unwrap();
+    assert!(!armed.load(Ordering::SeqCst), "the hook did not run");
+}
+
 /// Runs the A-B-A sequence and returns the word recovered at `AT`, the snapshot retries the
 /// first handle counted and whether its `verify` before the restart passed.
 fn recovered_after_aba(name: &str, bug: Option<PlantedBug>) -> (u64, u64, bool) {
@@ -63,9 +71,7 @@ fn recovered_after_aba(name: &str, bug: Option<PlantedBug>) -> (u64, u64, bool) 
         }
         // The commit of the snapshot collects nothing new (baseline A), then the hook writes
         // B before the fork.
-        armed.store(true, Ordering::SeqCst);
-        heap.snapshot().unwrap();
-        assert!(!armed.load(Ordering::SeqCst), "the hook did not run");
+        snapshot_with_the_hook_armed(&heap, &armed);
         // B was never committed as far as the program knows; it restores A and commits.
         {
             let mut w = heap.write();
@@ -153,9 +159,7 @@ fn recovered_after_write_in_fork_window(name: &str, bug: Option<PlantedBug>) -> 
             w[AT + 1] = 0;
             w.commit().unwrap();
         }
-        armed.store(true, Ordering::SeqCst);
-        heap.snapshot().unwrap();
-        assert!(!armed.load(Ordering::SeqCst), "the hook did not run");
+        snapshot_with_the_hook_armed(&heap, &armed);
         {
             let mut w = heap.write();
             assert_eq!(w[AT], B);
